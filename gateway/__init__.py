@@ -1,0 +1,1 @@
+"""fleetgate's ingestion gateway: device telemetry from MQTT into PostgreSQL, nothing lost."""

@@ -1,0 +1,122 @@
+"""A batch of received messages: what one database transaction writes and then acknowledges."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from datetime import UTC, date, datetime
+
+from gateway.readings import Decoded, MeterReading, Reject
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Received:
+    """One MQTT message as taken from the broker, decoded, with what is needed to ack it."""
+
+    topic: str
+    payload: bytes
+    received_at: datetime
+    received_monotonic: float
+    mid: int
+    qos: int
+    connection: int  # which broker connection delivered it: acks go back only on that one
+    decoded: Decoded
+
+
+MeterRow = tuple[str, datetime, float, float, datetime]
+VehicleRow = tuple[str, datetime, float, float, float, datetime]
+DeadLetterRow = tuple[datetime, str, str | None, str | None, str, bytes, int]
+
+
+@dataclasses.dataclass(slots=True)
+class Batch:
+    """Messages gathered until the batch is full or old enough; flushed as one transaction."""
+
+    messages: list[Received] = dataclasses.field(default_factory=list)
+    started_monotonic: float = 0.0
+
+    def add(self, message: Received) -> None:
+        if not self.messages:
+            self.started_monotonic = time.monotonic()
+        self.messages.append(message)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def is_full(self, max_messages: int) -> bool:
+        return len(self.messages) >= max_messages
+
+    def age_s(self, now_monotonic: float) -> float:
+        return now_monotonic - self.started_monotonic if self.messages else 0.0
+
+    def split(self) -> list[Batch]:
+        """One batch per message, to find the message the database refuses."""
+        return [Batch([message], message.received_monotonic) for message in self.messages]
+
+    def rows(self) -> tuple[list[MeterRow], list[VehicleRow], list[DeadLetterRow]]:
+        meters: list[MeterRow] = []
+        vehicles: list[VehicleRow] = []
+        dead: list[DeadLetterRow] = []
+        for message in self.messages:
+            decoded = message.decoded
+            name = decoded.device_id
+            for reading in decoded.readings:
+                assert name is not None  # a reading always comes with its device
+                if isinstance(reading, MeterReading):
+                    meters.append(
+                        (
+                            name,
+                            reading.timestamp,
+                            reading.kwh_consumed_ac,
+                            reading.voltage,
+                            message.received_at,
+                        )
+                    )
+                else:
+                    vehicles.append(
+                        (
+                            name,
+                            reading.timestamp,
+                            reading.kwh_delivered_dc,
+                            reading.soc,
+                            reading.battery_temp,
+                            message.received_at,
+                        )
+                    )
+            dead.extend(_dead_letter_row(message, reject) for reject in decoded.rejects)
+        return meters, vehicles, dead
+
+    def reading_days(self) -> set[tuple[str, date]]:
+        """(kind, UTC day) pairs the readings fall in: the partitions they need."""
+        days: set[tuple[str, date]] = set()
+        for message in self.messages:
+            for reading in message.decoded.readings:
+                kind = "meter" if isinstance(reading, MeterReading) else "vehicle"
+                days.add((kind, reading.timestamp.astimezone(UTC).date()))
+        return days
+
+
+def _dead_letter_row(message: Received, reject: Reject) -> DeadLetterRow:
+    return (
+        message.received_at,
+        message.topic,
+        reject.device_kind,
+        reject.device_id,
+        reject.reason,
+        reject.payload,
+        reject.payload_bytes,
+    )
+
+
+def refused_by_database(message: Received, error: str) -> Received:
+    """The same message turned into a dead letter, when the database will not take its readings."""
+    decoded = message.decoded
+    reject = Reject(
+        f"database refused the message: {error}",
+        message.payload,
+        len(message.payload),
+        decoded.device_kind,
+        decoded.device_id,
+    )
+    refused = dataclasses.replace(decoded, readings=[], rejects=[reject])
+    return dataclasses.replace(message, decoded=refused)

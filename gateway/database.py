@@ -1,0 +1,108 @@
+"""The database connection pool, schema application and daily partitions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime, timedelta
+from importlib import resources
+from typing import Final
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA_LOCK: Final = 0x666C656574  # "fleet": serialises schema application across processes
+HISTORY_TABLES: Final = {"meter": "meter_reading", "vehicle": "vehicle_reading"}
+
+# Per-connection staging tables for binary COPY. ON COMMIT DELETE ROWS empties them at each
+# commit, so they never grow (temporary tables are never autovacuumed).
+_STAGING_DDL: Final = """
+CREATE TEMP TABLE IF NOT EXISTS meter_stage (
+    name text, ts timestamptz, kwh_consumed_ac double precision, voltage real,
+    received_at timestamptz
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS vehicle_stage (
+    name text, ts timestamptz, kwh_delivered_dc double precision, soc real, battery_temp real,
+    received_at timestamptz
+) ON COMMIT DELETE ROWS;
+"""
+
+
+def schema_sql() -> str:
+    return resources.files("gateway").joinpath("schema.sql").read_text(encoding="utf-8")
+
+
+async def apply_schema(conninfo: str) -> None:
+    """Apply ``schema.sql``; processes starting together take turns on an advisory lock."""
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        await conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
+        try:
+            await conn.execute(schema_sql().encode())
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+
+
+async def _configure(conn: psycopg.AsyncConnection[object]) -> None:
+    await conn.execute(_STAGING_DDL.encode())
+    await conn.commit()  # else the pool sees the connection left in a transaction
+
+
+@asynccontextmanager
+async def open_pool(
+    conninfo: str, size: int, name: str = "fleetgate"
+) -> AsyncIterator[AsyncConnectionPool]:
+    """A pool whose connections carry the staging tables; checked, so a restart costs no error."""
+    pool: AsyncConnectionPool = AsyncConnectionPool(
+        conninfo,
+        min_size=size,
+        max_size=size,
+        open=False,
+        name=name,
+        configure=_configure,
+        check=AsyncConnectionPool.check_connection,
+        timeout=5.0,
+        reconnect_timeout=0,  # keep trying for ever: the database may be down for a while
+    )
+    async with pool:
+        yield pool
+
+
+class Partitions:
+    """Creates daily history partitions ahead of time, and on demand for the days a batch needs."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+        self._known: set[tuple[str, date]] = set()
+
+    async def ensure(self, days: set[tuple[str, date]]) -> None:
+        missing = days - self._known
+        if not missing:
+            return
+        async with self._pool.connection() as conn:
+            for kind, day in sorted(missing):
+                await conn.execute(
+                    "SELECT fleetgate_ensure_partition(%s::regclass, %s)",
+                    (HISTORY_TABLES[kind], day),
+                )
+                await conn.commit()  # one short lock per partition
+                self._known.add((kind, day))
+        logger.info(
+            "history partitions ready: %s", ", ".join(f"{k} {d}" for k, d in sorted(missing))
+        )
+
+    async def ensure_ahead(self, days_ahead: int, now: datetime | None = None) -> None:
+        today = (now or datetime.now(UTC)).date()
+        await self.ensure(
+            {
+                (kind, today + timedelta(days=offset))
+                for kind in HISTORY_TABLES
+                for offset in range(-1, days_ahead + 1)
+            }
+        )
+
+    def forget(self) -> None:
+        """Forget what was seen: a partition may have been dropped (retention) meanwhile."""
+        self._known.clear()

@@ -1,0 +1,100 @@
+"""Counters of what the gateway did, exported for Prometheus and summarised in the log."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from gateway.writer import WriteResult
+
+logger = logging.getLogger(__name__)
+
+
+class Metrics:
+    """One gateway's counters, in a registry of its own (so tests can run several gateways)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.messages = Counter(
+            "fleetgate_messages_committed", "MQTT messages committed", registry=self.registry
+        )
+        self.readings = Counter(
+            "fleetgate_readings_inserted", "Readings stored in history", registry=self.registry
+        )
+        self.duplicates = Counter(
+            "fleetgate_readings_duplicate",
+            "Readings already in history (stored once)",
+            registry=self.registry,
+        )
+        self.dead_letters = Counter(
+            "fleetgate_dead_letters",
+            "Messages or array elements kept as dead letters",
+            registry=self.registry,
+        )
+        self.acks_skipped = Counter(
+            "fleetgate_acks_skipped",
+            "Committed messages whose connection had dropped: the broker redelivers them",
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "fleetgate_batch_commit_seconds",
+            "Time to write and commit one batch",
+            registry=self.registry,
+        )
+        self.commit_lag_seconds = Histogram(
+            "fleetgate_receive_to_commit_seconds",
+            "From a message's arrival at the gateway to its commit",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.summary = Summary()
+
+    def committed(
+        self, result: WriteResult, seconds: float, oldest_lag_s: float, acks_skipped: int
+    ) -> None:
+        self.messages.inc(result.messages)
+        self.readings.inc(result.inserted)
+        self.duplicates.inc(result.duplicates)
+        self.dead_letters.inc(result.dead_letters)
+        self.acks_skipped.inc(acks_skipped)
+        self.batch_seconds.observe(seconds)
+        self.commit_lag_seconds.observe(oldest_lag_s)
+        self.summary.add(result, oldest_lag_s)
+
+
+@dataclasses.dataclass(slots=True)
+class Summary:
+    """What happened since the last log line."""
+
+    since: float = dataclasses.field(default_factory=time.monotonic)
+    total: WriteResult = dataclasses.field(default_factory=WriteResult)
+    batches: int = 0
+    max_lag_s: float = 0.0
+
+    def add(self, result: WriteResult, lag_s: float) -> None:
+        self.total += result
+        self.batches += 1
+        self.max_lag_s = max(self.max_lag_s, lag_s)
+
+    def log_and_reset(self) -> None:
+        elapsed = max(time.monotonic() - self.since, 1e-9)
+        if self.batches:
+            t = self.total
+            logger.info(
+                "committed %d messages in %d batches (%.0f/s): %d readings stored, "
+                "%d duplicates, %d dead letters; max receive-to-commit %.0f ms",
+                t.messages,
+                self.batches,
+                t.messages / elapsed,
+                t.inserted,
+                t.duplicates,
+                t.dead_letters,
+                self.max_lag_s * 1000,
+            )
+        self.since = time.monotonic()
+        self.total = WriteResult()
+        self.batches = 0
+        self.max_lag_s = 0.0

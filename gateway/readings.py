@@ -1,0 +1,196 @@
+"""Device readings: their wire format, and decoding a message into readings and rejects.
+
+Unknown fields are ignored and the reading is kept: devices gain fields with firmware updates,
+and dropping their data for it would lose readings that are otherwise sound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from datetime import datetime, timedelta
+from typing import Annotated, Final, Literal, TypeAlias
+
+import msgspec
+from msgspec import Meta
+
+DeviceKind: TypeAlias = Literal["meter", "vehicle"]
+
+DEVICE_ID_PATTERN: Final = r"^[A-Za-z0-9._-]{1,64}$"
+DeviceId = Annotated[str, Meta(min_length=1, max_length=64, pattern=DEVICE_ID_PATTERN)]
+Energy = Annotated[float, Meta(ge=0, le=1_000_000)]  # kWh of one interval
+Voltage = Annotated[float, Meta(gt=0, le=1_000)]  # single or three phase, any grid
+Percent = Annotated[float, Meta(ge=0, le=100)]
+Celsius = Annotated[float, Meta(ge=-50, le=150)]  # past either end the sensor is broken
+Timestamp = Annotated[datetime, Meta(tz=True)]
+
+MAX_READINGS_PER_MESSAGE: Final = 10_000
+KEPT_BYTES_OF_OVERSIZED: Final = 1024
+
+
+class MeterReading(msgspec.Struct, rename="camel", frozen=True):
+    """``fleet/meter/{meterId}``: AC energy billed by the grid since the previous reading."""
+
+    kwh_consumed_ac: Energy
+    voltage: Voltage
+    timestamp: Timestamp
+    meter_id: DeviceId | None = None
+
+
+class VehicleReading(msgspec.Struct, rename="camel", frozen=True):
+    """``fleet/vehicle/{vehicleId}``: DC energy into the battery since the previous reading."""
+
+    soc: Percent
+    kwh_delivered_dc: Energy
+    battery_temp: Celsius
+    timestamp: Timestamp
+    vehicle_id: DeviceId | None = None
+
+
+Reading: TypeAlias = MeterReading | VehicleReading
+
+_METER_DECODER: Final = msgspec.json.Decoder(MeterReading)
+_VEHICLE_DECODER: Final = msgspec.json.Decoder(VehicleReading)
+_ARRAY_DECODER: Final = msgspec.json.Decoder(
+    Annotated[list[msgspec.Raw], Meta(min_length=1, max_length=MAX_READINGS_PER_MESSAGE)]
+)
+_DECODERS: Final[
+    dict[str, msgspec.json.Decoder[MeterReading] | msgspec.json.Decoder[VehicleReading]]
+] = {
+    "meter": _METER_DECODER,
+    "vehicle": _VEHICLE_DECODER,
+}
+_DEVICE_ID_DECODER: Final = msgspec.json.Decoder(DeviceId)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reject:
+    """A message, or one element of an array message, that cannot be stored as a reading."""
+
+    reason: str
+    payload: bytes
+    payload_bytes: int
+    device_kind: DeviceKind | None = None
+    device_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Decoded:
+    """What one MQTT message holds: the device, its sound readings and its rejected parts."""
+
+    device_kind: DeviceKind | None
+    device_id: str | None
+    readings: list[Reading]
+    rejects: list[Reject]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    max_payload_bytes: int
+    max_future_skew: timedelta
+    max_age: timedelta
+
+
+def parse_topic(topic: str) -> tuple[DeviceKind, str]:
+    """``fleet/{meter|vehicle}/{deviceId}`` to its kind and id, or ``ValueError`` saying why."""
+    levels = topic.split("/")
+    if len(levels) != 3 or levels[0] != "fleet" or levels[1] not in _DECODERS:
+        raise ValueError(
+            f"unknown topic {topic!r}: expected fleet/meter/{{meterId}}"
+            " or fleet/vehicle/{vehicleId}"
+        )
+    kind: DeviceKind = "meter" if levels[1] == "meter" else "vehicle"
+    try:
+        device_id = _DEVICE_ID_DECODER.decode(msgspec.json.encode(levels[2]))
+    except msgspec.ValidationError:
+        raise ValueError(
+            f"invalid device id {levels[2]!r} in topic: expected 1-64 characters of [A-Za-z0-9._-]"
+        ) from None
+    return kind, device_id
+
+
+def decode_message(topic: str, payload: bytes, received_at: datetime, limits: Limits) -> Decoded:
+    """Decode one message; never raises for anything a device can send."""
+    size = len(payload)
+    try:
+        kind, device_id = parse_topic(topic)
+    except ValueError as exc:
+        return _rejected(None, None, str(exc), payload, limits)
+    if size > limits.max_payload_bytes:
+        reason = (
+            f"payload of {size} bytes exceeds the {limits.max_payload_bytes}-byte limit"
+            f" (first {KEPT_BYTES_OF_OVERSIZED} bytes kept)"
+        )
+        return _rejected(kind, device_id, reason, payload, limits)
+    if payload.lstrip()[:1] == b"[":
+        return _decode_array(kind, device_id, payload, received_at, limits)
+    readings: list[Reading] = []
+    rejects: list[Reject] = []
+    try:
+        readings.append(_decode_one(kind, device_id, payload, received_at, limits))
+    except ValueError as exc:  # msgspec errors and UnicodeDecodeError are ValueErrors
+        rejects.append(Reject(_reason(exc), payload, size, kind, device_id))
+    return Decoded(kind, device_id, readings, rejects)
+
+
+def _decode_array(
+    kind: DeviceKind, device_id: str, payload: bytes, received_at: datetime, limits: Limits
+) -> Decoded:
+    try:
+        elements = _ARRAY_DECODER.decode(payload)
+    except ValueError as exc:
+        return _rejected(kind, device_id, f"array of readings: {_reason(exc)}", payload, limits)
+    readings: list[Reading] = []
+    rejects: list[Reject] = []
+    count = len(elements)
+    for index, element in enumerate(elements):
+        raw = bytes(element)
+        try:
+            readings.append(_decode_one(kind, device_id, raw, received_at, limits))
+        except ValueError as exc:
+            reason = f"element {index} of {count} (the others were kept if valid): {_reason(exc)}"
+            rejects.append(Reject(reason, raw, len(raw), kind, device_id))
+    return Decoded(kind, device_id, readings, rejects)
+
+
+def _decode_one(
+    kind: DeviceKind, device_id: str, raw: bytes, received_at: datetime, limits: Limits
+) -> Reading:
+    reading = _DECODERS[kind].decode(raw)
+    for name in ("kwh_consumed_ac", "voltage", "soc", "kwh_delivered_dc", "battery_temp"):
+        value = getattr(reading, name, 0.0)
+        if not math.isfinite(value):  # 1e999 decodes to inf without tripping a bound
+            raise ValueError(f"{name} must be a finite number, got {value}")
+    payload_id = reading.meter_id if isinstance(reading, MeterReading) else reading.vehicle_id
+    if payload_id is not None and payload_id != device_id:
+        field = "meterId" if kind == "meter" else "vehicleId"
+        raise ValueError(f"{field} {payload_id!r} in payload does not match {device_id!r} in topic")
+    if reading.timestamp > received_at + limits.max_future_skew:
+        raise ValueError(
+            f"timestamp {reading.timestamp.isoformat()} is more than"
+            f" {limits.max_future_skew.total_seconds():g} s in the future"
+        )
+    if reading.timestamp < received_at - limits.max_age:
+        raise ValueError(
+            f"timestamp {reading.timestamp.isoformat()} is older than"
+            f" {limits.max_age.total_seconds() / 86400:g} days"
+        )
+    return reading
+
+
+def _reason(exc: ValueError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"payload is not valid UTF-8: {exc}"
+    if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
+        return f"malformed JSON: {exc}"
+    return f"invalid reading: {exc}"
+
+
+def _rejected(
+    kind: DeviceKind | None, device_id: str | None, reason: str, payload: bytes, limits: Limits
+) -> Decoded:
+    kept = (
+        payload if len(payload) <= limits.max_payload_bytes else payload[:KEPT_BYTES_OF_OVERSIZED]
+    )
+    reject = Reject(reason, kept, len(payload), kind, device_id)
+    return Decoded(kind, device_id, [], [reject])

@@ -1,0 +1,208 @@
+"""Writes a batch in one transaction: binary COPY into staging, then history, live rows and
+dead letters. The write side's SQL lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+from collections.abc import Callable
+from typing import Final
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from gateway.batch import Batch, refused_by_database
+from gateway.database import Partitions
+
+logger = logging.getLogger(__name__)
+
+_COPY_METERS: Final = (
+    "COPY meter_stage (name, ts, kwh_consumed_ac, voltage, received_at) FROM STDIN (FORMAT BINARY)"
+)
+_METER_TYPES: Final = ["text", "timestamptz", "float8", "float4", "timestamptz"]
+_COPY_VEHICLES: Final = (
+    "COPY vehicle_stage (name, ts, kwh_delivered_dc, soc, battery_temp, received_at)"
+    " FROM STDIN (FORMAT BINARY)"
+)
+_VEHICLE_TYPES: Final = ["text", "timestamptz", "float8", "float4", "float4", "timestamptz"]
+_COPY_DEAD_LETTERS: Final = (
+    "COPY dead_letter (received_at, topic, device_kind, device_name, reason, payload,"
+    " payload_bytes) FROM STDIN (FORMAT BINARY)"
+)
+_DEAD_LETTER_TYPES: Final = ["timestamptz", "text", "text", "text", "text", "bytea", "int4"]
+
+# New devices only: ON CONFLICT alone would draw an identity value for every staged row.
+_REGISTER_METERS: Final = """
+INSERT INTO meter (name)
+SELECT DISTINCT s.name FROM meter_stage s
+WHERE NOT EXISTS (SELECT 1 FROM meter m WHERE m.name = s.name)
+ON CONFLICT (name) DO NOTHING
+"""
+_INSERT_METER_HISTORY: Final = """
+INSERT INTO meter_reading (ts, kwh_consumed_ac, meter_id, voltage)
+SELECT s.ts, s.kwh_consumed_ac, m.meter_id, s.voltage
+FROM meter_stage s JOIN meter m ON m.name = s.name
+ON CONFLICT DO NOTHING
+"""
+# The latest staged reading per device replaces the live one only if it is newer: readings
+# that arrive late after an outage go to history but never turn the live state back.
+_UPDATE_METER_LIVE: Final = """
+UPDATE meter m
+SET ts = s.ts, received_at = s.received_at, kwh_consumed_ac = s.kwh_consumed_ac,
+    voltage = s.voltage
+FROM (SELECT DISTINCT ON (name) * FROM meter_stage ORDER BY name, ts DESC) s
+WHERE m.name = s.name AND (m.ts IS NULL OR m.ts < s.ts)
+"""
+_REGISTER_VEHICLES: Final = """
+INSERT INTO vehicle (name)
+SELECT DISTINCT s.name FROM vehicle_stage s
+WHERE NOT EXISTS (SELECT 1 FROM vehicle v WHERE v.name = s.name)
+ON CONFLICT (name) DO NOTHING
+"""
+_INSERT_VEHICLE_HISTORY: Final = """
+INSERT INTO vehicle_reading (ts, kwh_delivered_dc, vehicle_id, soc, battery_temp)
+SELECT s.ts, s.kwh_delivered_dc, v.vehicle_id, s.soc, s.battery_temp
+FROM vehicle_stage s JOIN vehicle v ON v.name = s.name
+ON CONFLICT DO NOTHING
+"""
+_UPDATE_VEHICLE_LIVE: Final = """
+UPDATE vehicle v
+SET ts = s.ts, received_at = s.received_at, soc = s.soc, kwh_delivered_dc = s.kwh_delivered_dc,
+    battery_temp = s.battery_temp
+FROM (SELECT DISTINCT ON (name) * FROM vehicle_stage ORDER BY name, ts DESC) s
+WHERE v.name = s.name AND (v.ts IS NULL OR v.ts < s.ts)
+"""
+
+# Worth retrying as they are: the database or the network is the problem, not the data.
+_TRANSIENT: Final = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    PoolTimeout,
+    psycopg.errors.TransactionRollback,
+    psycopg.ProgrammingError,
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a committed batch changed."""
+
+    messages: int = 0
+    readings: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+
+    def __add__(self, other: WriteResult) -> WriteResult:
+        return WriteResult(
+            *(
+                a + b
+                for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)
+            )
+        )
+
+
+class BatchWriter:
+    """Commits batches, retrying through database outages; never gives up on a batch."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        partitions: Partitions,
+        retry_max_delay_s: float,
+        on_committed: Callable[[Batch, WriteResult], None],
+    ):
+        self._pool = pool
+        self._partitions = partitions
+        self._retry_max_delay_s = retry_max_delay_s
+        self._on_committed = on_committed
+
+    async def write(self, batch: Batch) -> WriteResult:
+        """Write until committed. A batch the database refuses is split to find the culprit,
+        which becomes a dead letter; everything else is stored."""
+        delay = 0.05
+        while True:
+            try:
+                await self._partitions.ensure(batch.reading_days())
+                result = await self._write_once(batch)
+            except _TRANSIENT as exc:
+                logger.warning(
+                    "database unavailable, batch of %d kept, retrying in %.2f s: %s",
+                    len(batch),
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+                delay = min(self._retry_max_delay_s, delay * 2) * random.uniform(0.8, 1.2)
+                continue
+            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                self._partitions.forget()  # a partition may have been dropped under us
+                return await self._write_refused(batch, exc)
+            self._on_committed(batch, result)
+            return result
+
+    async def _write_refused(self, batch: Batch, error: psycopg.Error) -> WriteResult:
+        if len(batch) > 1:
+            logger.warning(
+                "database refused a batch of %d (%s); writing its messages one by one",
+                len(batch),
+                error,
+            )
+            total = WriteResult()
+            for single in batch.split():
+                total += await self.write(single)
+            return total
+        # One message: is it the partition we thought existed, or the data? Retry once with
+        # fresh partitions before blaming the message.
+        try:
+            await self._partitions.ensure(batch.reading_days())
+            result = await self._write_once(batch)
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            logger.warning(
+                "database refused message on %r: %s; kept as a dead letter",
+                batch.messages[0].topic,
+                exc,
+            )
+            refused = Batch([refused_by_database(batch.messages[0], str(exc))])
+            return await self.write(refused)
+        self._on_committed(batch, result)
+        return result
+
+    async def _write_once(self, batch: Batch) -> WriteResult:
+        meters, vehicles, dead_letters = batch.rows()
+        inserted = 0
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = conn.cursor()
+            if meters:
+                async with cur.copy(_COPY_METERS) as copy:
+                    copy.set_types(_METER_TYPES)
+                    for row in meters:
+                        await copy.write_row(row)
+                await cur.execute(_REGISTER_METERS)
+                await cur.execute(_INSERT_METER_HISTORY)
+                inserted += cur.rowcount
+                await cur.execute(_UPDATE_METER_LIVE)
+            if vehicles:
+                async with cur.copy(_COPY_VEHICLES) as copy:
+                    copy.set_types(_VEHICLE_TYPES)
+                    for vrow in vehicles:
+                        await copy.write_row(vrow)
+                await cur.execute(_REGISTER_VEHICLES)
+                await cur.execute(_INSERT_VEHICLE_HISTORY)
+                inserted += cur.rowcount
+                await cur.execute(_UPDATE_VEHICLE_LIVE)
+            if dead_letters:
+                async with cur.copy(_COPY_DEAD_LETTERS) as copy:
+                    copy.set_types(_DEAD_LETTER_TYPES)
+                    for drow in dead_letters:
+                        await copy.write_row(drow)
+        readings = len(meters) + len(vehicles)
+        return WriteResult(
+            messages=len(batch),
+            readings=readings,
+            inserted=inserted,
+            duplicates=readings - inserted,
+            dead_letters=len(dead_letters),
+        )

@@ -1,0 +1,80 @@
+-- fleetgate schema. Idempotent: the gateway applies it at every start, holding an advisory lock
+-- so that two processes starting at once take turns. Changes go here and nowhere else.
+
+-- Hot: one row per device. The row is also the device registry: its integer id is what the
+-- history tables store, so a 64-character device name costs 4 bytes per history row.
+CREATE TABLE IF NOT EXISTS meter (
+    meter_id        integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name            text NOT NULL UNIQUE,
+    first_seen_at   timestamptz NOT NULL DEFAULT now(),
+    ts              timestamptz,          -- when the latest reading was taken
+    received_at     timestamptz,          -- when the gateway received it
+    kwh_consumed_ac double precision,
+    voltage         real
+);
+
+CREATE TABLE IF NOT EXISTS vehicle (
+    vehicle_id       integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name             text NOT NULL UNIQUE,
+    first_seen_at    timestamptz NOT NULL DEFAULT now(),
+    ts               timestamptz,
+    received_at      timestamptz,
+    soc              real,
+    kwh_delivered_dc double precision,
+    battery_temp     real
+);
+
+-- Cold: append-only history, one partition per UTC day. Columns are ordered widest first so
+-- that no alignment padding is wasted. The primary key (device, ts) makes a repeated reading a
+-- no-op and serves every per-device time-range query. Energy is double precision so that sums
+-- are those of the values the device sent; voltage, state of charge and temperature fit real.
+CREATE TABLE IF NOT EXISTS meter_reading (
+    ts              timestamptz NOT NULL,
+    kwh_consumed_ac double precision NOT NULL,
+    meter_id        integer NOT NULL,
+    voltage         real NOT NULL,
+    PRIMARY KEY (meter_id, ts)
+) PARTITION BY RANGE (ts);
+
+CREATE TABLE IF NOT EXISTS vehicle_reading (
+    ts               timestamptz NOT NULL,
+    kwh_delivered_dc double precision NOT NULL,
+    vehicle_id       integer NOT NULL,
+    soc              real NOT NULL,
+    battery_temp     real NOT NULL,
+    PRIMARY KEY (vehicle_id, ts)
+) PARTITION BY RANGE (ts);
+
+-- Everything that could not be stored as a reading, with the reason, so nothing is lost unseen.
+CREATE TABLE IF NOT EXISTS dead_letter (
+    dead_letter_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    received_at    timestamptz NOT NULL,
+    topic          text NOT NULL,
+    device_kind    text,
+    device_name    text,
+    reason         text NOT NULL,
+    payload        bytea NOT NULL,          -- the raw bytes (first KiB of an oversized payload)
+    payload_bytes  integer NOT NULL         -- the size that arrived
+);
+CREATE INDEX IF NOT EXISTS dead_letter_received_at_idx ON dead_letter (received_at);
+CREATE INDEX IF NOT EXISTS dead_letter_device_idx
+    ON dead_letter (device_kind, device_name, received_at);
+
+-- Creates the daily partition of `parent` that holds `day` (UTC), unless it exists. Safe to call
+-- from many sessions at once: they queue on a transaction-scoped advisory lock.
+CREATE OR REPLACE FUNCTION fleetgate_ensure_partition(parent regclass, day date)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    partition_name text := format('%s_%s', parent::text, to_char(day, 'YYYYMMDD'));
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('fleetgate_ensure_partition'));
+    IF to_regclass(partition_name) IS NULL THEN
+        EXECUTE format(
+            'CREATE TABLE %I PARTITION OF %s FOR VALUES FROM (%L) TO (%L)',
+            partition_name, parent,
+            (day::timestamp AT TIME ZONE 'UTC'),
+            ((day + 1)::timestamp AT TIME ZONE 'UTC'));
+    END IF;
+END
+$$;

@@ -1,0 +1,131 @@
+"""Fixtures: a private PostgreSQL and Mosquitto for the session, a fresh database per test."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import aiomqtt
+import psycopg
+import pytest
+
+from gateway.service import Gateway
+from gateway.settings import MqttAddress, Settings
+from tests.services import Mosquitto, Postgres
+
+_database_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    server = Postgres()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def mosquitto() -> Iterator[Mosquitto]:
+    broker = Mosquitto()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+@pytest.fixture
+def database_url(postgres: Postgres) -> str:
+    """A new, empty database for each test."""
+    name = f"t{next(_database_numbers)}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}".encode())
+    return postgres.url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture
+def settings(database_url: str, mosquitto: Mosquitto) -> Settings:
+    return Settings.from_env({}).replace(
+        database_url=database_url,
+        mqtt=MqttAddress.parse(mosquitto.url),
+        client_id=f"fleetgate-test-{uuid.uuid4().hex[:8]}",
+        metrics_port=0,
+        stats_interval_s=1.0,
+        retry_max_delay_s=0.5,
+    )
+
+
+class RunningGateway:
+    """A gateway running in this test's event loop, stopped (and drained) at the end."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.stop = asyncio.Event()
+        self.gateway = Gateway(settings, self.stop)
+        self.task = asyncio.create_task(self.gateway.run(), name="gateway-under-test")
+
+    async def started(self) -> None:
+        waiting = asyncio.ensure_future(self.gateway.subscribed.wait())
+        done, _ = await asyncio.wait(
+            (waiting, self.task), timeout=30, return_when=asyncio.FIRST_COMPLETED
+        )
+        if self.task in done:
+            self.task.result()
+        assert waiting in done, "gateway did not subscribe within 30 s"
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 60)
+
+
+@pytest.fixture
+async def start_gateway(
+    settings: Settings,
+) -> AsyncIterator[Callable[..., Awaitable[RunningGateway]]]:
+    running: list[RunningGateway] = []
+
+    async def start(**changes: Any) -> RunningGateway:
+        gateway = RunningGateway(settings.replace(**changes))
+        running.append(gateway)
+        await gateway.started()
+        return gateway
+
+    yield start
+    for gateway in running:
+        if not gateway.task.done():
+            await gateway.close()
+
+
+@pytest.fixture
+async def publisher(mosquitto: Mosquitto) -> AsyncIterator[aiomqtt.Client]:
+    async with aiomqtt.Client(
+        "127.0.0.1", mosquitto.port, identifier=f"pub-{uuid.uuid4().hex[:8]}"
+    ) as client:
+        yield client
+
+
+async def query(database_url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute(sql.encode(), params)
+        return await cur.fetchall()
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], seconds: float = 20.0, what: str = "condition"
+) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        with contextlib.suppress(psycopg.OperationalError):
+            if await check():
+                return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def count(database_url: str, sql: str, *params: Any) -> int:
+    rows = await query(database_url, sql, *params)
+    return int(rows[0][0])
