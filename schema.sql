@@ -9,7 +9,7 @@ CREATE TABLE IF NOT EXISTS meter (
     first_seen_at   timestamptz NOT NULL DEFAULT now(),
     ts              timestamptz,          -- when the latest reading was taken
     received_at     timestamptz,          -- when the gateway received it
-    kwh_consumed_ac double precision,
+    consumed_ac_mwh bigint,               -- energy of the latest interval, in mWh
     voltage         real
 );
 
@@ -20,17 +20,19 @@ CREATE TABLE IF NOT EXISTS vehicle (
     ts               timestamptz,
     received_at      timestamptz,
     soc              real,
-    kwh_delivered_dc double precision,
+    delivered_dc_mwh bigint,
     battery_temp     real
 );
 
 -- Cold: append-only history, one partition per UTC day. Columns are ordered widest first so
 -- that no alignment padding is wasted. The primary key (device, ts) makes a repeated reading a
--- no-op and serves every per-device time-range query. Energy is double precision so that sums
--- are those of the values the device sent; voltage, state of charge and temperature fit real.
+-- no-op and serves every per-device time-range query. Energy is stored as an integer number of
+-- milliwatt-hours (kWh x 1,000,000, far below any meter's resolution) so that every sum is
+-- exact and independent of order: rollups and raw history agree to the last digit. Voltage,
+-- state of charge and temperature fit real.
 CREATE TABLE IF NOT EXISTS meter_reading (
     ts              timestamptz NOT NULL,
-    kwh_consumed_ac double precision NOT NULL,
+    consumed_ac_mwh bigint NOT NULL,
     meter_id        integer NOT NULL,
     voltage         real NOT NULL,
     PRIMARY KEY (meter_id, ts)
@@ -38,12 +40,36 @@ CREATE TABLE IF NOT EXISTS meter_reading (
 
 CREATE TABLE IF NOT EXISTS vehicle_reading (
     ts               timestamptz NOT NULL,
-    kwh_delivered_dc double precision NOT NULL,
+    delivered_dc_mwh bigint NOT NULL,
     vehicle_id       integer NOT NULL,
     soc              real NOT NULL,
     battery_temp     real NOT NULL,
     PRIMARY KEY (vehicle_id, ts)
 ) PARTITION BY RANGE (ts);
+
+-- Hourly rollups per device (hour = UTC hour start), maintained by the gateway in the same
+-- transaction as the history rows, from the rows actually inserted (a duplicate never counts
+-- twice). Whole hours of a window are read here, the partial hours at its edges from history.
+CREATE TABLE IF NOT EXISTS meter_hourly (
+    meter_id        integer NOT NULL,
+    hour            timestamptz NOT NULL,
+    consumed_ac_mwh bigint NOT NULL,
+    readings        integer NOT NULL,
+    voltage_min     real NOT NULL,
+    voltage_max     real NOT NULL,
+    PRIMARY KEY (meter_id, hour)
+);
+
+CREATE TABLE IF NOT EXISTS vehicle_hourly (
+    vehicle_id       integer NOT NULL,
+    hour             timestamptz NOT NULL,
+    delivered_dc_mwh bigint NOT NULL,
+    readings         integer NOT NULL,
+    battery_temp_sum double precision NOT NULL,
+    battery_temp_min real NOT NULL,
+    battery_temp_max real NOT NULL,
+    PRIMARY KEY (vehicle_id, hour)
+);
 
 -- Everything that could not be stored as a reading, with the reason, so nothing is lost unseen.
 CREATE TABLE IF NOT EXISTS dead_letter (

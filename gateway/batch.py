@@ -23,8 +23,16 @@ class Received:
     decoded: Decoded
 
 
-MeterRow = tuple[str, datetime, float, float, datetime]
-VehicleRow = tuple[str, datetime, float, float, float, datetime]
+MeterRow = tuple[str, datetime, int, float, datetime]
+VehicleRow = tuple[str, datetime, int, float, float, datetime]
+MWH_PER_KWH = 1_000_000
+
+
+def to_mwh(kwh: float) -> int:
+    """Energy as stored: whole milliwatt-hours, so that every sum is exact."""
+    return round(kwh * MWH_PER_KWH)
+
+
 DeadLetterRow = tuple[datetime, str, str | None, str | None, str, bytes, int]
 
 
@@ -67,7 +75,7 @@ class Batch:
                         (
                             name,
                             reading.timestamp,
-                            reading.kwh_consumed_ac,
+                            to_mwh(reading.kwh_consumed_ac),
                             reading.voltage,
                             message.received_at,
                         )
@@ -77,7 +85,7 @@ class Batch:
                         (
                             name,
                             reading.timestamp,
-                            reading.kwh_delivered_dc,
+                            to_mwh(reading.kwh_delivered_dc),
                             reading.soc,
                             reading.battery_temp,
                             message.received_at,

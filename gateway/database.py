@@ -21,11 +21,11 @@ HISTORY_TABLES: Final = {"meter": "meter_reading", "vehicle": "vehicle_reading"}
 # commit, so they never grow (temporary tables are never autovacuumed).
 _STAGING_DDL: Final = """
 CREATE TEMP TABLE IF NOT EXISTS meter_stage (
-    name text, ts timestamptz, kwh_consumed_ac double precision, voltage real,
+    name text, ts timestamptz, consumed_ac_mwh bigint, voltage real,
     received_at timestamptz
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS vehicle_stage (
-    name text, ts timestamptz, kwh_delivered_dc double precision, soc real, battery_temp real,
+    name text, ts timestamptz, delivered_dc_mwh bigint, soc real, battery_temp real,
     received_at timestamptz
 ) ON COMMIT DELETE ROWS;
 """

@@ -19,14 +19,14 @@ from gateway.database import Partitions
 logger = logging.getLogger(__name__)
 
 _COPY_METERS: Final = (
-    "COPY meter_stage (name, ts, kwh_consumed_ac, voltage, received_at) FROM STDIN (FORMAT BINARY)"
+    "COPY meter_stage (name, ts, consumed_ac_mwh, voltage, received_at) FROM STDIN (FORMAT BINARY)"
 )
-_METER_TYPES: Final = ["text", "timestamptz", "float8", "float4", "timestamptz"]
+_METER_TYPES: Final = ["text", "timestamptz", "int8", "float4", "timestamptz"]
 _COPY_VEHICLES: Final = (
-    "COPY vehicle_stage (name, ts, kwh_delivered_dc, soc, battery_temp, received_at)"
+    "COPY vehicle_stage (name, ts, delivered_dc_mwh, soc, battery_temp, received_at)"
     " FROM STDIN (FORMAT BINARY)"
 )
-_VEHICLE_TYPES: Final = ["text", "timestamptz", "float8", "float4", "float4", "timestamptz"]
+_VEHICLE_TYPES: Final = ["text", "timestamptz", "int8", "float4", "float4", "timestamptz"]
 _COPY_DEAD_LETTERS: Final = (
     "COPY dead_letter (received_at, topic, device_kind, device_name, reason, payload,"
     " payload_bytes) FROM STDIN (FORMAT BINARY)"
@@ -40,17 +40,35 @@ SELECT DISTINCT s.name FROM meter_stage s
 WHERE NOT EXISTS (SELECT 1 FROM meter m WHERE m.name = s.name)
 ON CONFLICT (name) DO NOTHING
 """
+# History and hourly rollups in one statement: the rollups add up only the rows that were
+# really inserted, so a duplicate never counts twice. Rows are taken in key order so that two
+# gateways updating the same hours lock them in the same order (no deadlock).
 _INSERT_METER_HISTORY: Final = """
-INSERT INTO meter_reading (ts, kwh_consumed_ac, meter_id, voltage)
-SELECT s.ts, s.kwh_consumed_ac, m.meter_id, s.voltage
-FROM meter_stage s JOIN meter m ON m.name = s.name
-ON CONFLICT DO NOTHING
+WITH inserted AS (
+    INSERT INTO meter_reading (ts, consumed_ac_mwh, meter_id, voltage)
+    SELECT s.ts, s.consumed_ac_mwh, m.meter_id, s.voltage
+    FROM meter_stage s JOIN meter m ON m.name = s.name
+    ON CONFLICT DO NOTHING
+    RETURNING meter_id, ts, consumed_ac_mwh, voltage
+), rolled AS (
+    INSERT INTO meter_hourly AS h
+        (meter_id, hour, consumed_ac_mwh, readings, voltage_min, voltage_max)
+    SELECT meter_id, date_bin('1 hour', ts, '2000-01-01 00:00:00+00') AS hour,
+           sum(consumed_ac_mwh), count(*), min(voltage), max(voltage)
+    FROM inserted GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (meter_id, hour) DO UPDATE SET
+        consumed_ac_mwh = h.consumed_ac_mwh + EXCLUDED.consumed_ac_mwh,
+        readings = h.readings + EXCLUDED.readings,
+        voltage_min = least(h.voltage_min, EXCLUDED.voltage_min),
+        voltage_max = greatest(h.voltage_max, EXCLUDED.voltage_max)
+)
+SELECT count(*) FROM inserted
 """
 # The latest staged reading per device replaces the live one only if it is newer: readings
 # that arrive late after an outage go to history but never turn the live state back.
 _UPDATE_METER_LIVE: Final = """
 UPDATE meter m
-SET ts = s.ts, received_at = s.received_at, kwh_consumed_ac = s.kwh_consumed_ac,
+SET ts = s.ts, received_at = s.received_at, consumed_ac_mwh = s.consumed_ac_mwh,
     voltage = s.voltage
 FROM (SELECT DISTINCT ON (name) * FROM meter_stage ORDER BY name, ts DESC) s
 WHERE m.name = s.name AND (m.ts IS NULL OR m.ts < s.ts)
@@ -62,14 +80,31 @@ WHERE NOT EXISTS (SELECT 1 FROM vehicle v WHERE v.name = s.name)
 ON CONFLICT (name) DO NOTHING
 """
 _INSERT_VEHICLE_HISTORY: Final = """
-INSERT INTO vehicle_reading (ts, kwh_delivered_dc, vehicle_id, soc, battery_temp)
-SELECT s.ts, s.kwh_delivered_dc, v.vehicle_id, s.soc, s.battery_temp
-FROM vehicle_stage s JOIN vehicle v ON v.name = s.name
-ON CONFLICT DO NOTHING
+WITH inserted AS (
+    INSERT INTO vehicle_reading (ts, delivered_dc_mwh, vehicle_id, soc, battery_temp)
+    SELECT s.ts, s.delivered_dc_mwh, v.vehicle_id, s.soc, s.battery_temp
+    FROM vehicle_stage s JOIN vehicle v ON v.name = s.name
+    ON CONFLICT DO NOTHING
+    RETURNING vehicle_id, ts, delivered_dc_mwh, battery_temp
+), rolled AS (
+    INSERT INTO vehicle_hourly AS h (vehicle_id, hour, delivered_dc_mwh, readings,
+                                     battery_temp_sum, battery_temp_min, battery_temp_max)
+    SELECT vehicle_id, date_bin('1 hour', ts, '2000-01-01 00:00:00+00') AS hour,
+           sum(delivered_dc_mwh), count(*), sum(battery_temp::double precision),
+           min(battery_temp), max(battery_temp)
+    FROM inserted GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (vehicle_id, hour) DO UPDATE SET
+        delivered_dc_mwh = h.delivered_dc_mwh + EXCLUDED.delivered_dc_mwh,
+        readings = h.readings + EXCLUDED.readings,
+        battery_temp_sum = h.battery_temp_sum + EXCLUDED.battery_temp_sum,
+        battery_temp_min = least(h.battery_temp_min, EXCLUDED.battery_temp_min),
+        battery_temp_max = greatest(h.battery_temp_max, EXCLUDED.battery_temp_max)
+)
+SELECT count(*) FROM inserted
 """
 _UPDATE_VEHICLE_LIVE: Final = """
 UPDATE vehicle v
-SET ts = s.ts, received_at = s.received_at, soc = s.soc, kwh_delivered_dc = s.kwh_delivered_dc,
+SET ts = s.ts, received_at = s.received_at, soc = s.soc, delivered_dc_mwh = s.delivered_dc_mwh,
     battery_temp = s.battery_temp
 FROM (SELECT DISTINCT ON (name) * FROM vehicle_stage ORDER BY name, ts DESC) s
 WHERE v.name = s.name AND (v.ts IS NULL OR v.ts < s.ts)
@@ -181,8 +216,7 @@ class BatchWriter:
                     for row in meters:
                         await copy.write_row(row)
                 await cur.execute(_REGISTER_METERS)
-                await cur.execute(_INSERT_METER_HISTORY)
-                inserted += cur.rowcount
+                inserted += await _count_inserted(cur, _INSERT_METER_HISTORY)
                 await cur.execute(_UPDATE_METER_LIVE)
             if vehicles:
                 async with cur.copy(_COPY_VEHICLES) as copy:
@@ -190,8 +224,7 @@ class BatchWriter:
                     for vrow in vehicles:
                         await copy.write_row(vrow)
                 await cur.execute(_REGISTER_VEHICLES)
-                await cur.execute(_INSERT_VEHICLE_HISTORY)
-                inserted += cur.rowcount
+                inserted += await _count_inserted(cur, _INSERT_VEHICLE_HISTORY)
                 await cur.execute(_UPDATE_VEHICLE_LIVE)
             if dead_letters:
                 async with cur.copy(_COPY_DEAD_LETTERS) as copy:
@@ -206,3 +239,9 @@ class BatchWriter:
             duplicates=readings - inserted,
             dead_letters=len(dead_letters),
         )
+
+
+async def _count_inserted(cur: psycopg.AsyncCursor[tuple[int]], statement: str) -> int:
+    await cur.execute(statement)
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0

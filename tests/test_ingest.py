@@ -63,15 +63,15 @@ async def test_readings_reach_history_and_live_rows(
     assert await query(
         database_url,
         """
-        SELECT m.name, r.ts, r.kwh_consumed_ac, r.voltage
+        SELECT m.name, r.ts, r.consumed_ac_mwh, r.voltage
         FROM meter_reading r JOIN meter m USING (meter_id)""",
-    ) == [("MTR-101", at, 12.8, 228.0)]
+    ) == [("MTR-101", at, 12_800_000, 228.0)]
     [live] = await query(
         database_url,
         """
-        SELECT name, ts, soc, kwh_delivered_dc, battery_temp, received_at FROM vehicle""",
+        SELECT name, ts, soc, delivered_dc_mwh, battery_temp, received_at FROM vehicle""",
     )
-    assert live[:5] == ("EV-101", at, 75.0, 10.5, 35.0)
+    assert live[:5] == ("EV-101", at, 75.0, 10_500_000, 35.0)
     assert abs(live[5] - datetime.now(UTC)) < timedelta(seconds=30)
 
 
