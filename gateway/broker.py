@@ -47,20 +47,24 @@ class Broker:
         self.connected = False
 
     def connected_to(self, connection: int) -> None:
-        """Call after each successful connect: messages of earlier connections are forgotten
-        locally (never acknowledged, so the broker sends them again)."""
-        dropped = self._queue.qsize()
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        if dropped:
-            logger.info(
-                "%d unacknowledged messages of the last connection will be redelivered", dropped
-            )
+        """Call right after each connect, before taking messages: they belong to ``connection``.
+        (The broker redelivers unacknowledged messages right after CONNACK, so the local queue
+        may already hold some of this connection's messages: they must be kept.)"""
         self.connection = connection
         self.connected = True
 
     def disconnected(self) -> None:
+        """Call once a connection is gone: messages it delivered that were not taken yet are
+        forgotten (never acknowledged, so the broker sends them again on the next connection)."""
         self.connected = False
+        dropped = 0
+        while not self._queue.empty():
+            self._queue.get_nowait()
+            dropped += 1
+        if dropped:
+            logger.info(
+                "%d messages not taken before the connection dropped will be redelivered", dropped
+            )
 
     def lost_connection(self) -> bool:
         """True once the current connection has dropped (aiomqtt resolves this future)."""

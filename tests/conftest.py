@@ -81,6 +81,9 @@ class RunningGateway:
         await asyncio.wait_for(self.task, 60)
 
 
+StartGateway = Callable[..., Awaitable[RunningGateway]]
+
+
 @pytest.fixture
 async def start_gateway(
     settings: Settings,

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiomqtt
 
 from gateway.database import apply_schema
-from tests.conftest import RunningGateway, count, query, wait_until
-
-StartGateway = Callable[..., Awaitable[RunningGateway]]
+from tests.conftest import StartGateway, count, query, wait_until
 
 
 def iso(moment: datetime) -> str:
