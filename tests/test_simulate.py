@@ -1,0 +1,185 @@
+"""The simulator: its readings are what the gateway accepts and behave like a fleet; its CLI
+publishes them to a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import aiomqtt
+import msgspec
+import pytest
+
+from gateway.readings import Limits, MeterReading, VehicleReading, decode_message
+from gateway.simulate import build_parser, default_start
+from gateway.simulated_fleet import Fleet, FleetProfile, Message
+from tests.services import PROJECT, Mosquitto
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+LIMITS = Limits(
+    max_payload_bytes=262_144, max_future_skew=timedelta(minutes=5), max_age=timedelta(days=31)
+)
+QUIET = {"duplicate_share": 0.0, "late_share": 0.0, "malformed_share": 0.0, "silent_share": 0.0}
+
+
+def take(fleet: Fleet, count: int) -> list[Message]:
+    return list(itertools.islice(fleet.stream(), count))
+
+
+def decode(message: Message) -> list[MeterReading | VehicleReading]:
+    decoded = decode_message(message.topic, message.payload, NOW, LIMITS)
+    assert not decoded.rejects, (message, decoded.rejects)
+    return decoded.readings
+
+
+def sessions(profile: FleetProfile, intervals: int) -> dict[int, list[tuple[float, float, float]]]:
+    """Per charger: (AC kWh, DC kWh, SoC) of each interval, decoded from the payloads."""
+    fleet = Fleet(profile, NOW - timedelta(days=2))
+    seen: dict[int, list[tuple[float, float, float]]] = {}
+    for step in range(intervals):
+        for index, charger in enumerate(fleet.chargers):
+            at = fleet.start + timedelta(minutes=step, seconds=index)
+            meter_message, vehicle_message = fleet.report(index, at)
+            (meter,) = decode(meter_message)
+            (vehicle,) = decode(vehicle_message)
+            assert isinstance(meter, MeterReading)
+            assert isinstance(vehicle, VehicleReading)
+            assert meter.timestamp == vehicle.timestamp == at
+            seen.setdefault(charger.number, []).append(
+                (meter.kwh_consumed_ac, vehicle.kwh_delivered_dc, vehicle.soc)
+            )
+    return seen
+
+
+def test_readings_decode_except_the_malformed_share() -> None:
+    fleet = Fleet(FleetProfile(devices=50, malformed_share=0.02, seed=1), NOW - timedelta(days=1))
+    messages = take(fleet, 5000)
+    malformed = [m for m in messages if m.malformed]
+    assert 40 <= len(malformed) <= 160
+    for message in messages:
+        if not message.malformed:
+            assert len(decode(message)) == 1
+    for message in malformed:
+        assert decode_message(message.topic, message.payload, NOW, LIMITS).rejects
+
+
+def test_arrays_hold_consecutive_readings_of_one_device() -> None:
+    fleet = Fleet(FleetProfile(devices=5, array=100, seed=2, **QUIET), NOW - timedelta(days=1))
+    messages = take(fleet, 20)
+    assert {m.readings for m in messages} == {100}
+    for message in messages:
+        readings = decode(message)
+        assert len(readings) == 100
+        stamps = [r.timestamp for r in readings]
+        assert stamps == sorted(stamps)
+        assert stamps[1] - stamps[0] == timedelta(minutes=1)
+
+
+def test_soc_rises_while_charging_and_healthy_chargers_are_88_to_94_percent_efficient() -> None:
+    seen = sessions(FleetProfile(devices=20, faulty_share=0.0, seed=3, **QUIET), 240)
+    charged = 0
+    for intervals in seen.values():
+        for (_, _, soc_before), (ac, dc, soc) in itertools.pairwise(intervals):
+            if dc > 0:
+                charged += 1
+                assert soc > soc_before
+            if dc >= 0.05:  # below this, rounding to whole mWh blurs the ratio
+                assert 0.875 <= dc / ac <= 0.945
+    assert charged > 500
+
+
+def test_faulty_chargers_stay_below_85_percent() -> None:
+    seen = sessions(FleetProfile(devices=20, faulty_share=1.0, seed=4, **QUIET), 120)
+    ratios = [dc / ac for intervals in seen.values() for ac, dc, _ in intervals if dc >= 0.05]
+    assert len(ratios) > 200
+    assert max(ratios) < 0.85
+
+
+def test_some_batteries_overheat_and_some_meters_fall_silent() -> None:
+    profile = FleetProfile(devices=10, overheat_share=1.0, silent_share=1.0, seed=5)
+    fleet = Fleet(profile, NOW - timedelta(days=1))
+    messages = [m for m in take(fleet, 1500) if not m.malformed]
+    temps = [
+        reading.battery_temp
+        for message in messages
+        for reading in decode_message(message.topic, message.payload, NOW, LIMITS).readings
+        if isinstance(reading, VehicleReading)
+    ]
+    assert max(temps) > 55
+    meters = [m for m in messages if m.topic.startswith("fleet/meter/")]
+    vehicles = [m for m in messages if m.topic.startswith("fleet/vehicle/")]
+    assert len(meters) <= 10 * 32 < len(vehicles)
+
+
+def test_duplicates_and_late_messages_occur() -> None:
+    profile = FleetProfile(devices=20, duplicate_share=0.01, late_share=0.01, seed=6)
+    messages = take(Fleet(profile, NOW - timedelta(days=1)), 5000)
+    assert len({m.payload for m in messages}) < len(messages)  # duplicates
+    stamps = [m.at for m in messages]
+    assert any(later < earlier for earlier, later in itertools.pairwise(stamps))  # late
+
+
+def test_accelerated_runs_end_about_now() -> None:
+    args = build_parser().parse_args(["--rate", "1000", "--count", "120000", "--devices", "100"])
+    start = default_start(args, NOW)
+    assert start == NOW - timedelta(seconds=120_000 * 60 / 200)
+    assert default_start(build_parser().parse_args([]), NOW) == NOW
+
+
+def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    for option in ("--mqtt-url", "--devices", "--speed", "--rate", "--duration", "--count"):
+        assert option in text
+    assert "--array" in text
+
+
+async def test_simulator_publishes_to_a_real_broker(mosquitto: Mosquitto) -> None:
+    first = random.randint(100_000, 900_000)  # device numbers of this test alone
+    count = 400
+    received: set[bytes] = set()
+    async with aiomqtt.Client(
+        "127.0.0.1", mosquitto.port, identifier=f"sim-sub-{uuid.uuid4().hex[:8]}"
+    ) as subscriber:
+        await subscriber.subscribe("fleet/#", qos=1)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway.simulate",
+            "--mqtt-url",
+            mosquitto.url,
+            "--flood",
+            "--count",
+            str(count),
+            "--devices",
+            "50",
+            "--first-device",
+            str(first),
+            "--malformed-share",
+            "0",
+            "--quiet",
+            cwd=PROJECT,
+            stderr=asyncio.subprocess.PIPE,
+        )
+
+        async def receive() -> None:
+            async for message in subscriber.messages:
+                number = int(str(message.topic).rsplit("-", 1)[1])
+                if first <= number < first + 50:
+                    assert isinstance(message.payload, bytes)
+                    received.add(message.payload)
+                    if len(received) >= count - 10:  # a few duplicates are part of the fleet
+                        return
+
+        await asyncio.wait_for(receive(), 30)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, stderr
+    assert b"sent 400" in stderr
+    assert b"acked 400" in stderr
+    for payload in received:
+        assert msgspec.json.decode(payload)["timestamp"].endswith("Z")
