@@ -117,14 +117,25 @@ def _dead_letter_row(message: Received, reject: Reject) -> DeadLetterRow:
 
 
 def refused_by_database(message: Received, error: str) -> Received:
-    """The same message turned into a dead letter, when the database will not take its readings."""
+    """The same message turned into a dead letter, when the database will not take its readings.
+    Its text is made storable (PostgreSQL text cannot hold NUL), so the dead letter always is."""
     decoded = message.decoded
     reject = Reject(
-        f"database refused the message: {error}",
+        _storable(f"database refused the message: {error}"),
         message.payload,
         len(message.payload),
         decoded.device_kind,
-        decoded.device_id,
+        None if decoded.device_id is None else _storable(decoded.device_id),
     )
     refused = dataclasses.replace(decoded, readings=[], rejects=[reject])
-    return dataclasses.replace(message, decoded=refused)
+    return dataclasses.replace(message, topic=_storable(message.topic), decoded=refused)
+
+
+def is_refusal(message: Received) -> bool:
+    return not message.decoded.readings and any(
+        reject.reason.startswith("database refused") for reject in message.decoded.rejects
+    )
+
+
+def _storable(text: str) -> str:
+    return text.replace("\x00", "\\0")

@@ -131,7 +131,13 @@ OPTIONS: tuple[Option, ...] = (
         "Daily history partitions are created this many days ahead.",
         _positive_int,
     ),
-    Option("DB_POOL_SIZE", "db_pool_size", "4", "Connections in the database pool.", _positive_int),
+    Option(
+        "DB_POOL_SIZE",
+        "db_pool_size",
+        "2",
+        "Connections in the database pool (one writes batches, one spare for partitions).",
+        _positive_int,
+    ),
     Option(
         "RETRY_MAX_DELAY_S",
         "retry_max_delay_s",

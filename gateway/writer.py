@@ -13,7 +13,7 @@ from typing import Final
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from gateway.batch import Batch, refused_by_database
+from gateway.batch import Batch, is_refusal, refused_by_database
 from gateway.database import Partitions
 
 logger = logging.getLogger(__name__)
@@ -195,13 +195,21 @@ class BatchWriter:
             await self._partitions.ensure(batch.reading_days())
             result = await self._write_once(batch)
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            message = batch.messages[0]
+            if is_refusal(message):  # cannot happen with sanitised text; never loop on it
+                logger.exception(
+                    "database refused even the dead letter of %r; payload %r "
+                    "acknowledged without being stored",
+                    message.topic,
+                    message.payload[:1024],
+                )
+                result = WriteResult(messages=1)
+                self._on_committed(batch, result)
+                return result
             logger.warning(
-                "database refused message on %r: %s; kept as a dead letter",
-                batch.messages[0].topic,
-                exc,
+                "database refused message on %r: %s; kept as a dead letter", message.topic, exc
             )
-            refused = Batch([refused_by_database(batch.messages[0], str(exc))])
-            return await self.write(refused)
+            return await self.write(Batch([refused_by_database(message, str(exc))]))
         self._on_committed(batch, result)
         return result
 
