@@ -211,16 +211,16 @@ def default_start(args: argparse.Namespace, now: datetime) -> datetime:
         return datetime.fromisoformat(args.start.replace("Z", "+00:00")).astimezone(UTC)
     if args.speed == 1.0 and not args.rate and not args.flood:
         return now
-    per_message_s = args.interval * args.array / (2 * args.devices)
+    profile = FleetProfile(devices=args.devices, interval_s=args.interval, array=args.array)
     if args.count is not None:
-        span_s = args.count * per_message_s
+        span = profile.time_for(args.count)
     elif args.duration is not None and args.rate:
-        span_s = args.duration * args.rate * per_message_s
+        span = profile.time_for(int(args.duration * args.rate))
     elif args.duration is not None and not args.flood:
-        span_s = args.duration * args.speed
+        span = timedelta(seconds=args.duration * args.speed)
     else:
-        span_s = OLDEST_START.total_seconds()
-    return now - min(timedelta(seconds=span_s), OLDEST_START)
+        span = OLDEST_START
+    return now - min(span, OLDEST_START)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,6 +40,12 @@ class FleetProfile:
     malformed_share: float = 0.001
     seed: int | None = None
 
+    def time_for(self, messages: int) -> timedelta:
+        """Simulated time it takes the fleet to send this many messages (two per round of
+        reports; with arrays, each device sends once every ``array`` rounds)."""
+        rounds = -(-messages // (2 * self.devices)) * self.array
+        return timedelta(seconds=rounds * self.interval_s)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Message:

@@ -1,0 +1,286 @@
+"""The benchmark's moving parts: the gateway as a subprocess, publisher processes started together,
+committed-reading counts, and what /proc says about a process (CPU time, peak memory)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from gateway.settings import MqttAddress
+from gateway.simulate import Pace, Publisher, Stats, live_stream, publish_messages
+from gateway.simulated_fleet import Fleet, FleetProfile, Message, rfc3339
+
+PROJECT = Path(__file__).resolve().parent.parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+COMMITTED_READINGS = """
+SELECT (SELECT coalesce(sum(readings), 0) FROM meter_hourly)
+     + (SELECT coalesce(sum(readings), 0) FROM vehicle_hourly)
+"""
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return f"{os.cpu_count()} cores, {model}"
+
+
+def proc_status_kb(pid: int, field: str) -> int:
+    """A ``/proc/<pid>/status`` memory field (VmHWM, VmRSS) in kB; 0 if the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICKS
+
+
+def children_of(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == parent:
+                found.append(int(entry.name))
+    return found
+
+
+class CpuMeter:
+    """CPU use of named groups of processes between ``start()`` and ``stop()``, as % of a core."""
+
+    def __init__(self, groups: dict[str, list[int]]):
+        self.groups = groups
+        self._before: dict[str, float] = {}
+        self._started = 0.0
+        self.percent: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+        self._before = {name: cpu_seconds(pids) for name, pids in self.groups.items()}
+
+    def stop(self) -> dict[str, float]:
+        wall = time.monotonic() - self._started
+        self.percent = {
+            name: 100 * (cpu_seconds(pids) - self._before[name]) / wall
+            for name, pids in self.groups.items()
+        }
+        return self.percent
+
+
+class GatewayProcess:
+    """``python -m gateway`` with the benchmark's settings; stopped with SIGTERM (drains)."""
+
+    def __init__(self, database_url: str, mqtt_url: str, client_id: str, log: Path):
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "MQTT_URL": mqtt_url,
+            "MQTT_CLIENT_ID": client_id,
+            "METRICS_PORT": "0",
+            "LOG_LEVEL": "WARNING",
+        }
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway"],
+                env=self.env,
+                cwd=PROJECT,
+                stdout=log,
+                stderr=log,
+            )
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"gateway exited with {self.process.returncode}:\n{tail}")
+
+
+class Database:
+    """A connection to the benchmark's database for counting and measuring."""
+
+    def __init__(self, url: str):
+        self.conn = psycopg.connect(url, autocommit=True)
+
+    def value(self, sql: str, *params: Any) -> Any:
+        row = self.conn.execute(sql.encode(), params).fetchone()
+        assert row is not None
+        return row[0] if len(row) == 1 else row
+
+    def committed(self) -> int:
+        return int(self.value(COMMITTED_READINGS))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def wait_for_gateway(gateway: GatewayProcess, db: Database, mqtt_url: str) -> None:
+    """Publish probe readings until one is committed: the gateway is subscribed and writing."""
+    publisher = Publisher(MqttAddress.parse(mqtt_url), f"bench-probe-{os.getpid()}")
+    publisher.connect()
+    try:
+        for attempt in itertools.count():
+            gateway.check_alive()
+            name = f"PROBE-{attempt}"
+            payload = (
+                f'{{"kwhConsumedAc":0,"voltage":230,"timestamp":"{rfc3339(datetime.now(UTC))}"}}'
+            )
+            publisher.publish(
+                Message(f"fleet/meter/{name}", payload.encode(), 1, datetime.now(UTC))
+            )
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                publisher.service(0.1)
+                try:
+                    if db.value("SELECT count(*) FROM meter WHERE name LIKE 'PROBE-%%'"):
+                        return
+                except psycopg.errors.UndefinedTable:
+                    pass  # the gateway has not applied the schema yet
+            if attempt > 60:
+                raise TimeoutError("the gateway did not commit a probe reading within 60 s")
+    finally:
+        publisher.disconnect()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PublisherJob:
+    """One publisher process's share: its devices, how many messages and how fast."""
+
+    mqtt_url: str
+    first_device: int
+    devices: int
+    count: int | None = None
+    duration_s: float | None = None
+    array: int = 1
+    rate: float | None = None  # messages/s of this process; None: as fast as acks allow
+    live_timestamps: bool = False
+    window: int = 1000
+
+
+def _run_job(job: PublisherJob, ready: Any, go: Any, results: Any) -> None:
+    profile = FleetProfile(
+        devices=job.devices,
+        first_device=job.first_device,
+        array=job.array,
+        duplicate_share=0.0,
+        late_share=0.0,
+        malformed_share=0.0,
+        silent_share=0.0,
+        seed=job.first_device,
+    )
+    now = datetime.now(UTC).replace(microsecond=0)
+    fleet = Fleet(profile, now - profile.time_for(job.count or 0) - timedelta(minutes=1))
+    # Generated before the clock starts, so that the figures are the pipeline's, not generation's.
+    messages = (
+        live_stream(fleet)
+        if job.live_timestamps
+        else list(itertools.islice(fleet.stream(), job.count))
+    )
+    publisher = Publisher(MqttAddress.parse(job.mqtt_url), f"bench-pub-{os.getpid()}", job.window)
+    publisher.connect()
+    ready.put(os.getpid())
+    go.wait()
+    stats = publish_messages(
+        publisher,
+        messages,
+        Pace(speed=None, rate=job.rate),
+        sim_start=fleet.start,
+        count=job.count,
+        duration_s=job.duration_s,
+    )
+    publisher.disconnect()
+    results.put(stats)
+
+
+class Publishers:
+    """Publisher processes that generate their messages, connect, then start at one signal."""
+
+    def __init__(self, jobs: list[PublisherJob]):
+        context = multiprocessing.get_context("spawn")
+        self._ready = context.Queue()
+        self._results = context.Queue()
+        self._go = context.Event()
+        self.processes = [
+            context.Process(target=_run_job, args=(job, self._ready, self._go, self._results))
+            for job in jobs
+        ]
+        self.pids: list[int] = []
+
+    def __enter__(self) -> Publishers:
+        for process in self.processes:
+            process.start()
+        try:
+            self.pids = [self._ready.get(timeout=600) for _ in self.processes]
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def go(self) -> float:
+        started = time.monotonic()
+        self._go.set()
+        return started
+
+    def results(self, timeout_s: float = 600) -> list[Stats]:
+        return [self._results.get(timeout=timeout_s) for _ in self.processes]
+
+    def __exit__(self, *_: object) -> None:
+        for process in self.processes:
+            process.join(timeout=0 if not self._go.is_set() else 10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+def total_rate(stats: list[Stats]) -> float:
+    longest = max(s.elapsed_s for s in stats)
+    return sum(s.sent for s in stats) / longest if longest else 0.0

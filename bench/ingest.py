@@ -1,0 +1,416 @@
+"""``python -m bench.ingest``: end-to-end ingest figures of the gateway on this machine.
+
+Private Mosquitto and PostgreSQL (tests/services.py), the gateway as a subprocess, publishers in
+separate processes. Prints one table; see bench/README.md for the method and latest figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+
+from bench.harness import (
+    CpuMeter,
+    Database,
+    GatewayProcess,
+    PublisherJob,
+    Publishers,
+    children_of,
+    machine,
+    proc_status_kb,
+    total_rate,
+    wait_for_gateway,
+)
+from tests.services import Mosquitto, Postgres
+
+STALL_S = 30.0  # a phase gives up when nothing is committed for this long
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Scale:
+    messages: int  # (a) and (e)
+    array_messages: int  # (b), of ARRAY readings each
+    latency_s: float  # (c)
+    backlog: int  # (d)
+    devices: int  # per publisher process
+
+
+ARRAY = 100
+LATENCY_RATE = 1000.0
+
+
+@dataclasses.dataclass(slots=True)
+class Drain:
+    """How committed readings grew after ``started``: [(seconds, readings), ...]."""
+
+    started: float
+    expected: int
+    timeline: list[tuple[float, int]] = dataclasses.field(default_factory=list)
+    peak_rss_kb: int = 0
+
+    @property
+    def committed(self) -> int:
+        return self.timeline[-1][1] if self.timeline else 0
+
+    @property
+    def total_s(self) -> float:
+        """Until the last reading was committed."""
+        for seconds, committed in self.timeline:
+            if committed >= self.committed:
+                return seconds
+        return 0.0
+
+    def rate_between(self, low: float, high: float) -> float:
+        """Readings/s between the moments `low` and `high` (shares of expected) were committed."""
+        lo = next((p for p in self.timeline if p[1] >= low * self.expected), None)
+        hi = next((p for p in self.timeline if p[1] >= high * self.expected), None)
+        if lo is None or hi is None or hi[0] <= lo[0]:
+            return self.committed / self.total_s if self.total_s else 0.0
+        return (hi[1] - lo[1]) / (hi[0] - lo[0])
+
+
+def watch(db: Database, baseline: int, expected: int, started: float, pid: int = 0) -> Drain:
+    """Poll committed readings until ``expected`` more than ``baseline`` or a stall."""
+    drain = Drain(started, expected)
+    last_progress = time.monotonic()
+    while True:
+        committed = db.committed() - baseline
+        now = time.monotonic()
+        if pid:
+            drain.peak_rss_kb = max(drain.peak_rss_kb, proc_status_kb(pid, "VmHWM"))
+        if committed > drain.committed:
+            last_progress = now
+        drain.timeline.append((now - started, committed))
+        if committed >= expected or now - last_progress > STALL_S:
+            return drain
+        time.sleep(0.1)
+
+
+def publisher_jobs(
+    url: str, base: int, scale: Scale, total: int, processes: int, **options: object
+) -> list[PublisherJob]:
+    """``total`` messages split over ``processes`` publishers, each with its own devices."""
+    return [
+        PublisherJob(
+            url,
+            first_device=base + number * scale.devices,
+            devices=scale.devices,
+            count=total // processes,
+            **options,  # type: ignore[arg-type]
+        )
+        for number in range(processes)
+    ]
+
+
+@dataclasses.dataclass(slots=True)
+class Bench:
+    """The services, the gateway and the figures gathered so far."""
+
+    args: argparse.Namespace
+    scale: Scale
+    postgres: Postgres
+    mosquitto: Mosquitto
+    gateway: GatewayProcess
+    db: Database | None = None
+    rows: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def row(self, what: str, measured: str, target: str = "") -> None:
+        self.rows.append((what, measured, target))
+        print(f"  {what}: {measured}", file=sys.stderr, flush=True)
+
+    def cpu(self, publishers: list[int]) -> CpuMeter:
+        groups = {"publishers": publishers, "mosquitto": [self.mosquitto_pid]}
+        if self.gateway.process is not None:
+            groups["gateway"] = [self.gateway.pid]
+        groups["postgres"] = children_of(self.postmaster_pid)
+        return CpuMeter(groups)
+
+    @property
+    def mosquitto_pid(self) -> int:
+        assert self.mosquitto.process is not None
+        return self.mosquitto.process.pid
+
+    @property
+    def postmaster_pid(self) -> int:
+        return int((self.postgres.datadir / "postmaster.pid").read_text().split()[0])
+
+    def publishers(self, base: int, total: int, **options: object) -> Publishers:
+        processes = self.args.publishers
+        return Publishers(
+            publisher_jobs(self.mosquitto.url, base, self.scale, total, processes, **options)
+        )
+
+
+def cpu_note(phase: str, percent: dict[str, float]) -> str:
+    shares = ", ".join(f"{name} {value:.0f}%" for name, value in percent.items())
+    return f"CPU during {phase} (100% = one core): {shares}"
+
+
+def reap(process: subprocess.Popen[bytes], deadline: float) -> float:
+    """Wait for the process to exit; its CPU seconds (from wait4, as it leaves /proc)."""
+    while time.monotonic() < deadline:
+        pid, _, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = 0
+            return usage.ru_utime + usage.ru_stime
+        time.sleep(0.005)
+    raise TimeoutError("mosquitto_sub did not receive every message in time")
+
+
+def ceiling(bench: Bench) -> None:
+    """(e) The same kind of stream into the C client: what broker + publishers can deliver."""
+    count = bench.scale.messages
+    sub = subprocess.Popen(
+        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(bench.mosquitto.port), "-q", "1",
+         "-t", "fleet/#", "-C", str(count), "-i", f"bench-ceiling-{uuid.uuid4().hex[:6]}"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        with bench.publishers(400_000, count) as publishers:
+            time.sleep(1.0)  # let mosquitto_sub subscribe
+            meter = bench.cpu(publishers.pids)
+            meter.start()
+            started = publishers.go()
+            stats = publishers.results()
+            sub_cpu_s = reap(sub, started + STALL_S + count / 1000)
+            elapsed = time.monotonic() - started
+            percent = meter.stop()
+            percent["mosquitto_sub"] = 100 * sub_cpu_s / elapsed
+            bench.notes.append(cpu_note("(e)", percent))
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait()
+    bench.row(
+        "(e) ceiling: mosquitto_sub -q 1 receives",
+        f"{count / elapsed:,.0f} msg/s ({count:,} msgs; "
+        f"publishers sent {total_rate(stats):,.0f}/s)",
+    )
+
+
+def single_readings(bench: Bench) -> None:
+    """(a) Sustained single-reading QoS 1 ingest, published -> committed."""
+    assert bench.db is not None
+    count = bench.scale.messages
+    baseline = bench.db.committed()
+    with bench.publishers(1, count) as publishers:
+        meter = bench.cpu(publishers.pids)
+        meter.start()
+        started = publishers.go()
+        drain = watch(bench.db, baseline, count, started)
+        stats = publishers.results()
+        bench.notes.append(cpu_note("(a)", meter.stop()))
+    bench.row(
+        "(a) single-reading QoS 1, published -> committed",
+        f"{drain.rate_between(0.1, 0.9):,.0f} msg/s sustained (10%-90%); "
+        f"{drain.committed:,}/{count:,} in {drain.total_s:.1f} s; "
+        f"publishers {total_rate(stats):,.0f}/s",
+        ">= 10,000 msg/s",
+    )
+
+
+def arrays(bench: Bench) -> None:
+    """(b) Readings/s when each message is an array of ARRAY readings."""
+    assert bench.db is not None
+    count = bench.scale.array_messages
+    expected = count * ARRAY
+    baseline = bench.db.committed()
+    with bench.publishers(100_000, count, array=ARRAY) as publishers:
+        meter = bench.cpu(publishers.pids)
+        meter.start()
+        started = publishers.go()
+        drain = watch(bench.db, baseline, expected, started)
+        publishers.results()
+        bench.notes.append(cpu_note("(b)", meter.stop()))
+    bench.row(
+        f"(b) arrays of {ARRAY} readings",
+        f"{drain.rate_between(0.1, 0.9):,.0f} readings/s sustained (10%-90%); "
+        f"{drain.committed:,}/{expected:,} in {drain.total_s:.1f} s",
+        ">= 100,000 readings/s",
+    )
+
+
+LATENCIES = """
+SELECT count(*), percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY latency), max(latency)
+FROM (
+    SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - ts) AS latency
+    FROM meter_reading
+    WHERE ts >= %s AND meter_id IN (SELECT meter_id FROM meter WHERE name LIKE %s)
+    UNION ALL
+    SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - ts)
+    FROM vehicle_reading
+    WHERE ts >= %s AND vehicle_id IN (SELECT vehicle_id FROM vehicle WHERE name LIKE %s)
+) AS l
+"""
+
+
+def latency(bench: Bench) -> None:
+    """(c) Publish-to-commit latency at a steady LATENCY_RATE msg/s."""
+    assert bench.db is not None
+    since = bench.db.value("SELECT now()")
+    seconds = bench.scale.latency_s
+    baseline = bench.db.committed()
+    with Publishers(
+        [
+            PublisherJob(
+                bench.mosquitto.url,
+                first_device=200_000,
+                devices=bench.scale.devices,
+                duration_s=seconds,
+                rate=LATENCY_RATE,
+                live_timestamps=True,
+            )
+        ]
+    ) as publishers:
+        started = publishers.go()
+        (stats,) = publishers.results()
+        watch(bench.db, baseline, stats.sent, started)
+    count, (p50, p99), worst = bench.db.value(LATENCIES, since, "MTR-2_____", since, "EV-2_____")
+    bench.row(
+        f"(c) publish -> commit latency at {LATENCY_RATE:,.0f} msg/s",
+        f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {worst * 1000:.0f} ms "
+        f"({count:,} readings over {seconds:.0f} s, sent at {stats.sent / stats.elapsed_s:,.0f}/s)",
+        "p99 < 250 ms",
+    )
+
+
+def backlog(bench: Bench) -> None:
+    """(d) Queue a backlog for the stopped gateway's persistent session, then drain it."""
+    assert bench.db is not None
+    count = bench.scale.backlog
+    bench.gateway.stop()
+    baseline = bench.db.committed()
+    with bench.publishers(300_000, count) as publishers:
+        publishers.go()
+        stats = publishers.results(timeout_s=3600)
+    published = sum(s.acked for s in stats)
+    queued_in = max(s.elapsed_s for s in stats)
+    broker_rss = proc_status_kb(bench.mosquitto_pid, "VmRSS")
+    bench.gateway.start()
+    started = time.monotonic()
+    meter = bench.cpu([])
+    meter.groups["gateway"] = [bench.gateway.pid]
+    meter.start()
+    drain = watch(bench.db, baseline, count, started, pid=bench.gateway.pid)
+    bench.notes.append(cpu_note("(d) drain", meter.stop()))
+    peak = max(drain.peak_rss_kb, proc_status_kb(bench.gateway.pid, "VmHWM"))
+    bench.row(
+        f"(d) drain a backlog of {count:,} (queued in {queued_in:.0f} s, broker RSS "
+        f"{broker_rss / 1024:,.0f} MB)",
+        f"{drain.committed:,} of {published:,} acked by the broker committed in "
+        f"{drain.total_s:.1f} s from gateway start: {drain.committed / drain.total_s:,.0f} msg/s; "
+        f"gateway peak RSS (VmHWM) {peak / 1024:,.0f} MB",
+        "RSS < 150 MB",
+    )
+
+
+def integrity(bench: Bench) -> None:
+    """Everything counted was stored once, and nothing was refused."""
+    assert bench.db is not None
+    rows = bench.db.value(
+        "SELECT (SELECT count(*) FROM meter_reading) + (SELECT count(*) FROM vehicle_reading)"
+    )
+    dead = bench.db.value("SELECT count(*) FROM dead_letter")
+    bench.row(
+        "check: history rows / rollup readings / dead letters",
+        f"{rows:,} / {bench.db.committed():,} / {dead:,}",
+        "equal / equal / 0",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="scaled down: a smoke run (~1 min)")
+    parser.add_argument("--backlog", type=int, help="(d) messages queued (default 1,000,000)")
+    parser.add_argument("--messages", type=int, help="(a) and (e) messages (default 300,000)")
+    parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    args = parser.parse_args(argv)
+    if args.quick:
+        scale = Scale(messages=60_000, array_messages=600, latency_s=5, backlog=60_000, devices=200)
+    else:
+        scale = Scale(300_000, array_messages=5_000, latency_s=30, backlog=1_000_000, devices=1000)
+    scale = dataclasses.replace(
+        scale,
+        messages=args.messages or scale.messages,
+        backlog=args.backlog if args.backlog is not None else scale.backlog,
+    )
+    logs = Path(tempfile.mkdtemp(prefix="fleetgate-bench-"))
+    print(f"machine: {machine()}; logs in {logs}", file=sys.stderr)
+    postgres = Postgres()
+    mosquitto: Mosquitto | None = None
+    bench: Bench | None = None
+    try:
+        # Exact commit times per row, for (c): pg_xact_commit_timestamp(xmin).
+        with psycopg.connect(postgres.url, autocommit=True) as admin:
+            admin.execute(b"ALTER SYSTEM SET track_commit_timestamp = on")
+        postgres.stop()
+        postgres.start()
+        mosquitto = Mosquitto()
+        gateway = GatewayProcess(
+            postgres.url, mosquitto.url, f"fleetgate-bench-{uuid.uuid4().hex[:6]}", logs / "gw.log"
+        )
+        bench = Bench(args, scale, postgres, mosquitto, gateway)
+        ceiling(bench)  # first: the gateway's session must not exist yet, or it would queue
+        gateway.start()
+        bench.db = Database(postgres.url)
+        wait_for_gateway(gateway, bench.db, mosquitto.url)
+        single_readings(bench)
+        arrays(bench)
+        latency(bench)
+        backlog(bench)
+        gateway.check_alive()
+        integrity(bench)
+    finally:
+        if bench is not None:
+            bench.gateway.stop()
+            if bench.db is not None:
+                bench.db.close()
+        if mosquitto is not None:
+            mosquitto.close()
+        postgres.close()
+    report(bench, scale)
+    shutil.rmtree(logs, ignore_errors=True)
+    return 0
+
+
+METHOD = """method:
+- (a), (b), (d): committed readings = sum(readings) of meter_hourly + vehicle_hourly, written
+  in the same transaction as the history rows; polled every 0.1 s. "Sustained" is the rate
+  between 10% and 90% of the expected readings committed.
+- (c): each reading's timestamp is the wall time at which it was handed to paho; its commit
+  time is pg_xact_commit_timestamp(xmin) of its history row (track_commit_timestamp = on);
+  latency = commit time - reading timestamp, over all readings of the phase.
+- (d): the gateway is stopped (SIGTERM) once its persistent session and subscription exist;
+  the backlog is published and acked by the broker, then the gateway is started again;
+  peak RSS is VmHWM of the new gateway process.
+- (e): mosquitto_sub -q 1 -C N > /dev/null, fed by the same publishers, run before the
+  gateway's session exists; time from the publishers' start to its exit."""
+
+
+def report(bench: Bench, scale: Scale) -> None:
+    width = max(len(what) for what, _, _ in bench.rows)
+    print(f"fleetgate ingest benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"machine: {machine()}; {bench.args.publishers} publisher processes, {scale}")
+    print(f"{'figure':<{width}} | {'target':<21} | measured")
+    print(f"{'-' * width}-+-{'-' * 21}-+-{'-' * 40}")
+    for what, measured, target in bench.rows:
+        print(f"{what:<{width}} | {target:<21} | {measured}")
+    print()
+    print(METHOD)
+    for note in bench.notes:
+        print(f"- {note}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
