@@ -104,3 +104,34 @@ BEGIN
     END IF;
 END
 $$;
+
+-- HTTP API
+-- Which meter feeds which vehicle's charger, and since when: vehicles move between chargers, so
+-- a link is never updated in place; it is ended (valid_to) and a new one begins. At most one open
+-- link per vehicle and per meter (a charger charges one vehicle at a time), so AC energy is never
+-- counted for two vehicles.
+CREATE TABLE IF NOT EXISTS vehicle_link (
+    link_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    vehicle_id integer NOT NULL REFERENCES vehicle (vehicle_id),
+    meter_id   integer NOT NULL REFERENCES meter (meter_id),
+    valid_from timestamptz NOT NULL,
+    valid_to   timestamptz,                 -- NULL while the link holds
+    CHECK (valid_to IS NULL OR valid_to > valid_from)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS vehicle_link_open_vehicle_idx
+    ON vehicle_link (vehicle_id) WHERE valid_to IS NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS vehicle_link_open_meter_idx
+    ON vehicle_link (meter_id) WHERE valid_to IS NULL;
+CREATE INDEX IF NOT EXISTS vehicle_link_vehicle_idx ON vehicle_link (vehicle_id, valid_from);
+CREATE INDEX IF NOT EXISTS vehicle_link_meter_idx ON vehicle_link (meter_id, valid_from);
+
+-- Bearer tokens of the HTTP API. Only the SHA-256 of a token is kept: a leaked table grants
+-- nothing. 'write' implies 'read'.
+CREATE TABLE IF NOT EXISTS api_token (
+    token_id   integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name       text NOT NULL DEFAULT '',
+    scope      text NOT NULL CHECK (scope IN ('read', 'write')),
+    token_hash bytea NOT NULL UNIQUE,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    revoked_at timestamptz
+);

@@ -1,0 +1,55 @@
+"""``create_app(settings)``: the aiohttp application, its middlewares and its resources."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway.database import apply_schema, open_pool
+from http_api.auth import require_token
+from http_api.keys import POOL, PUBLISHER, SETTINGS
+from http_api.middleware import request_id_and_errors
+from http_api.publisher import Publisher
+from http_api.routes import setup_routes
+from http_api.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    await apply_schema(settings.database_url)  # so that the API also works on its own
+    async with open_pool(settings.database_url, settings.db_pool_size, "fleetgate-api") as pool:
+        app[POOL] = pool
+        yield
+
+
+async def _broker(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    publisher = Publisher(settings.mqtt, settings.publish_timeout_s)
+    app[PUBLISHER] = publisher
+    task = asyncio.create_task(publisher.run(), name="mqtt-publisher")
+    try:
+        await asyncio.wait_for(publisher.connected.wait(), settings.publish_timeout_s)
+    except TimeoutError:
+        logger.warning("broker not reachable yet; ingestion answers 503 until it is")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[request_id_and_errors, require_token],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_broker)
+    setup_routes(app)
+    return app

@@ -1,0 +1,56 @@
+"""Bearer tokens: how they are made and hashed, and the middleware that checks them."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Final, Literal, TypeAlias
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from http_api.errors import ForbiddenError, UnauthorizedError
+from http_api.keys import POOL
+from http_api.queries import find_token
+
+Scope: TypeAlias = Literal["read", "write"]
+SCOPES: Final[tuple[Scope, ...]] = ("read", "write")
+TOKEN_PREFIX: Final = "fgt_"
+PUBLIC_PATHS: Final = frozenset({"/health"})
+_WRITE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def new_token() -> str:
+    """A random 32-byte token; shown once, only its hash is stored."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def required_scope(method: str) -> Scope:
+    """What a request needs: changing anything takes 'write'; reading takes 'read'."""
+    return "write" if method in _WRITE_METHODS else "read"
+
+
+def allows(granted: str, needed: Scope) -> bool:
+    return granted in ("write", needed)
+
+
+@web.middleware
+async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Secure by default: every path but PUBLIC_PATHS needs a valid token of enough scope."""
+    if request.path in PUBLIC_PATHS:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise UnauthorizedError("an Authorization: Bearer <token> header is required")
+    granted = await find_token(request.app[POOL], hash_token(token.strip()))
+    if granted is None:
+        raise UnauthorizedError("unknown or revoked token")
+    needed = required_scope(request.method)
+    if not allows(granted, needed):
+        raise ForbiddenError(f"this endpoint needs a token of scope {needed!r}, not {granted!r}")
+    return await handler(request)

@@ -1,0 +1,70 @@
+"""Domain errors of the API; the middleware turns each into its HTTP status and JSON body."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ApiError(Exception):
+    """An error a client can act on: a status, a camelCase code and a message."""
+
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "badRequest"
+
+    def __init__(self, message: str, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.parameter = parameter
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.parameter is not None:
+            error["parameter"] = self.parameter
+        return {"error": error}
+
+
+class InvalidParameterError(ApiError):
+    """A path or query parameter, or a field of the body, has a value the API cannot use."""
+
+    code = "invalidParameter"
+
+
+class InvalidBodyError(ApiError):
+    """The request body is not the JSON document the endpoint takes."""
+
+    code = "invalidBody"
+
+
+class UnauthorizedError(ApiError):
+    """No bearer token, or one that is unknown or revoked."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class ForbiddenError(ApiError):
+    """The token's scope does not allow this endpoint."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFoundError(ApiError):
+    """The vehicle, meter or link does not exist."""
+
+    status = 404
+    code = "notFound"
+
+
+class ConflictError(ApiError):
+    """The request contradicts the current state (e.g. a meter already linked elsewhere)."""
+
+    status = 409
+    code = "conflict"
+
+
+class BrokerUnavailableError(ApiError):
+    """The broker did not acknowledge in time; nothing can be promised about the reading."""
+
+    status = 503
+    code = "brokerUnavailable"

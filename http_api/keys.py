@@ -1,0 +1,15 @@
+"""Typed keys of what the application holds: settings, database pool, broker publisher."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
+
+from http_api.publisher import Publisher
+from http_api.settings import Settings
+
+SETTINGS: Final = web.AppKey("settings", Settings)
+POOL: Final = web.AppKey("pool", AsyncConnectionPool)
+PUBLISHER: Final = web.AppKey("publisher", Publisher)

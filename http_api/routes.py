@@ -1,0 +1,39 @@
+"""The URL table."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from http_api import (
+    views_analytics,
+    views_ingest,
+    views_links,
+    views_operations,
+    views_status,
+)
+
+
+def setup_routes(app: web.Application) -> None:
+    app.add_routes(
+        [
+            web.get("/health", views_operations.health, allow_head=False),
+            web.get("/openapi.json", views_operations.openapi, allow_head=False),
+            web.get("/v1/status/overview", views_status.overview, allow_head=False),
+            web.get("/v1/status/vehicles", views_status.vehicles, allow_head=False),
+            web.get("/v1/status/vehicle/{vehicleId}", views_status.vehicle, allow_head=False),
+            web.get("/v1/status/meter/{meterId}", views_status.meter, allow_head=False),
+            web.post("/v1/links", views_links.create),
+            web.get("/v1/links", views_links.current, allow_head=False),
+            web.get("/v1/links/{vehicleId}", views_links.of_vehicle, allow_head=False),
+            web.delete("/v1/links/{vehicleId}", views_links.end),
+            web.get(
+                "/v1/analytics/performance/{vehicleId}",
+                views_analytics.performance,
+                allow_head=False,
+            ),
+            web.get("/v1/analytics/trend/{vehicleId}", views_analytics.trend, allow_head=False),
+            web.get("/v1/analytics/fleet", views_analytics.fleet, allow_head=False),
+            web.post("/v1/telemetry", views_ingest.one),
+            web.post("/v1/telemetry/batch", views_ingest.batch),
+        ]
+    )

@@ -1,0 +1,175 @@
+"""Charging efficiency of a vehicle, per hour, and across the fleet."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
+
+from http_api import params
+from http_api.analytics import (
+    Figures,
+    figures_body,
+    hours_of,
+    overlap_seconds,
+    status_of,
+    window_body,
+)
+from http_api.errors import InvalidParameterError, NotFoundError
+from http_api.keys import POOL, SETTINGS
+from http_api.render import iso, json, kwh
+from http_api.rollup_queries import stream_sums, vehicle_id_of, vehicle_names
+
+Window = tuple[datetime, datetime]
+
+
+def _window(request: web.Request) -> Window:
+    settings = request.app[SETTINGS]
+    return params.window(request.query, datetime.now(UTC), timedelta(days=settings.max_window_days))
+
+
+async def _vehicle(request: web.Request) -> tuple[str, int]:
+    name = params.device_id(request.match_info["vehicleId"], "vehicleId")
+    vehicle_id = await vehicle_id_of(request.app[POOL], name)
+    if vehicle_id is None:
+        raise NotFoundError(f"unknown vehicle {name!r}", "vehicleId")
+    return name, vehicle_id
+
+
+async def performance(request: web.Request) -> web.Response:
+    name, vehicle_id = await _vehicle(request)
+    window = _window(request)
+    pool = request.app[POOL]
+    figures = Figures(seconds=(window[1] - window[0]).total_seconds())
+    [dc] = await stream_sums(pool, "dc_window", "total", window, vehicle_id)
+    figures.set_dc(dc)
+    for row in await stream_sums(pool, "dc_linked", "total", window, vehicle_id):
+        figures.add_dc_linked(row)
+    meters = []
+    for row in await stream_sums(pool, "ac_linked", "segment", window, vehicle_id):
+        figures.add_ac(row)
+        figures.linked_seconds += (row["e"] - row["s"]).total_seconds()
+        meters.append(
+            {
+                "meterId": row["device_name"],
+                "from": iso(row["s"]),
+                "to": iso(row["e"]),
+                "totalAc": kwh(int(row["energy"])),
+                "readings": int(row["readings"]),
+            }
+        )
+    body: dict[str, object] = {"vehicleId": name, "window": window_body(*window)}
+    body |= figures_body(figures, request.app[SETTINGS])
+    body["meters"] = meters
+    return json(body)
+
+
+async def trend(request: web.Request) -> web.Response:
+    name, vehicle_id = await _vehicle(request)
+    window = _window(request)
+    pool = request.app[POOL]
+    hours = {
+        hour: Figures(seconds=overlap_seconds((hour, hour + timedelta(hours=1)), window))
+        for hour in hours_of(*window)
+    }
+    for row in await stream_sums(pool, "dc_window", "hour", window, vehicle_id):
+        if row["hour"] in hours:
+            hours[row["hour"]].set_dc(row)
+    for row in await stream_sums(pool, "dc_linked", "hour", window, vehicle_id):
+        if row["hour"] in hours:
+            hours[row["hour"]].add_dc_linked(row)
+    for row in await stream_sums(pool, "ac_linked", "hour", window, vehicle_id):
+        if row["hour"] in hours:
+            hours[row["hour"]].add_ac(row)
+    for segment in await stream_sums(pool, "ac_linked", "segment", window, vehicle_id):
+        for hour, figures in hours.items():
+            span = (hour, hour + timedelta(hours=1))
+            figures.linked_seconds += overlap_seconds(span, (segment["s"], segment["e"]))
+    settings = request.app[SETTINGS]
+    return json(
+        {
+            "vehicleId": name,
+            "window": window_body(*window),
+            "hours": [
+                {"hour": iso(hour)} | figures_body(figures, settings)
+                for hour, figures in sorted(hours.items())
+            ],
+        }
+    )
+
+
+async def _fleet_figures(pool: AsyncConnectionPool, window: Window) -> dict[int, Figures]:
+    seconds = (window[1] - window[0]).total_seconds()
+    fleet: defaultdict[int, Figures] = defaultdict(lambda: Figures(seconds=seconds))
+    for row in await stream_sums(pool, "dc_window", "vehicle", window, None):
+        fleet[row["vehicle_id"]].set_dc(row)
+    for row in await stream_sums(pool, "dc_linked", "vehicle", window, None):
+        fleet[row["vehicle_id"]].add_dc_linked(row)
+    for row in await stream_sums(pool, "ac_linked", "vehicle", window, None):
+        fleet[row["vehicle_id"]].add_ac(row)
+    return fleet
+
+
+async def fleet(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    window = _window(request)
+    below = params.ratio(request.query, "below", settings.efficiency_good)
+    limit = params.integer(request.query, "limit", 100, 1, 1000)
+    after = _fleet_cursor(params.decode_cursor(request.query))
+    pool = request.app[POOL]
+    figures = await _fleet_figures(pool, window)
+    names = await vehicle_names(pool)
+    statuses: defaultdict[str, int] = defaultdict(int)
+    matched_dc = matched_ac = 0
+    ranked: list[tuple[float, str, Figures]] = []
+    for vehicle_id, vehicle in figures.items():
+        efficiency = vehicle.efficiency()
+        statuses[status_of(efficiency, settings)] += 1
+        if efficiency is None:
+            continue
+        # Fleet efficiency pairs each vehicle's DC with its own meters' AC, never all DC over
+        # all AC (AC of unlinked meters, DC of unlinked vehicles would skew it).
+        matched_dc += vehicle.dc_linked_mwh
+        matched_ac += vehicle.ac_mwh
+        if efficiency < below:
+            ranked.append((efficiency, names[vehicle_id], vehicle))
+    ranked.sort(key=lambda item: (item[0], item[1]))
+    if after is not None:
+        ranked = [item for item in ranked if (item[0], item[1]) > after]
+    page = ranked[:limit]
+    cursor = None
+    if len(ranked) > limit:
+        cursor = params.encode_cursor(msgspec.json.encode([page[-1][0], page[-1][1]]).decode())
+    return json(
+        {
+            "window": window_body(*window),
+            "totals": {
+                "vehicles": len(figures),
+                "totalAc": kwh(sum(v.ac_mwh for v in figures.values())),
+                "totalDc": kwh(sum(v.dc_mwh for v in figures.values())),
+                "matchedAc": kwh(matched_ac),
+                "matchedDc": kwh(matched_dc),
+                "efficiency": matched_dc / matched_ac if matched_ac else None,
+                "byStatus": dict(statuses),
+            },
+            "below": below,
+            "vehicles": [
+                {"vehicleId": vehicle_name} | figures_body(vehicle, settings)
+                for _, vehicle_name, vehicle in page
+            ],
+            "nextCursor": cursor,
+        }
+    )
+
+
+def _fleet_cursor(text: str | None) -> tuple[float, str] | None:
+    if text is None:
+        return None
+    try:
+        efficiency, name = msgspec.json.decode(text, type=tuple[float, str])
+    except msgspec.DecodeError:
+        raise InvalidParameterError("not a cursor this API returned", "cursor") from None
+    return efficiency, name

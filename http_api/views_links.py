@@ -1,0 +1,78 @@
+"""Which meter feeds which vehicle's charger, with the time each link took effect and ended."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from http_api import params, queries
+from http_api.errors import InvalidBodyError, InvalidParameterError, NotFoundError
+from http_api.keys import POOL
+from http_api.render import iso, json
+
+
+class NewLink(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    vehicle_id: str
+    meter_id: str
+    since: str | None = None  # when the link took effect, if earlier than now
+
+
+_NEW_LINK = msgspec.json.Decoder(NewLink)
+
+
+def _link_body(row: queries.Row) -> dict[str, Any]:
+    return {
+        "vehicleId": row["vehicle_id"],
+        "meterId": row["meter_id"],
+        "validFrom": iso(row["valid_from"]),
+        "validTo": iso(row["valid_to"]),
+    }
+
+
+async def create(request: web.Request) -> web.Response:
+    try:
+        body = _NEW_LINK.decode(await request.read())
+    except msgspec.ValidationError as exc:
+        raise InvalidBodyError(f"invalid link: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidBodyError(f"malformed JSON: {exc}") from None
+    vehicle = params.device_id(body.vehicle_id, "vehicleId")
+    meter = params.device_id(body.meter_id, "meterId")
+    now = datetime.now(UTC)
+    since = now if body.since is None else params.timestamp(body.since, "since")
+    if since > now:
+        raise InvalidParameterError("a link cannot take effect in the future", "since")
+    pool = request.app[POOL]
+    created = await queries.link(pool, vehicle, meter, since)
+    [current, *_] = await queries.vehicle_links(pool, vehicle)
+    return json(_link_body(current), status=201 if created else 200)
+
+
+async def current(request: web.Request) -> web.Response:
+    rows = await queries.current_links(request.app[POOL])
+    return json({"links": [_link_body(row) for row in rows]})
+
+
+async def of_vehicle(request: web.Request) -> web.Response:
+    vehicle = params.device_id(request.match_info["vehicleId"], "vehicleId")
+    pool = request.app[POOL]
+    if not await queries.vehicle_exists(pool, vehicle):
+        raise NotFoundError(f"unknown vehicle {vehicle!r}", "vehicleId")
+    rows = await queries.vehicle_links(pool, vehicle)
+    links = [_link_body(row) for row in rows]
+    now_link = links[0] if links and links[0]["validTo"] is None else None
+    return json({"vehicleId": vehicle, "current": now_link, "history": links})
+
+
+async def end(request: web.Request) -> web.Response:
+    vehicle = params.device_id(request.match_info["vehicleId"], "vehicleId")
+    pool = request.app[POOL]
+    if not await queries.vehicle_exists(pool, vehicle):
+        raise NotFoundError(f"unknown vehicle {vehicle!r}", "vehicleId")
+    if not await queries.end_link(pool, vehicle, datetime.now(UTC)):
+        raise NotFoundError(f"vehicle {vehicle!r} has no current link", "vehicleId")
+    [ended, *_] = await queries.vehicle_links(pool, vehicle)
+    return json(_link_body(ended))

@@ -1,0 +1,112 @@
+"""Vehicle-to-meter links: created, listed, reassigned and ended, with their time spans."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from tests.http_helpers import Api, iso, meter_reading, vehicle_reading, write_readings
+
+pytest_plugins = ["tests.http_fixtures"]
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+async def _devices(database_url: str) -> None:
+    at = NOW - timedelta(minutes=1)
+    await write_readings(
+        database_url,
+        [
+            vehicle_reading("EV-1", at, 1),
+            vehicle_reading("EV-2", at, 1),
+            meter_reading("M-1", at, 1),
+            meter_reading("M-2", at, 1),
+        ],
+    )
+
+
+async def test_link_reassign_and_end_keep_history(api: Api, database_url: str) -> None:
+    await _devices(database_url)
+    t1, t2 = NOW - timedelta(hours=5), NOW - timedelta(hours=2)
+    status, link = await api.send(
+        "POST", "/v1/links", {"vehicleId": "EV-1", "meterId": "M-1", "since": iso(t1)}
+    )
+    assert status == 201
+    assert link == {"vehicleId": "EV-1", "meterId": "M-1", "validFrom": iso(t1), "validTo": None}
+    again = {"vehicleId": "EV-1", "meterId": "M-1"}
+    assert (await api.send("POST", "/v1/links", again))[0] == 200  # already so: unchanged
+    status, _ = await api.send(
+        "POST", "/v1/links", {"vehicleId": "EV-1", "meterId": "M-2", "since": iso(t2)}
+    )
+    assert status == 201
+    status, body = await api.get("/v1/links/EV-1")
+    assert status == 200
+    assert body["current"]["meterId"] == "M-2"
+    assert [(h["meterId"], h["validFrom"], h["validTo"]) for h in body["history"]] == [
+        ("M-2", iso(t2), None),
+        ("M-1", iso(t1), iso(t2)),
+    ]
+    _, listing = await api.get("/v1/links")
+    assert [(x["vehicleId"], x["meterId"]) for x in listing["links"]] == [("EV-1", "M-2")]
+    status, ended = await api.send("DELETE", "/v1/links/EV-1", b"")
+    assert status == 200
+    assert ended["validTo"] is not None
+    assert (await api.get("/v1/links"))[1]["links"] == []
+    assert (await api.get("/v1/links/EV-1"))[1]["current"] is None
+    status, body = await api.send("DELETE", "/v1/links/EV-1", b"")
+    assert status == 404
+
+
+async def test_a_meter_feeds_one_vehicle_at_a_time(api: Api, database_url: str) -> None:
+    await _devices(database_url)
+    assert (await api.send("POST", "/v1/links", {"vehicleId": "EV-1", "meterId": "M-1"}))[0] == 201
+    status, body = await api.send("POST", "/v1/links", {"vehicleId": "EV-2", "meterId": "M-1"})
+    assert (status, body["error"]["code"], body["error"]["parameter"]) == (
+        409,
+        "conflict",
+        "meterId",
+    )
+    assert "EV-1" in body["error"]["message"]
+
+
+async def test_link_bad_input(api: Api, database_url: str) -> None:
+    await _devices(database_url)
+    cases = [
+        (b"{not json", 400, "invalidBody", None),
+        (b'{"vehicleId": "EV-1"}', 400, "invalidBody", None),
+        (b'{"vehicleId": "EV-1", "meterId": "M-1", "colour": 1}', 400, "invalidBody", None),
+        (b'{"vehicleId": "EV 1", "meterId": "M-1"}', 400, "invalidParameter", "vehicleId"),
+        (b'{"vehicleId": "EV-9", "meterId": "M-1"}', 404, "notFound", "vehicleId"),
+        (b'{"vehicleId": "EV-1", "meterId": "M-9"}', 404, "notFound", "meterId"),
+        (
+            b'{"vehicleId": "EV-1", "meterId": "M-1", "since": "yesterday"}',
+            400,
+            "invalidParameter",
+            "since",
+        ),
+        (
+            b'{"vehicleId": "EV-1", "meterId": "M-1", "since": "%s"}'
+            % iso(NOW + timedelta(hours=1)).encode(),
+            400,
+            "invalidParameter",
+            "since",
+        ),
+    ]
+    for body, status, code, parameter in cases:
+        got_status, got = await api.send("POST", "/v1/links", body)
+        assert (got_status, got["error"]["code"], got["error"].get("parameter")) == (
+            status,
+            code,
+            parameter,
+        ), body
+    assert (await api.get("/v1/links/EV-9"))[0] == 404
+    assert (await api.get("/v1/links/EV%201"))[0] == 400
+
+
+async def test_a_new_link_cannot_begin_before_the_current_one(api: Api, database_url: str) -> None:
+    await _devices(database_url)
+    since = iso(NOW - timedelta(hours=1))
+    link = {"vehicleId": "EV-1", "meterId": "M-1", "since": since}
+    assert (await api.send("POST", "/v1/links", link))[0] == 201
+    earlier = {"vehicleId": "EV-1", "meterId": "M-2", "since": iso(NOW - timedelta(hours=2))}
+    status, body = await api.send("POST", "/v1/links", earlier)
+    assert (status, body["error"]["parameter"]) == (409, "since")
