@@ -1,0 +1,277 @@
+"""Charging efficiency: rollup-based answers equal raw-history sums; the edge cases."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.conftest import query
+from tests.http_helpers import Api, iso, meter_reading, vehicle_reading, write_readings
+
+pytest_plugins = ["tests.http_fixtures"]
+
+NOW = datetime.now(UTC)
+HOUR = timedelta(hours=1)
+BASE = NOW.replace(minute=0, second=0, microsecond=0) - 30 * HOUR
+
+_RAW_DC = """
+SELECT coalesce(sum(r.delivered_dc_mwh), 0), count(*), sum(r.battery_temp::float8),
+       min(r.battery_temp), max(r.battery_temp)
+FROM vehicle_reading r JOIN vehicle v USING (vehicle_id)
+WHERE v.name = %s AND r.ts >= %s AND r.ts < %s
+"""
+_RAW_AC = """
+SELECT coalesce(sum(r.consumed_ac_mwh), 0), count(*)
+FROM meter_reading r JOIN meter m USING (meter_id)
+WHERE m.name = %s AND r.ts >= %s AND r.ts < %s
+"""
+_LINKS = """
+SELECT m.name, l.valid_from, coalesce(l.valid_to, '9999-01-01Z')
+FROM vehicle_link l JOIN vehicle v USING (vehicle_id) JOIN meter m USING (meter_id)
+WHERE v.name = %s
+"""
+
+
+async def raw_truth(database_url: str, vehicle: str, start: datetime, end: datetime) -> Any:
+    """What summing raw history gives: DC over the window, AC and DC over the linked parts."""
+    [(dc, dc_n, temp_sum, temp_min, temp_max)] = await query(
+        database_url, _RAW_DC, vehicle, start, end
+    )
+    ac = ac_n = dc_linked = dc_linked_n = 0
+    for meter, valid_from, valid_to in await query(database_url, _LINKS, vehicle):
+        s, e = max(start, valid_from), min(end, valid_to)
+        if s >= e:
+            continue
+        [(energy, n)] = await query(database_url, _RAW_AC, meter, s, e)
+        ac, ac_n = ac + int(energy), ac_n + n
+        [(energy, n, *_)] = await query(database_url, _RAW_DC, vehicle, s, e)
+        dc_linked, dc_linked_n = dc_linked + int(energy), dc_linked_n + n
+    return {
+        "totalAc": ac / 1e6,
+        "totalDc": int(dc) / 1e6,
+        "dcWhileLinked": dc_linked / 1e6,
+        "efficiency": dc_linked / ac if ac and dc_linked_n else None,
+        "readings": {"ac": ac_n, "dc": dc_n},
+        "avgBatteryTemp": temp_sum / dc_n if dc_n else None,
+        "minBatteryTemp": temp_min,
+        "maxBatteryTemp": temp_max,
+    }
+
+
+def assert_same(got: dict[str, Any], truth: dict[str, Any], where: object) -> None:
+    for key in ("totalAc", "totalDc", "dcWhileLinked", "efficiency", "readings"):
+        assert got[key] == truth[key], (where, key, got[key], truth[key])  # exact
+    for key in ("minBatteryTemp", "maxBatteryTemp"):
+        assert got[key] == truth[key], (where, key)
+    if truth["avgBatteryTemp"] is None:
+        assert got["avgBatteryTemp"] is None, where
+    else:
+        assert got["avgBatteryTemp"] == pytest.approx(truth["avgBatteryTemp"], abs=1e-9), where
+
+
+def random_readings(rng: random.Random) -> list[dict[str, Any]]:
+    readings: list[dict[str, Any]] = []
+    span = 28 * 3600
+    for name in ("M-1", "M-2", "M-3"):
+        for _ in range(700):
+            at = BASE + timedelta(seconds=rng.uniform(0, span))
+            readings.append(meter_reading(name, at, round(rng.uniform(0, 3), 6), 230))
+    for name in ("EV-1", "EV-2"):
+        for _ in range(700):
+            at = BASE + timedelta(seconds=rng.uniform(0, span))
+            kwh = round(rng.uniform(0, 2.8), 6)
+            readings.append(vehicle_reading(name, at, kwh, temp=round(rng.uniform(-5, 60), 2)))
+    readings += rng.sample(readings, 300)  # duplicates: stored once, counted once
+    rng.shuffle(readings)  # late arrivals: history is written out of time order
+    return readings
+
+
+def random_window(rng: random.Random) -> tuple[datetime, datetime]:
+    def moment() -> datetime:
+        at = BASE - HOUR + timedelta(seconds=rng.uniform(0, 31 * 3600))
+        if rng.random() < 0.25:  # sometimes exactly on an hour
+            at = at.replace(minute=0, second=0, microsecond=0)
+        return at
+
+    a, b = moment(), moment()
+    if rng.random() < 0.2:  # sometimes inside one hour or across a single boundary
+        b = a + timedelta(seconds=rng.uniform(1, 5000))
+    return (min(a, b), max(a, b)) if a != b else (a, a + HOUR)
+
+
+async def test_rollup_answers_equal_raw_history_sums(api: Api, database_url: str) -> None:
+    rng = random.Random(20260209)
+    await write_readings(database_url, random_readings(rng), per_batch=397)
+    links = [
+        ("EV-1", "M-1", BASE + timedelta(hours=1, minutes=13, seconds=7.25)),
+        ("EV-2", "M-3", BASE + timedelta(hours=3)),
+        ("EV-1", "M-2", BASE + timedelta(hours=9, minutes=47, seconds=12.5)),
+        ("EV-2", "M-1", BASE + timedelta(hours=15, microseconds=1)),  # M-1 freed at 9:47
+    ]
+    for vehicle, meter, since in links:
+        body = {"vehicleId": vehicle, "meterId": meter, "since": iso(since)}
+        status, answer = await api.send("POST", "/v1/links", body)
+        assert status == 201, answer
+    windows = [random_window(rng) for _ in range(40)]
+    windows.append((BASE - HOUR, NOW))  # everything, one edge exactly on an hour
+    for start, end in windows:
+        for vehicle in ("EV-1", "EV-2"):
+            status, got = await api.get(
+                f"/v1/analytics/performance/{vehicle}", **{"from": iso(start), "to": iso(end)}
+            )
+            assert status == 200, got
+            truth = await raw_truth(database_url, vehicle, start, end)
+            assert_same(got, truth, (vehicle, start, end))
+            assert got["window"] == {"from": iso(start), "to": iso(end)}
+    # The whole window crosses the reassignment: AC came from M-1, then M-2.
+    _, whole = await api.get(
+        "/v1/analytics/performance/EV-1", **{"from": iso(BASE), "to": iso(BASE + 20 * HOUR)}
+    )
+    assert [m["meterId"] for m in whole["meters"]] == ["M-1", "M-2"]
+    assert whole["meters"][0]["to"] == whole["meters"][1]["from"] == iso(links[2][2])
+    assert sum(m["readings"] for m in whole["meters"]) == whole["readings"]["ac"]
+
+
+async def test_trend_hours_add_up_to_the_window(api: Api, database_url: str) -> None:
+    rng = random.Random(7)
+    await write_readings(database_url, random_readings(rng))
+    since = BASE + timedelta(hours=2, minutes=30)
+    body = {"vehicleId": "EV-1", "meterId": "M-1", "since": iso(since)}
+    assert (await api.send("POST", "/v1/links", body))[0] == 201
+    start, end = BASE + timedelta(minutes=17, seconds=3), BASE + timedelta(hours=6, minutes=5)
+    status, trend = await api.get(
+        "/v1/analytics/trend/EV-1", **{"from": iso(start), "to": iso(end)}
+    )
+    assert status == 200
+    hours = trend["hours"]
+    assert [h["hour"] for h in hours] == [iso(BASE + i * HOUR) for i in range(7)]
+    for hour in hours:
+        at = datetime.fromisoformat(hour["hour"])
+        truth = await raw_truth(database_url, "EV-1", max(start, at), min(end, at + HOUR))
+        assert_same(hour, truth, hour["hour"])
+    assert hours[0]["efficiency"] is None  # before the link: no AC, nothing invented
+    assert hours[0]["efficiencyStatus"] == "noData"
+    assert hours[3]["coverage"]["ac"] is not None
+
+
+async def test_no_link_means_no_efficiency(api: Api, database_url: str) -> None:
+    at = NOW - timedelta(hours=2)
+    await write_readings(
+        database_url, [vehicle_reading("EV-1", at, 5.0), meter_reading("M-1", at, 6.0)]
+    )
+    status, body = await api.get("/v1/analytics/performance/EV-1")
+    assert status == 200
+    assert (body["totalDc"], body["totalAc"]) == (5.0, 0.0)
+    assert (body["efficiency"], body["efficiencyStatus"]) == (None, "noData")
+    assert body["meters"] == []
+    assert body["coverage"]["ac"] is None
+
+
+async def _linked(api: Api, database_url: str, dc: float, ac: float) -> dict[str, Any]:
+    at = NOW - timedelta(hours=2)
+    await write_readings(
+        database_url, [vehicle_reading("EV-1", at, dc), meter_reading("M-1", at, ac)]
+    )
+    body = {"vehicleId": "EV-1", "meterId": "M-1", "since": iso(NOW - 3 * HOUR)}
+    assert (await api.send("POST", "/v1/links", body))[0] == 201
+    status, answer = await api.get("/v1/analytics/performance/EV-1")
+    assert status == 200
+    return dict(answer)
+
+
+async def test_dc_above_ac_is_suspect(api: Api, database_url: str) -> None:
+    body = await _linked(api, database_url, dc=10.0, ac=9.0)
+    assert body["efficiency"] == 10 / 9
+    assert body["efficiencyStatus"] == "suspect"
+
+
+@pytest.mark.parametrize(
+    ("dc", "status"),
+    [(9.3, "excellent"), (9.2, "excellent"), (8.6, "good"), (8.0, "warning"), (7.0, "critical")],
+)
+async def test_status_thresholds(api: Api, database_url: str, dc: float, status: str) -> None:
+    body = await _linked(api, database_url, dc=dc, ac=10.0)
+    assert body["efficiencyStatus"] == status
+
+
+async def test_future_dated_readings_are_not_counted(api: Api, database_url: str) -> None:
+    await write_readings(
+        database_url,
+        [
+            vehicle_reading("EV-1", NOW - HOUR, 1.0),
+            vehicle_reading("EV-1", NOW + timedelta(minutes=4), 50.0),  # a clock running ahead
+        ],
+    )
+    _, body = await api.get("/v1/analytics/performance/EV-1")
+    assert body["totalDc"] == 1.0
+    _, body = await api.get("/v1/analytics/performance/EV-1", to=iso(NOW + timedelta(hours=1)))
+    assert body["totalDc"] == 1.0
+    assert datetime.fromisoformat(body["window"]["to"]) <= datetime.now(UTC)
+
+
+async def test_window_bad_input(api: Api, database_url: str) -> None:
+    await write_readings(database_url, [vehicle_reading("EV-1", NOW - HOUR, 1.0)])
+    cases = [
+        ({"from": "yesterday"}, "from"),
+        ({"to": "2026-02-09T08:00:00"}, "to"),  # no offset
+        ({"from": iso(NOW - HOUR), "to": iso(NOW - 2 * HOUR)}, "from"),
+        ({"from": iso(NOW - timedelta(days=40)), "to": iso(NOW)}, "to"),
+        ({"from": "0001-01-01T00:00:00Z", "to": iso(NOW)}, "from"),
+        ({"from": iso(NOW + HOUR), "to": iso(NOW + 2 * HOUR)}, "from"),
+    ]
+    for path in ("/v1/analytics/performance/EV-1", "/v1/analytics/trend/EV-1"):
+        for params, parameter in cases:
+            status, body = await api.get(path, **params)
+            assert (status, body["error"]["code"], body["error"]["parameter"]) == (
+                400,
+                "invalidParameter",
+                parameter,
+            ), (path, params)
+        assert (await api.get(path.replace("EV-1", "EV-404")))[0] == 404
+        assert (await api.get(path.replace("EV-1", "EV%24")))[0] == 400
+    status, body = await api.get("/v1/analytics/fleet", below="x")
+    assert (status, body["error"]["parameter"]) == (400, "below")
+
+
+async def test_whole_hours_are_read_from_the_rollups(api: Api, database_url: str) -> None:
+    start = BASE + HOUR
+    await write_readings(
+        database_url,
+        [vehicle_reading("EV-1", start + timedelta(minutes=m), 1.0) for m in range(0, 180, 10)],
+    )
+    window = {"from": iso(start - timedelta(minutes=5)), "to": iso(start + 3 * HOUR)}
+    _, before = await api.get("/v1/analytics/performance/EV-1", **window)
+    assert before["totalDc"] == 18.0
+    # Were history read for whole hours, zeroing the rollups would change nothing.
+    await query(database_url, "UPDATE vehicle_hourly SET delivered_dc_mwh = 0 RETURNING 1")
+    _, after = await api.get("/v1/analytics/performance/EV-1", **window)
+    assert after["totalDc"] == 0.0
+
+
+async def test_fleet_pairs_each_vehicle_with_its_own_meter(api: Api, database_url: str) -> None:
+    at = NOW - 2 * HOUR
+    energies = {"EV-a": (9.5, 10.0), "EV-b": (7.0, 10.0), "EV-c": (8.0, 10.0), "EV-d": (6.0, 8.0)}
+    readings: list[dict[str, Any]] = []
+    for index, (vehicle, (dc, ac)) in enumerate(energies.items()):
+        readings += [vehicle_reading(vehicle, at, dc), meter_reading(f"M-{index}", at, ac)]
+    readings += [vehicle_reading("EV-unlinked", at, 50.0), meter_reading("M-spare", at, 70.0)]
+    await write_readings(database_url, readings)
+    for index, vehicle in enumerate(energies):
+        body = {"vehicleId": vehicle, "meterId": f"M-{index}", "since": iso(NOW - 3 * HOUR)}
+        assert (await api.send("POST", "/v1/links", body))[0] == 201
+    status, fleet = await api.get("/v1/analytics/fleet", limit="2")
+    assert status == 200
+    totals = fleet["totals"]
+    assert totals["efficiency"] == (9.5 + 7.0 + 8.0 + 6.0) / 38.0  # not (all DC) / (all AC)
+    assert totals["vehicles"] == 5
+    assert totals["byStatus"] == {"excellent": 1, "critical": 1, "warning": 2, "noData": 1}
+    listed = [(v["vehicleId"], v["efficiency"]) for v in fleet["vehicles"]]
+    assert listed == [("EV-b", 0.7), ("EV-d", 0.75)]  # worst first
+    _, rest = await api.get("/v1/analytics/fleet", limit="2", cursor=fleet["nextCursor"])
+    assert [(v["vehicleId"], v["efficiency"]) for v in rest["vehicles"]] == [("EV-c", 0.8)]
+    assert rest["nextCursor"] is None
+    _, strict = await api.get("/v1/analytics/fleet", below="0.72")
+    assert [v["vehicleId"] for v in strict["vehicles"]] == ["EV-b"]
