@@ -86,6 +86,39 @@ CREATE INDEX IF NOT EXISTS dead_letter_received_at_idx ON dead_letter (received_
 CREATE INDEX IF NOT EXISTS dead_letter_device_idx
     ON dead_letter (device_kind, device_name, received_at);
 
+-- Alerts for field engineers: at most one active alert per (device, rule), raised and cleared by
+-- the gateway, kept afterwards as history. The active alerts are the evaluation state: a restarted
+-- gateway neither raises an active alert again nor forgets to clear it.
+CREATE TABLE IF NOT EXISTS alert (
+    alert_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    device_kind text NOT NULL,
+    device_name text NOT NULL,
+    rule        text NOT NULL,
+    raised_at   timestamptz NOT NULL,
+    cleared_at  timestamptz,
+    value       double precision NOT NULL,  -- the worst value seen while active
+    threshold   double precision NOT NULL,
+    clear_value double precision,           -- the value that cleared it
+    message     text NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS alert_one_active_idx
+    ON alert (device_kind, device_name, rule) WHERE cleared_at IS NULL;
+CREATE INDEX IF NOT EXISTS alert_raised_at_idx ON alert (raised_at);
+CREATE INDEX IF NOT EXISTS alert_device_idx ON alert (device_name, raised_at);
+
+-- Outbox of alert changes: written in the transaction that raises or clears, published to MQTT
+-- after the commit and marked; after a crash the unmarked ones are published again (at least
+-- once; the alert id tells a subscriber it has seen it).
+CREATE TABLE IF NOT EXISTS alert_event (
+    event_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    alert_id     bigint NOT NULL REFERENCES alert (alert_id),
+    state        text NOT NULL CHECK (state IN ('raised', 'cleared')),
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    published_at timestamptz
+);
+CREATE INDEX IF NOT EXISTS alert_event_unpublished_idx
+    ON alert_event (event_id) WHERE published_at IS NULL;
+
 -- Creates the daily partition of `parent` that holds `day` (UTC), unless it exists. Safe to call
 -- from many sessions at once: they queue on a transaction-scoped advisory lock.
 CREATE OR REPLACE FUNCTION fleetgate_ensure_partition(parent regclass, day date)

@@ -12,6 +12,7 @@ import aiomqtt
 import psycopg
 from prometheus_client import start_http_server
 
+from gateway.alerts import AlertEvaluator, AlertPublisher
 from gateway.batch import Batch, Received
 from gateway.broker import ALERTS_PREFIX, Broker
 from gateway.database import Partitions, apply_schema, open_pool
@@ -60,6 +61,8 @@ class Gateway:
         self._batches: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=1)
         self._drained = asyncio.Event()
         self.subscribed = asyncio.Event()
+        self.alerts: AlertEvaluator | None = None
+        self.alert_publisher: AlertPublisher | None = None
 
     async def run(self) -> None:
         await self._wait_for_database()
@@ -71,11 +74,16 @@ class Gateway:
                 self.settings.metrics_host,
                 registry=self.metrics.registry,
             )
-        async with open_pool(self.settings.database_url, self.settings.db_pool_size) as pool:
+        alerts = self.settings.alerts_enabled
+        pool_size = self.settings.db_pool_size + (2 if alerts else 0)
+        async with open_pool(self.settings.database_url, pool_size) as pool:
             partitions = Partitions(pool)
             writer = BatchWriter(
                 pool, partitions, self.settings.retry_max_delay_s, self._acknowledge
             )
+            if alerts:
+                self.alerts = AlertEvaluator(pool, self.settings)
+                self.alert_publisher = AlertPublisher(pool, self.settings, self.alerts.changed)
             try:
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(self._consume(), name="consume")
@@ -83,6 +91,11 @@ class Gateway:
                     tasks.create_task(self._maintain_partitions(partitions), name="partitions")
                     tasks.create_task(self._log_stats(), name="stats")
                     tasks.create_task(self._enforce_shutdown_deadline(), name="deadline")
+                    if self.alerts and self.alert_publisher:
+                        tasks.create_task(self.alerts.run(self.stop), name="alert-rules")
+                        tasks.create_task(
+                            self.alert_publisher.run(self.stop), name="alert-publisher"
+                        )
             except* ShutdownTimeoutError:
                 logger.error(  # noqa: TRY400 - the reason is the deadline, no traceback helps
                     "shutdown deadline passed with a batch uncommitted; it was not "
@@ -219,6 +232,16 @@ class Gateway:
             not self.broker.ack(message.mid, message.qos, message.connection)
             for message in batch.messages
         )
+        if self.alerts is not None:
+            meters: list[str] = []
+            vehicles: list[str] = []
+            for message in batch.messages:
+                decoded = message.decoded
+                if decoded.readings and decoded.device_id is not None:
+                    (meters if decoded.device_kind == "meter" else vehicles).append(
+                        decoded.device_id
+                    )
+            self.alerts.devices_written(meters, vehicles)
         self.metrics.committed(
             result,
             now - batch.started_monotonic,

@@ -59,6 +59,22 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError("must be zero or more")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false")
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -169,6 +185,98 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("METRICS_HOST", "metrics_host", "127.0.0.1", "Address the metrics endpoint binds.", str),
     Option("LOG_LEVEL", "log_level", "INFO", "DEBUG, INFO, WARNING or ERROR.", str.upper),
+    Option(
+        "ALERTS_ENABLED",
+        "alerts_enabled",
+        "true",
+        "Evaluate alert rules and publish alerts under fleet/alerts/.",
+        _boolean,
+    ),
+    Option(
+        "ALERT_CHECK_INTERVAL_S",
+        "alert_check_interval_s",
+        "10",
+        "How often time-driven rules (deviceOffline, badPayloads) run over all devices.",
+        _positive_float,
+    ),
+    Option(
+        "OFFLINE_AFTER_S",
+        "offline_after_s",
+        "180",
+        "deviceOffline: raised when a device has sent nothing for this long.",
+        _positive_float,
+    ),
+    Option(
+        "BATTERY_TEMP_RAISE_C",
+        "battery_temp_raise_c",
+        "55",
+        "batteryOverTemp: raised above this battery temperature.",
+        float,
+    ),
+    Option(
+        "BATTERY_TEMP_CLEAR_C",
+        "battery_temp_clear_c",
+        "50",
+        "batteryOverTemp: cleared below this one (hysteresis, so it does not flap).",
+        float,
+    ),
+    Option(
+        "VOLTAGE_NOMINAL_V",
+        "voltage_nominal_v",
+        "230",
+        "voltageOutOfRange: nominal grid voltage.",
+        _positive_float,
+    ),
+    Option(
+        "VOLTAGE_TOLERANCE",
+        "voltage_tolerance",
+        "0.10",
+        "voltageOutOfRange: allowed deviation from nominal, as a fraction.",
+        _positive_float,
+    ),
+    Option(
+        "VOLTAGE_MIN_DURATION_S",
+        "voltage_min_duration_s",
+        "120",
+        "voltageOutOfRange: raised once readings stay out of the band this long.",
+        _non_negative_float,
+    ),
+    Option(
+        "EFFICIENCY_WINDOW_S",
+        "efficiency_window_s",
+        "3600",
+        "lowEfficiency and dcExceedsAc: the rolling window over which DC and AC are summed.",
+        _positive_float,
+    ),
+    Option(
+        "EFFICIENCY_MIN_AC_KWH",
+        "efficiency_min_ac_kwh",
+        "1.0",
+        "lowEfficiency and dcExceedsAc: judged only when this much energy flowed in the window.",
+        _positive_float,
+    ),
+    Option(
+        "EFFICIENCY_THRESHOLD",
+        "efficiency_threshold",
+        "0.85",
+        "lowEfficiency: raised below this DC/AC ratio, cleared at or above it.",
+        _positive_float,
+    ),
+    Option(
+        "BAD_PAYLOADS_WINDOW_S",
+        "bad_payloads_window_s",
+        "600",
+        "badPayloads: the window in which a device's dead letters are counted.",
+        _positive_float,
+    ),
+    Option(
+        "BAD_PAYLOADS_THRESHOLD",
+        "bad_payloads_threshold",
+        "5",
+        "badPayloads: raised at this many dead letters in the window; cleared after a window "
+        "without any.",
+        _positive_int,
+    ),
 )
 
 
@@ -190,6 +298,19 @@ class Settings:
     metrics_port: int
     metrics_host: str
     log_level: str
+    alerts_enabled: bool
+    alert_check_interval_s: float
+    offline_after_s: float
+    battery_temp_raise_c: float
+    battery_temp_clear_c: float
+    voltage_nominal_v: float
+    voltage_tolerance: float
+    voltage_min_duration_s: float
+    efficiency_window_s: float
+    efficiency_min_ac_kwh: float
+    efficiency_threshold: float
+    bad_payloads_window_s: float
+    bad_payloads_threshold: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Self:

@@ -1,0 +1,300 @@
+"""Alert lifecycle: judge the rules, raise and clear alerts in the database, publish the changes.
+
+Raises and clears are written with an outbox row in one transaction; the publisher sends the
+outbox to ``fleet/alerts/{meter|vehicle}/{deviceId}/{rule}`` (QoS 1, retained while active) and
+marks it. Evaluation runs beside ingestion, on its own connection: a slow round delays alerts,
+never readings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import aiomqtt
+import msgspec
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from gateway.alert_rules import CHECKS, Observation, Scope, describe, parameters, worse
+from gateway.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_ACTIVE: Final = """
+SELECT alert_id, device_kind, device_name, rule, value FROM alert
+WHERE cleared_at IS NULL
+  AND (%(names)s::text[] IS NULL OR device_name = ANY(%(names)s::text[]))
+"""
+_RAISE: Final = """
+WITH raised AS (
+    INSERT INTO alert (device_kind, device_name, rule, raised_at, value, threshold, message)
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[],
+                         %s::double precision[], %s::double precision[], %s::text[])
+    ON CONFLICT (device_kind, device_name, rule) WHERE cleared_at IS NULL DO NOTHING
+    RETURNING alert_id
+)
+INSERT INTO alert_event (alert_id, state) SELECT alert_id, 'raised' FROM raised ORDER BY alert_id
+"""
+_WORSEN: Final = """
+UPDATE alert a SET value = w.value
+FROM unnest(%s::bigint[], %s::double precision[]) AS w(alert_id, value)
+WHERE a.alert_id = w.alert_id AND a.cleared_at IS NULL
+"""
+_CLEAR: Final = """
+WITH cleared AS (
+    UPDATE alert a SET cleared_at = %s, clear_value = c.value
+    FROM unnest(%s::bigint[], %s::double precision[]) AS c(alert_id, value)
+    WHERE a.alert_id = c.alert_id AND a.cleared_at IS NULL
+    RETURNING a.alert_id
+)
+INSERT INTO alert_event (alert_id, state) SELECT alert_id, 'cleared' FROM cleared ORDER BY alert_id
+"""
+_UNPUBLISHED: Final = """
+SELECT e.event_id, e.state, a.alert_id, a.device_kind, a.device_name, a.rule, a.value,
+       a.threshold, a.raised_at, a.cleared_at, a.clear_value
+FROM alert_event e JOIN alert a USING (alert_id)
+WHERE e.published_at IS NULL ORDER BY e.event_id LIMIT 500
+"""
+_MARK_PUBLISHED: Final = "UPDATE alert_event SET published_at = now() WHERE event_id = ANY(%s)"
+
+
+class AlertPayload(msgspec.Struct, rename="camel"):
+    """What a subscriber to ``fleet/alerts/#`` receives."""
+
+    alert_id: str
+    rule: str
+    state: str
+    device_id: str
+    device_kind: str
+    value: float
+    threshold: float
+    raised_at: datetime
+    cleared_at: datetime | None
+    message: str
+
+
+def alert_topic(device_kind: str, device_name: str, rule: str) -> str:
+    return f"fleet/alerts/{device_kind}/{device_name}/{rule}"
+
+
+class AlertEvaluator:
+    """Judges the rules for the devices each committed batch touched, and for all devices on a
+    timer; turns verdicts into raises and clears."""
+
+    def __init__(self, pool: AsyncConnectionPool, settings: Settings) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._meters: set[str] = set()
+        self._vehicles: set[str] = set()
+        self.touched = asyncio.Event()
+        self.changed = asyncio.Event()  # set when a round raised or cleared something
+
+    def devices_written(self, meters: Iterable[str], vehicles: Iterable[str]) -> None:
+        """Called after each commit; cheap, never blocks ingestion."""
+        self._meters.update(meters)
+        self._vehicles.update(vehicles)
+        self.touched.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        interval = self._settings.alert_check_interval_s
+        loop = asyncio.get_running_loop()
+        next_full = loop.time()
+        while not stop.is_set():
+            full = loop.time() >= next_full
+            try:
+                if full:
+                    self._meters.clear()
+                    self._vehicles.clear()
+                    await self.evaluate(Scope(None, None), time_driven=True)
+                    next_full = loop.time() + interval
+                elif self._meters or self._vehicles:
+                    scope = Scope(sorted(self._meters), sorted(self._vehicles))
+                    self._meters.clear()
+                    self._vehicles.clear()
+                    await self.evaluate(scope, time_driven=False)
+            except (psycopg.Error, OSError) as exc:
+                logger.warning("alert evaluation failed, retrying next round: %s", exc)
+                next_full = loop.time() + min(interval, 1.0)  # a full round catches up
+            self.touched.clear()
+            wait = max(0.0, next_full - loop.time())
+            try:
+                async with asyncio.timeout(wait):
+                    await _first_of(stop.wait(), self.touched.wait())
+            except TimeoutError:
+                pass
+            await asyncio.sleep(0.2)  # gather several batches into one round
+
+    async def evaluate(
+        self, scope: Scope, *, time_driven: bool, now: datetime | None = None
+    ) -> int:
+        """One round: observations, then raises, worsenings and clears in one transaction.
+        Returns the number of alerts raised or cleared."""
+        now = now or datetime.now(UTC)
+        params = parameters(self._settings, scope, now)
+        names = None if scope.meters is None else sorted({*scope.meters, *(scope.vehicles or [])})
+        observations: list[Observation] = []
+        async with self._pool.connection() as conn, conn.transaction():
+            for check in CHECKS:
+                if check.time_driven and not time_driven:
+                    continue
+                cur = await conn.execute(check.sql.encode(), params)
+                for row in await cur.fetchall():
+                    observations.extend(check.observe(row, self._settings))
+            cur = await conn.execute(_ACTIVE.encode(), {"names": names})
+            active = {
+                (kind, name, rule): (alert_id, value)
+                for alert_id, kind, name, rule, value in await cur.fetchall()
+            }
+            changes = await self._apply(conn, observations, active, now)
+        if changes:
+            self.changed.set()
+        return changes
+
+    async def _apply(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        observations: list[Observation],
+        active: dict[tuple[str, str, str], tuple[int, float]],
+        now: datetime,
+    ) -> int:
+        raises: list[Observation] = []
+        worsened: list[tuple[int, float]] = []
+        clears: list[tuple[int, float]] = []
+        for obs in observations:
+            current = active.get((obs.device_kind, obs.device_name, obs.rule))
+            if obs.verdict == "raise" and current is None:
+                raises.append(obs)
+            elif (
+                obs.verdict == "raise"
+                and current is not None
+                and worse(obs.rule, current[1], obs.value, self._settings)
+            ):
+                worsened.append((current[0], obs.value))
+            elif obs.verdict == "clear" and current is not None:
+                clears.append((current[0], obs.value))
+        changes = 0
+        if raises:
+            cur = await conn.execute(
+                _RAISE.encode(),
+                (
+                    [o.device_kind for o in raises],
+                    [o.device_name for o in raises],
+                    [o.rule for o in raises],
+                    [now] * len(raises),
+                    [o.value for o in raises],
+                    [o.threshold for o in raises],
+                    [
+                        describe(o.rule, "raised", o.device_name, o.value, o.threshold)
+                        for o in raises
+                    ],
+                ),
+            )
+            changes += cur.rowcount
+        if worsened:
+            await conn.execute(
+                _WORSEN.encode(), ([w[0] for w in worsened], [w[1] for w in worsened])
+            )
+        if clears:
+            cur = await conn.execute(
+                _CLEAR.encode(), (now, [c[0] for c in clears], [c[1] for c in clears])
+            )
+            changes += cur.rowcount
+        if changes:
+            logger.info("alerts: %d raised, %d cleared", len(raises), len(clears))
+        return changes
+
+
+class AlertPublisher:
+    """Publishes the outbox in order on a connection of its own, then marks what the broker
+    acknowledged. Retained while active, so a late subscriber sees what is wrong right now."""
+
+    def __init__(
+        self, pool: AsyncConnectionPool, settings: Settings, changed: asyncio.Event
+    ) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._changed = changed
+        self.published = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        mqtt = self._settings.mqtt
+        client = aiomqtt.Client(
+            mqtt.host,
+            mqtt.port,
+            username=mqtt.username,
+            password=mqtt.password,
+            identifier=f"{self._settings.client_id}-alerts-{uuid.uuid4().hex[:6]}",
+        )
+        attempt = 0
+        while not stop.is_set():
+            try:
+                async with client:
+                    attempt = 0
+                    while not stop.is_set():
+                        await self.publish_pending(client)
+                        self._changed.clear()
+                        try:
+                            async with asyncio.timeout(5.0):  # also picks up a crash's leftovers
+                                await _first_of(stop.wait(), self._changed.wait())
+                        except TimeoutError:
+                            pass
+            except (aiomqtt.MqttError, psycopg.Error, OSError) as exc:
+                delay = min(self._settings.retry_max_delay_s, 0.2 * 2.0**attempt)
+                attempt += 1
+                logger.warning("alert publishing paused (%s); retrying in %.1f s", exc, delay)
+                try:
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
+                except TimeoutError:
+                    pass
+
+    async def publish_pending(self, client: aiomqtt.Client) -> None:
+        while True:
+            async with self._pool.connection() as conn:
+                rows = await (await conn.execute(_UNPUBLISHED.encode())).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                await _publish_event(client, row)
+            async with self._pool.connection() as conn:
+                await conn.execute(_MARK_PUBLISHED.encode(), ([row[0] for row in rows],))
+            self.published += len(rows)
+
+
+async def _publish_event(client: aiomqtt.Client, row: tuple[Any, ...]) -> None:
+    (_, state, alert_id, kind, name, rule, value, threshold, raised_at, cleared_at, clear_value) = (
+        row
+    )
+    payload = AlertPayload(
+        alert_id=str(alert_id),
+        rule=rule,
+        state=state,
+        device_id=name,
+        device_kind=kind,
+        value=value,
+        threshold=threshold,
+        raised_at=raised_at.astimezone(UTC),
+        cleared_at=cleared_at.astimezone(UTC) if cleared_at else None,
+        message=describe(rule, state, name, value, threshold, clear_value=clear_value),
+    )
+    topic = alert_topic(kind, name, rule)
+    body = msgspec.json.encode(payload)
+    if state == "raised":
+        await client.publish(topic, body, qos=1, retain=True)
+    else:  # tell current subscribers, then remove the retained raise
+        await client.publish(topic, body, qos=1, retain=False)
+        await client.publish(topic, b"", qos=1, retain=True)
+
+
+async def _first_of(*waits: Any) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
