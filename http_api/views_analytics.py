@@ -40,8 +40,8 @@ async def _vehicle(request: web.Request) -> tuple[str, int]:
 
 
 async def performance(request: web.Request) -> web.Response:
+    window = _window(request)  # parameters are checked before the database is asked
     name, vehicle_id = await _vehicle(request)
-    window = _window(request)
     pool = request.app[POOL]
     figures = Figures(seconds=(window[1] - window[0]).total_seconds())
     [dc] = await stream_sums(pool, "dc_window", "total", window, vehicle_id)
@@ -68,8 +68,8 @@ async def performance(request: web.Request) -> web.Response:
 
 
 async def trend(request: web.Request) -> web.Response:
+    window = _window(request)  # parameters are checked before the database is asked
     name, vehicle_id = await _vehicle(request)
-    window = _window(request)
     pool = request.app[POOL]
     hours = {
         hour: Figures(seconds=overlap_seconds((hour, hour + timedelta(hours=1)), window))
