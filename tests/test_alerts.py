@@ -47,6 +47,24 @@ def meter(minute: int, voltage: float = 230, kwh: float = 0.5) -> bytes:
     ).encode()
 
 
+@pytest.fixture(autouse=True)
+async def clear_retained_alerts(mosquitto: Mosquitto) -> AsyncIterator[None]:
+    """After each test (and its gateway) is done, remove the retained alerts it left on the
+    shared broker, so no other test receives them."""
+    yield
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port,
+                              identifier=f"cleaner-{uuid.uuid4().hex[:6]}") as client:
+        await client.subscribe("fleet/alerts/#", qos=1)
+        topics: set[str] = set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                async for message in client.messages:
+                    if message.retain and message.payload:
+                        topics.add(message.topic.value)
+        for topic in topics:
+            await client.publish(topic, b"", qos=1, retain=True)
+
+
 class AlertListener:
     """A field engineer's subscription to fleet/alerts/#."""
 
