@@ -11,6 +11,7 @@ import pytest
 from gateway.batch import Batch, Received, refused_by_database, to_mwh
 from gateway.readings import Limits, decode_message
 from gateway.settings import OPTIONS, MqttAddress, Settings, SettingsError
+from http_api.settings import OPTIONS as API_OPTIONS
 from tests.services import PROJECT
 
 NOW = datetime(2026, 2, 9, 23, 59, tzinfo=UTC)
@@ -132,7 +133,8 @@ def test_help_lists_every_environment_variable_and_bad_settings_exit_2() -> None
     assert "BATCH_SIZE='lots'" in refused.stderr
 
 
-def test_readme_documents_every_setting() -> None:
+def test_readme_documents_every_setting_of_the_gateway_and_the_api() -> None:
     readme = (PROJECT / "README.md").read_text()
-    missing = [option.env for option in OPTIONS if f"`{option.env}`" not in readme]
+    options = [*OPTIONS, *API_OPTIONS]
+    missing = [option.env for option in options if f"`{option.env}`" not in readme]
     assert missing == []
