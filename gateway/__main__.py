@@ -10,7 +10,7 @@ import signal
 import sys
 
 from gateway.service import Gateway
-from gateway.settings import Settings, SettingsError, describe_options
+from gateway.settings import OPTIONS, Settings, SettingsError, describe_options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m gateway",
         description="Subscribe to fleet/# (QoS 1, persistent session), "
         "commit readings to PostgreSQL in batches, acknowledge each message after its commit.",
-        epilog=describe_options(),
+        epilog=describe_options(OPTIONS),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.parse_args(argv)
