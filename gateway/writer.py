@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import psycopg
@@ -109,6 +109,29 @@ SET ts = s.ts, received_at = s.received_at, soc = s.soc, delivered_dc_mwh = s.de
 FROM (SELECT DISTINCT ON (name) * FROM vehicle_stage ORDER BY name, ts DESC) s
 WHERE v.name = s.name AND (v.ts IS NULL OR v.ts < s.ts)
 """
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _KindStatements:
+    """What writing one kind of reading takes, in order."""
+
+    copy: str
+    types: list[str]
+    register: str
+    insert_history: str
+    update_live: str
+
+
+_METER_STATEMENTS: Final = _KindStatements(
+    _COPY_METERS, _METER_TYPES, _REGISTER_METERS, _INSERT_METER_HISTORY, _UPDATE_METER_LIVE
+)
+_VEHICLE_STATEMENTS: Final = _KindStatements(
+    _COPY_VEHICLES,
+    _VEHICLE_TYPES,
+    _REGISTER_VEHICLES,
+    _INSERT_VEHICLE_HISTORY,
+    _UPDATE_VEHICLE_LIVE,
+)
 
 # Worth retrying as they are: the database or the network is the problem, not the data.
 _TRANSIENT: Final = (
@@ -218,27 +241,14 @@ class BatchWriter:
         inserted = 0
         async with self._pool.connection() as conn, conn.transaction():
             cur = conn.cursor()
-            if meters:
-                async with cur.copy(_COPY_METERS) as copy:
-                    copy.set_types(_METER_TYPES)
-                    for row in meters:
-                        await copy.write_row(row)
-                await cur.execute(_REGISTER_METERS)
-                inserted += await _count_inserted(cur, _INSERT_METER_HISTORY)
-                await cur.execute(_UPDATE_METER_LIVE)
-            if vehicles:
-                async with cur.copy(_COPY_VEHICLES) as copy:
-                    copy.set_types(_VEHICLE_TYPES)
-                    for vrow in vehicles:
-                        await copy.write_row(vrow)
-                await cur.execute(_REGISTER_VEHICLES)
-                inserted += await _count_inserted(cur, _INSERT_VEHICLE_HISTORY)
-                await cur.execute(_UPDATE_VEHICLE_LIVE)
+            for rows, statements in ((meters, _METER_STATEMENTS), (vehicles, _VEHICLE_STATEMENTS)):
+                if rows:
+                    await _copy(cur, statements.copy, statements.types, rows)
+                    await cur.execute(statements.register)
+                    inserted += await _count_inserted(cur, statements.insert_history)
+                    await cur.execute(statements.update_live)
             if dead_letters:
-                async with cur.copy(_COPY_DEAD_LETTERS) as copy:
-                    copy.set_types(_DEAD_LETTER_TYPES)
-                    for drow in dead_letters:
-                        await copy.write_row(drow)
+                await _copy(cur, _COPY_DEAD_LETTERS, _DEAD_LETTER_TYPES, dead_letters)
         readings = len(meters) + len(vehicles)
         return WriteResult(
             messages=len(batch),
@@ -247,6 +257,18 @@ class BatchWriter:
             duplicates=readings - inserted,
             dead_letters=len(dead_letters),
         )
+
+
+async def _copy(
+    cur: psycopg.AsyncCursor[tuple[int]],
+    statement: str,
+    types: list[str],
+    rows: Sequence[tuple[object, ...]],
+) -> None:
+    async with cur.copy(statement) as copy:
+        copy.set_types(types)
+        for row in rows:
+            await copy.write_row(row)
 
 
 async def _count_inserted(cur: psycopg.AsyncCursor[tuple[int]], statement: str) -> int:
