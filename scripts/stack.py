@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import shlex
 import shutil
-import subprocess
 import sys
 import time
 import urllib.error
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from stack_api import create_token, http_ok, link_chargers
 from stack_processes import (
     PROJECT,
     Child,
@@ -67,10 +66,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--devices", type=int, default=20, help="simulated devices (20)")
     parser.add_argument(
-        "--speed",
+        "--catch-up",
         type=float,
-        default=60.0,
-        help="simulated time runs this many times faster (60: a reading per device per second)",
+        default=120.0,
+        metavar="SECONDS",
+        help="replay the last 24 h of the fleet in this many seconds, then go on in real time "
+        "(120)",
     )
     parser.add_argument("--no-simulator", action="store_true", help="start no simulator")
     return parser.parse_args(argv)
@@ -80,30 +81,6 @@ def has_module(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None
     except ImportError:
-        return False
-
-
-def create_read_token(env: dict[str, str]) -> str | None:
-    done = subprocess.run(
-        [PYTHON, "-m", "http_api", "token", "create", "--scope", "read"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=PROJECT,
-    )
-    lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
-    if done.returncode or not lines:
-        print(f"could not create a read token:\n{done.stdout}{done.stderr}", flush=True)
-        return None
-    return lines[-1].split()[-1]  # the token is the last word printed
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return int(response.status) == 200
-    except (urllib.error.URLError, OSError):
         return False
 
 
@@ -130,7 +107,8 @@ class Stack:
         self.database_url = ""
         self.api_url: str | None = None
         self.token: str | None = None
-        self.simulating = False
+        self.simulator: list[str] = []  # the command, without pacing options
+        self.catching_up: Child | None = None
 
     def spawn(self, name: str, argv: list[str], *, required: bool, stop_s: float) -> Child:
         child = spawn(name, argv, self.env, self.logs, required=required)
@@ -197,20 +175,33 @@ class Stack:
             self.lines.append(f"http api   failed to start: {exc}")
             return
         self.api_url = url
-        self.token = create_read_token(self.env)
+        read = create_token(self.env, "read")
+        self.token = read[1] if read else None
         self.lines.append(f"http api   {url} (log {api.log})")
         if self.token:
             self.lines.append(f"read token {self.token}")
 
-    def start_simulator(self, devices: int, speed: float) -> None:
+    def start_simulator(self, devices: int, catch_up_s: float) -> None:
+        """Replay the last 24 h quickly, so that the 24 h analytics have data at once; once
+        that run ends (check_children), the same fleet goes on in real time."""
         if not has_module("gateway.simulate"):
             self.lines.append("simulator  not started: gateway.simulate does not exist yet")
             return
-        argv = [PYTHON, "-m", "gateway.simulate", "--mqtt-url", self.mqtt_url]
-        argv += ["--devices", str(devices), "--speed", f"{speed:g}"]
-        simulator = self.spawn("simulator", argv, required=False, stop_s=10)
-        self.simulating = True
-        self.lines.append(f"simulator  {shlex.join(argv[1:])} (log {simulator.log})")
+        self.simulator = [PYTHON, "-m", "gateway.simulate", "--mqtt-url", self.mqtt_url]
+        self.simulator += ["--devices", str(devices)]
+        speed = f"{24 * 3600 / catch_up_s:g}"
+        catch_up = [*self.simulator, "--speed", speed, "--duration", f"{catch_up_s:g}"]
+        self.catching_up = self.spawn("simulator", catch_up, required=False, stop_s=10)
+        self.lines.append(
+            f"simulator  {devices} chargers and their vehicles: the last 24 h in {catch_up_s:g} s, "
+            f"then live (log {self.catching_up.log})"
+        )
+
+    def go_live(self, caught_up: Child) -> None:
+        caught_up.reported = True
+        self.catching_up = None
+        live = self.spawn("simulator-live", self.simulator, required=False, stop_s=10)
+        print(f"simulator caught up with the last 24 h; now live (log {live.log})", flush=True)
 
     def wait_for_first_reading(self) -> str | None:
         """The name of a vehicle once one has sent a reading, None if none did in time."""
@@ -223,6 +214,8 @@ class Stack:
         return None
 
     def check_children(self) -> None:
+        if self.catching_up is not None and self.catching_up.process.poll() == 0:
+            self.go_live(self.catching_up)
         for child in self.children:
             code = child.process.poll()
             if code is None or child.reported:
@@ -283,8 +276,13 @@ def run(args: argparse.Namespace, stack: Stack) -> None:
     if args.no_simulator:
         stack.lines.append("simulator  not started (--no-simulator)")
     else:
-        stack.start_simulator(args.devices, args.speed)
-    vehicle = stack.wait_for_first_reading() if stack.simulating else None
+        stack.start_simulator(args.devices, args.catch_up)
+    vehicle = stack.wait_for_first_reading() if stack.simulator else None
+    if vehicle and stack.api_url:
+        linked = link_chargers(stack.api_url, stack.env, args.devices)
+        stack.lines.append(
+            f"links      meter MTR-NNNN feeds vehicle EV-NNNN ({linked} of {args.devices} linked)"
+        )
     print_summary(stack, vehicle, time.monotonic() - started)
     previous = [0, 0]
     next_status = time.monotonic()
