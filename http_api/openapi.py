@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from gateway.alert_rules import RULES
 from http_api.openapi_schemas import SCHEMAS, TIME, ref
+from http_api.views_alerts import STATES
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -186,6 +188,30 @@ _PATHS: Final[dict[str, dict[str, Any]]] = {
             params=[
                 *_WINDOW_PARAMS,
                 _query("below", {"type": "number"}, "Threshold (default EFFICIENCY_GOOD)."),
+                *_PAGE_PARAMS,
+            ],
+        )
+    },
+    "/v1/alerts": {
+        "get": _op(
+            "Alert history, newest first (raisedAt, then alertId, descending)",
+            ("200", "AlertList", "A page"),
+            params=[
+                _query(
+                    "state",
+                    {"type": "string", "enum": list(STATES)},
+                    "Only active or only cleared alerts.",
+                ),
+                _query(
+                    "deviceId",
+                    {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+                    "Only alerts of this meter or vehicle.",
+                ),
+                _query(
+                    "rule", {"type": "string", "enum": list(RULES)}, "Only alerts of this rule."
+                ),
+                _query("from", TIME, "Raised at or after (RFC 3339); default: no bound."),
+                _query("to", TIME, "Raised before (RFC 3339); default: no bound."),
                 *_PAGE_PARAMS,
             ],
         )

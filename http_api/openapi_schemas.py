@@ -146,6 +146,29 @@ SCHEMAS: Final[dict[str, Any]] = {
             "nextCursor": {"type": ["string", "null"]},
         },
     },
+    "Alert": {
+        "type": "object",
+        "properties": {
+            "alertId": {"type": "string"},
+            "rule": {"type": "string"},
+            "state": {"enum": ["active", "cleared"]},
+            "deviceId": {"type": "string"},
+            "deviceKind": {"type": "string", "examples": ["vehicle", "meter"]},
+            "value": {"type": "number", "description": "The worst value seen while active."},
+            "threshold": {"type": "number"},
+            "clearValue": {**NUMBER_OR_NULL, "description": "The value that cleared it."},
+            "raisedAt": TIME,
+            "clearedAt": {"type": ["string", "null"], "format": "date-time"},
+            "message": {"type": "string"},
+        },
+    },
+    "AlertList": {
+        "type": "object",
+        "properties": {
+            "alerts": {"type": "array", "items": ref("Alert")},
+            "nextCursor": {"type": ["string", "null"]},
+        },
+    },
     "Reading": {
         "description": "A meter or vehicle reading as on MQTT, with its device id.",
         "oneOf": [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -61,6 +61,25 @@ def window(
     if start >= now:
         raise InvalidParameterError("from must be in the past", "from")
     return start, min(end, now)
+
+
+def bounds(query: Mapping[str, str]) -> tuple[datetime | None, datetime | None]:
+    """Optional ``from`` (inclusive) and ``to`` (exclusive) of a query that lists history page by
+    page: no default and no maximum length, since the page limit already bounds the work."""
+    start = timestamp(query["from"], "from") if "from" in query else None
+    end = timestamp(query["to"], "to") if "to" in query else None
+    if start is not None and end is not None and start >= end:
+        raise InvalidParameterError("from must be before to", "from")
+    return start, end
+
+
+def one_of(query: Mapping[str, str], parameter: str, allowed: Sequence[str]) -> str | None:
+    text = query.get(parameter)
+    if text is None:
+        return None
+    if text not in allowed:
+        raise InvalidParameterError(f"{text[:80]!r} is not one of {', '.join(allowed)}", parameter)
+    return text
 
 
 def integer(query: Mapping[str, str], parameter: str, default: int, low: int, high: int) -> int:

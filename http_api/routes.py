@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from http_api import (
+    views_alerts,
     views_analytics,
     views_ingest,
     views_links,
@@ -33,6 +34,7 @@ def setup_routes(app: web.Application) -> None:
             ),
             web.get("/v1/analytics/trend/{vehicleId}", views_analytics.trend, allow_head=False),
             web.get("/v1/analytics/fleet", views_analytics.fleet, allow_head=False),
+            web.get("/v1/alerts", views_alerts.alerts, allow_head=False),
             web.post("/v1/telemetry", views_ingest.one),
             web.post("/v1/telemetry/batch", views_ingest.batch),
         ]

@@ -1,0 +1,88 @@
+"""Alert history for dashboards: active and cleared alerts, newest first, page by page."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Final
+
+import msgspec
+from aiohttp import web
+
+from gateway.alert_rules import RULES, describe
+from http_api import params
+from http_api.alert_queries import AlertFilter, Row, alert_page
+from http_api.errors import InvalidParameterError
+from http_api.keys import POOL
+from http_api.render import iso, json
+
+STATES: Final = ("active", "cleared")
+_Key = tuple[datetime, Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]]
+_KEY_DECODER: Final = msgspec.json.Decoder(_Key)
+
+
+def _alert_body(row: Row) -> dict[str, Any]:
+    state = "active" if row["cleared_at"] is None else "cleared"
+    message = row["message"]
+    # The sentence of the MQTT alert events, with the worst value so far; the stored message
+    # (written at the raise) only for a rule this version no longer knows.
+    if row["rule"] in RULES:
+        event = "raised" if state == "active" else "cleared"
+        message = describe(
+            row["rule"],
+            event,
+            row["device_name"],
+            row["value"],
+            row["threshold"],
+            clear_value=row["clear_value"],
+        )
+    return {
+        "alertId": str(row["alert_id"]),
+        "rule": row["rule"],
+        "state": state,
+        "deviceId": row["device_name"],
+        "deviceKind": row["device_kind"],
+        "value": row["value"],
+        "threshold": row["threshold"],
+        "clearValue": row["clear_value"],
+        "raisedAt": iso(row["raised_at"]),
+        "clearedAt": iso(row["cleared_at"]),
+        "message": message,
+    }
+
+
+def _encode_key(row: Row) -> str:
+    return params.encode_cursor(
+        msgspec.json.encode([iso(row["raised_at"]), row["alert_id"]]).decode()
+    )
+
+
+def _decode_key(text: str | None) -> tuple[datetime, int] | None:
+    if text is None:
+        return None
+    try:
+        raised_at, alert_id = _KEY_DECODER.decode(text)
+    except msgspec.DecodeError:
+        raise InvalidParameterError("not a cursor this API returned", "cursor") from None
+    if raised_at.tzinfo is None:
+        raise InvalidParameterError("not a cursor this API returned", "cursor")
+    return raised_at, alert_id
+
+
+async def alerts(request: web.Request) -> web.Response:
+    query = request.query
+    state = params.one_of(query, "state", STATES)
+    device = query.get("deviceId")
+    raised_from, raised_to = params.bounds(query)
+    limit = params.integer(query, "limit", 100, 1, 1000)
+    found = AlertFilter(
+        active=None if state is None else state == "active",
+        device_name=None if device is None else params.device_id(device, "deviceId"),
+        rule=params.one_of(query, "rule", RULES),
+        raised_from=raised_from,
+        raised_to=raised_to,
+        after=_decode_key(params.decode_cursor(query)),
+    )
+    rows = await alert_page(request.app[POOL], found, limit + 1)  # one more: is there a next page
+    page = rows[:limit]
+    cursor = _encode_key(page[-1]) if len(rows) > limit else None
+    return json({"alerts": [_alert_body(row) for row in page], "nextCursor": cursor})
