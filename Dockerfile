@@ -1,0 +1,20 @@
+# The image of the gateway and the HTTP API (docker-compose.yml runs one container of each):
+# `python -m gateway` by default, `python -m http_api` when given as the command.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+# gateway/schema.sql is a link to ../schema.sql: the schema has to be copied beside the packages.
+COPY pyproject.toml README.md schema.sql ./
+COPY gateway ./gateway
+COPY http_api ./http_api
+RUN pip install . \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin fleetgate
+
+USER fleetgate
+EXPOSE 8080 9464
+CMD ["python", "-m", "gateway"]
