@@ -52,8 +52,9 @@ async def clear_retained_alerts(mosquitto: Mosquitto) -> AsyncIterator[None]:
     """After each test (and its gateway) is done, remove the retained alerts it left on the
     shared broker, so no other test receives them."""
     yield
-    async with aiomqtt.Client("127.0.0.1", mosquitto.port,
-                              identifier=f"cleaner-{uuid.uuid4().hex[:6]}") as client:
+    async with aiomqtt.Client(
+        "127.0.0.1", mosquitto.port, identifier=f"cleaner-{uuid.uuid4().hex[:6]}"
+    ) as client:
         await client.subscribe("fleet/alerts/#", qos=1)
         topics: set[str] = set()
         with contextlib.suppress(TimeoutError):
