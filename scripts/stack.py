@@ -155,9 +155,8 @@ class Stack:
             lambda: "subscribed (QoS 1)" in gateway.log.read_text(errors="replace"),
             gateway,
         )
-        self.lines.append(
-            f"gateway    metrics http://127.0.0.1:{metrics_port}/metrics, log {gateway.log}"
-        )
+        metrics = f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else "off"
+        self.lines.append(f"gateway    metrics {metrics}, log {gateway.log}")
 
     def start_api(self) -> None:
         if not has_module("http_api.__main__"):
