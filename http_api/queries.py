@@ -62,8 +62,11 @@ FROM vehicle_link l JOIN vehicle v USING (vehicle_id) JOIN meter m USING (meter_
 """
 _CURRENT_LINKS: Final = f"SELECT {_LINK_COLUMNS} WHERE l.valid_to IS NULL ORDER BY v.name"
 _VEHICLE_LINKS: Final = f"SELECT {_LINK_COLUMNS} WHERE v.name = %s ORDER BY l.valid_from DESC"
-_LOCK_VEHICLE: Final = "SELECT vehicle_id FROM vehicle WHERE name = %s FOR UPDATE"
-_LOCK_METER: Final = "SELECT meter_id FROM meter WHERE name = %s FOR UPDATE"
+# Link changes are rare: one transaction-scoped advisory lock serialises them all. Row locks on
+# meter/vehicle would instead queue behind (and deadlock with) the gateway's live-row updates.
+_LOCK_LINKS: Final = "SELECT pg_advisory_xact_lock(7236828797547245931)"
+_VEHICLE_ID: Final = "SELECT vehicle_id FROM vehicle WHERE name = %s"
+_METER_ID: Final = "SELECT meter_id FROM meter WHERE name = %s"
 _LATEST_LINK: Final = """
 SELECT link_id, meter_id, valid_from, valid_to FROM vehicle_link
 WHERE vehicle_id = %s ORDER BY valid_from DESC LIMIT 1
@@ -161,11 +164,12 @@ async def link(pool: AsyncConnectionPool, vehicle: str, meter: str, since: datet
     """Link ``vehicle`` to ``meter`` from ``since``, ending its previous link there. False if
     the link already holds (nothing changed)."""
     async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-        await cur.execute(_LOCK_VEHICLE, (vehicle,))
+        await cur.execute(_LOCK_LINKS)
+        await cur.execute(_VEHICLE_ID, (vehicle,))
         vehicle_row = await cur.fetchone()
         if vehicle_row is None:
             raise NotFoundError(f"unknown vehicle {vehicle!r}", "vehicleId")
-        await cur.execute(_LOCK_METER, (meter,))
+        await cur.execute(_METER_ID, (meter,))
         meter_row = await cur.fetchone()
         if meter_row is None:
             raise NotFoundError(f"unknown meter {meter!r}", "meterId")
@@ -197,6 +201,7 @@ async def link(pool: AsyncConnectionPool, vehicle: str, meter: str, since: datet
 
 
 async def end_link(pool: AsyncConnectionPool, vehicle: str, at: datetime) -> bool:
-    async with pool.connection() as conn:
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute(_LOCK_LINKS)
         cur = await conn.execute(_END_CURRENT_LINK, {"at": at, "name": vehicle})
         return await cur.fetchone() is not None
