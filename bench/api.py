@@ -1,0 +1,294 @@
+"""Latency of the HTTP API's analytics and status endpoints on a generated fleet, through real
+HTTP and as the SQL alone, on a private PostgreSQL.
+
+Run: .venv/bin/python -m bench.api [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import psycopg
+from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
+
+from bench.api_data import Fleet, generate
+from bench.api_timing import Plan, explain, machine, percentile, timed
+from gateway.database import open_pool
+from gateway.settings import MqttAddress
+from http_api import queries
+from http_api.app import create_app
+from http_api.auth import hash_token
+from http_api.rollup_queries import Grouping, Stream, build, stream_sums, vehicle_id_of
+from http_api.rollup_queries import vehicle_names as fetch_vehicle_names
+from http_api.settings import Settings as ApiSettings
+from http_api.tokens import create_token
+from tests.services import Mosquitto, Postgres, free_port
+
+PERFORMANCE_SQL: tuple[tuple[Stream, Grouping], ...] = (
+    ("dc_window", "total"),
+    ("dc_linked", "total"),
+    ("ac_linked", "segment"),
+)
+FLEET_SQL: tuple[tuple[Stream, Grouping], ...] = (
+    ("dc_window", "vehicle"),
+    ("dc_linked", "vehicle"),
+    ("ac_linked", "vehicle"),
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Scale:
+    devices: int
+    requests: int  # per latency figure
+    rounds: int  # 1-day vs 30-day pairs
+    fleet_requests: int
+
+
+FULL = Scale(devices=10_000, requests=500, rounds=150, fleet_requests=10)
+QUICK = Scale(devices=1_000, requests=150, rounds=40, fleet_requests=4)
+
+
+@dataclasses.dataclass(slots=True)
+class Row:
+    figure: str
+    http: list[float]
+    sql: list[float]
+    target_ms: float | None
+    on: str = "p99"  # which percentile the target is about
+
+    def cells(self, where: str) -> list[str]:
+        def ms(samples: list[float]) -> str:
+            return f"{percentile(samples, 0.5):.2f} / {percentile(samples, 0.99):.2f}"
+
+        if self.target_ms is None:
+            target, verdict = "-", ""
+        else:
+            measured = percentile(self.http, 0.99 if self.on == "p99" else 1.0)
+            target = f"{self.on} < {self.target_ms:g} ms"
+            verdict = "met" if measured < self.target_ms else "MISSED"
+        return [self.figure, ms(self.http), ms(self.sql), target, verdict, where]
+
+
+class Bench:
+    def __init__(self, http: aiohttp.ClientSession, pool: AsyncConnectionPool, token: str) -> None:
+        self.http = http
+        self.pool = pool
+        self.token_hash = hash_token(token)
+
+    async def get(self, path: str) -> None:
+        async with self.http.get(path) as response:
+            await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"GET {path}: {response.status} {await response.text()}")
+
+    def http_calls(self, paths: list[str]) -> list[Callable[[], Awaitable[None]]]:
+        return [lambda path=path: self.get(path) for path in paths]  # type: ignore[misc]
+
+    async def performance_sql(self, name: str) -> None:
+        """What the performance handler asks the database, in the same order."""
+        await queries.find_token(self.pool, self.token_hash)
+        vehicle_id = await vehicle_id_of(self.pool, name)
+        now = datetime.now(UTC)
+        for stream, grouping in PERFORMANCE_SQL:
+            await stream_sums(
+                self.pool, stream, grouping, (now - timedelta(hours=24), now), vehicle_id
+            )
+
+    async def fleet_sql(self) -> None:
+        await queries.find_token(self.pool, self.token_hash)
+        now = datetime.now(UTC)
+        for stream, grouping in FLEET_SQL:
+            await stream_sums(self.pool, stream, grouping, (now - timedelta(hours=24), now), None)
+        await fetch_vehicle_names(self.pool)
+
+    async def status_sql(self, kind: str, name: str) -> None:
+        await queries.find_token(self.pool, self.token_hash)
+        online_since = datetime.now(UTC) - timedelta(seconds=180)
+        if kind == "vehicle":
+            await queries.vehicle_status(self.pool, name, online_since, 45.0)
+        else:
+            await queries.meter_status(self.pool, name, online_since)
+
+    async def both(
+        self, figure: str, paths: list[str], sql: list[Callable[[], Awaitable[None]]], **row: Any
+    ) -> Row:
+        warm = min(50, len(paths))
+        await timed(self.http_calls(paths[:warm]))
+        await timed(sql[:warm])
+        return Row(figure, await timed(self.http_calls(paths)), await timed(sql), **row)
+
+    async def performance_plan(self, conn: psycopg.AsyncConnection[Any], vehicle: int) -> Plan:
+        now = datetime.now(UTC)
+        params = {"f": now - timedelta(hours=24), "t": now, "vehicle": vehicle}
+        plans = [await explain(conn, build(s, g), params) for s, g in PERFORMANCE_SQL]
+        return plans[0] + plans[1] + plans[2]
+
+
+def vehicle_name(number: int) -> str:
+    return f"V-{number:05d}"
+
+
+def meter_name(number: int) -> str:
+    return f"M-{number:05d}"
+
+
+async def measure(bench: Bench, fleet: Fleet, scale: Scale, url: str) -> list[Row]:
+    rng = random.Random(7)
+    ordinary = range(2 * fleet.few + 1, fleet.devices + 1)
+    rows = []
+
+    picked = [rng.choice(ordinary) for _ in range(scale.requests)]
+    rows.append(
+        await bench.both(
+            "performance, 24 h window, random vehicle",
+            [f"/v1/analytics/performance/{vehicle_name(v)}" for v in picked],
+            [lambda v=v: bench.performance_sql(vehicle_name(v)) for v in picked],
+            target_ms=5.0,
+        )
+    )
+
+    # 1 day vs 30 days of history, interleaved so that the machine's drift hits both alike.
+    spans = {"1 day": fleet.one_day_ids, "30 days": fleet.long_ids}
+    picks = {label: [rng.choice(ids) for _ in range(scale.rounds)] for label, ids in spans.items()}
+    by_span = {
+        label: Row(f"performance, vehicle with {label} of history", [], [], target_ms=None)
+        for label in spans
+    }
+    for index in range(scale.rounds):
+        for label, row in by_span.items():
+            name = vehicle_name(picks[label][index])
+            row.http += await timed(bench.http_calls([f"/v1/analytics/performance/{name}"]))
+            row.sql += await timed([lambda name=name: bench.performance_sql(name)])
+    rows.extend(by_span.values())
+
+    rows.append(
+        await bench.both(
+            f"fleet view, {fleet.devices:,} vehicles, 24 h",
+            ["/v1/analytics/fleet"] * scale.fleet_requests,
+            [bench.fleet_sql] * scale.fleet_requests,
+            target_ms=150.0,
+            on="max",
+        )
+    )
+    for kind, name_of in (("vehicle", vehicle_name), ("meter", meter_name)):
+        names = [name_of(rng.randint(1, fleet.devices)) for _ in range(scale.requests)]
+        rows.append(
+            await bench.both(
+                f"status of one {kind}",
+                [f"/v1/status/{kind}/{name}" for name in names],
+                [lambda kind=kind, name=name: bench.status_sql(kind, name) for name in names],
+                target_ms=2.0,
+            )
+        )
+    return rows
+
+
+async def history_plans(bench: Bench, fleet: Fleet, url: str) -> list[tuple[str, Plan]]:
+    """EXPLAIN (ANALYZE, BUFFERS) of the performance SQL, per history length (after a warm-up)."""
+    plans = []
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        for label, vehicle in (
+            ("1 day", fleet.one_day_ids[0]),
+            ("7 days", 2 * fleet.few + 1),
+            ("30 days", fleet.long_ids[0]),
+        ):
+            await bench.performance_plan(conn, vehicle)
+            plans.append((label, await bench.performance_plan(conn, vehicle)))
+    return plans
+
+
+def print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for number, row in enumerate(rows):
+        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |")
+        if number == 0:
+            print("| " + " | ".join("-" * w for w in widths) + " |")
+
+
+async def run(scale: Scale, quick: bool) -> None:
+    fleet = Fleet(devices=scale.devices, days=7)
+    server = Postgres()
+    broker = Mosquitto()
+    try:
+        async with await psycopg.AsyncConnection.connect(server.url, autocommit=True) as conn:
+            await conn.execute("ALTER SYSTEM SET shared_buffers = '1GB'")
+            await conn.execute("ALTER SYSTEM SET max_wal_size = '8GB'")
+        server.stop()
+        server.start()
+        print(
+            f"generating {fleet.devices:,} vehicles and {fleet.devices:,} meters, {fleet.days} days"
+            f" of history (devices 1-{fleet.few}: {fleet.long_days} days,"
+            f" {fleet.few + 1}-{2 * fleet.few}: 1 day) ...",
+            flush=True,
+        )
+        made = await generate(server.url, fleet)
+        print(
+            f"history: {made['vehicle_rows']:,.0f} vehicle + {made['meter_rows']:,.0f} meter rows;"
+            f" one reading a minute over the last {fleet.dense_days} days (every window asked"
+            f" for lies there), one every {fleet.sparse_every} minutes before that;"
+            f" {made['database_bytes'] / 1e9:.1f} GB; generated in {made['generate_s']:.0f} s,"
+            f" vacuumed in {made['vacuum_s']:.0f} s",
+            flush=True,
+        )
+        settings = ApiSettings.from_env({}).replace(
+            database_url=server.url, mqtt=MqttAddress.parse(broker.url), log_level="WARNING"
+        )
+        runner = web.AppRunner(create_app(settings))
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            _, token = await create_token(server.url, "read", "bench")
+            async with (
+                aiohttp.ClientSession(
+                    base_url=f"http://127.0.0.1:{port}",
+                    headers={"Authorization": f"Bearer {token}"},
+                ) as http,
+                open_pool(server.url, 1, "bench-sql") as pool,
+            ):
+                bench = Bench(http, pool, token)
+                rows = await measure(bench, fleet, scale, server.url)
+                plans = await history_plans(bench, fleet, server.url)
+        finally:
+            await runner.cleanup()
+    finally:
+        broker.close()
+        server.close()
+
+    where = machine()
+    print()
+    print_table(
+        [["figure", "HTTP p50 / p99 ms", "SQL alone p50 / p99 ms", "target", "", "machine"]]
+        + [row.cells(where) for row in rows]
+    )
+    one_day = percentile(rows[1].http, 0.5)
+    thirty = percentile(rows[2].http, 0.5)
+    print(f"\n30 days / 1 day of history, HTTP p50: {thirty / one_day:.2f}")
+    print("EXPLAIN (ANALYZE, BUFFERS) of the performance SQL (3 statements, 24 h window):")
+    for label, plan in plans:
+        print(
+            f"  {label:>7} of history: {plan.buffers} buffers executing,"
+            f" {plan.planning_buffers} planning; {plan.planning_ms:.2f} ms planning,"
+            f" {plan.execution_ms:.2f} ms executing"
+        )
+    if quick:
+        print("(--quick: a scaled-down smoke run; the figures are not the issue's)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 devices, fewer requests")
+    args = parser.parse_args()
+    asyncio.run(run(QUICK if args.quick else FULL, args.quick))
+
+
+if __name__ == "__main__":
+    main()
