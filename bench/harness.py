@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -76,32 +77,45 @@ def children_of(parent: int) -> list[int]:
 
 
 class CpuMeter:
-    """CPU use of named groups of processes between ``start()`` and ``stop()``, as % of a core."""
+    """CPU use of named groups of processes between ``start()`` and ``stop()``, as % of a core.
+    Each group is a function giving its pids at the time, so that processes started meanwhile
+    (a new gateway's database connections) are counted from their start."""
 
-    def __init__(self, groups: dict[str, list[int]]):
+    def __init__(self, groups: dict[str, Callable[[], list[int]]]):
         self.groups = groups
-        self._before: dict[str, float] = {}
+        self._before: dict[str, dict[int, float]] = {}
         self._started = 0.0
-        self.percent: dict[str, float] = {}
+
+    def _per_pid(self, name: str) -> dict[int, float]:
+        return {pid: cpu_seconds([pid]) for pid in self.groups[name]()}
 
     def start(self) -> None:
         self._started = time.monotonic()
-        self._before = {name: cpu_seconds(pids) for name, pids in self.groups.items()}
+        self._before = {name: self._per_pid(name) for name in self.groups}
 
     def stop(self) -> dict[str, float]:
         wall = time.monotonic() - self._started
-        self.percent = {
-            name: 100 * (cpu_seconds(pids) - self._before[name]) / wall
-            for name, pids in self.groups.items()
-        }
-        return self.percent
+        percent = {}
+        for name in self.groups:
+            before = self._before[name]
+            used = sum(cpu - before.get(pid, 0.0) for pid, cpu in self._per_pid(name).items())
+            percent[name] = 100 * used / wall
+        return percent
 
 
 class GatewayProcess:
     """``python -m gateway`` with the benchmark's settings; stopped with SIGTERM (drains)."""
 
-    def __init__(self, database_url: str, mqtt_url: str, client_id: str, log: Path):
+    def __init__(
+        self,
+        database_url: str,
+        mqtt_url: str,
+        client_id: str,
+        log: Path,
+        settings: dict[str, str] | None = None,
+    ):
         self.env = {
+            **(settings or {}),
             **os.environ,
             "DATABASE_URL": database_url,
             "MQTT_URL": mqtt_url,
@@ -110,6 +124,7 @@ class GatewayProcess:
             "LOG_LEVEL": "WARNING",
         }
         self.log = log
+        self.argv = ["-m", "gateway"]  # bench.drain --tracemalloc runs it under a wrapper
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -120,7 +135,7 @@ class GatewayProcess:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway"],
+                [sys.executable, *self.argv],
                 env=self.env,
                 cwd=PROJECT,
                 stdout=log,
