@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from tests.http_helpers import Api, meter_reading, vehicle_reading, write_readings
 
 pytest_plugins = ["tests.http_fixtures"]
 
 NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture(autouse=True)
+def _now_is_now() -> None:
+    """ "Online" is judged against the wall clock: take NOW when each test starts, not when the
+    module was imported (a long suite runs these tests minutes later)."""
+    global NOW  # noqa: PLW0603
+    NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 async def test_vehicle_status_reports_latest_reading_and_online(
