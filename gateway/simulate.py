@@ -181,9 +181,9 @@ def publish_messages(
         if (count is not None and number >= count) or (stop and stop[0]):
             break
         now = time.monotonic()
-        if duration_s is not None and now - started >= duration_s:
-            break
         due = pace.due_at(started, sim_start, number, message)
+        if duration_s is not None and max(now, due) - started >= duration_s:
+            break  # its turn comes after the end
         while now < due:
             publisher.service(min(due - now, 0.05))
             now = time.monotonic()
@@ -223,18 +223,28 @@ def default_start(args: argparse.Namespace, now: datetime) -> datetime:
     return now - min(span, OLDEST_START)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one and the help text does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False) or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m gateway.simulate",
         description="Publish simulated EV-fleet telemetry (meters MTR-xxxx and the vehicles "
         "EV-xxxx they charge) to fleet/meter/{id} and fleet/vehicle/{id} at QoS 1.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     add = parser.add_argument
     add(
         "--mqtt-url",
         default=os.environ.get("MQTT_URL", "mqtt://localhost:1883"),
-        help="broker, mqtt://[user:pass@]host[:port] (default from MQTT_URL)",
+        help="broker, mqtt://[user:pass@]host[:port] (default: MQTT_URL, else mqtt://localhost:1883)",
     )
     add("--devices", type=int, default=100, help="chargers: one meter and one vehicle each")
     add("--first-device", type=int, default=1, help="number of the first device (MTR-0001)")
@@ -269,7 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--malformed-share", type=float, default=0.001, help="messages with a broken payload")
     add("--seed", type=int, help="random seed, for a repeatable fleet")
     add("--window", type=int, default=DEFAULT_WINDOW, help="unacknowledged messages at most")
-    add("--client-id", default=f"fleetgate-sim-{uuid.uuid4().hex[:8]}", help="MQTT client id")
+    add(
+        "--client-id",
+        default=f"fleetgate-sim-{uuid.uuid4().hex[:8]}",
+        help="MQTT client id (default: fleetgate-sim-<random>)",
+    )
     add("--quiet", action="store_true", help="no progress line on stderr")
     return parser
 
