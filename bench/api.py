@@ -26,22 +26,11 @@ from gateway.settings import MqttAddress
 from http_api import queries
 from http_api.app import create_app
 from http_api.auth import hash_token
-from http_api.rollup_queries import Grouping, Stream, build, stream_sums, vehicle_id_of
-from http_api.rollup_queries import vehicle_names as fetch_vehicle_names
+from http_api.rollup_queries import build, build_fleet, fleet_sums, vehicle_sums, whole_hours
 from http_api.settings import Settings as ApiSettings
 from http_api.tokens import create_token
+from http_api.views_analytics import PERFORMANCE_SQL
 from tests.services import Mosquitto, Postgres, free_port
-
-PERFORMANCE_SQL: tuple[tuple[Stream, Grouping], ...] = (
-    ("dc_window", "total"),
-    ("dc_linked", "total"),
-    ("ac_linked", "segment"),
-)
-FLEET_SQL: tuple[tuple[Stream, Grouping], ...] = (
-    ("dc_window", "vehicle"),
-    ("dc_linked", "vehicle"),
-    ("ac_linked", "vehicle"),
-)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -95,19 +84,13 @@ class Bench:
     async def performance_sql(self, name: str) -> None:
         """What the performance handler asks the database, in the same order."""
         await queries.find_token(self.pool, self.token_hash)
-        vehicle_id = await vehicle_id_of(self.pool, name)
         now = datetime.now(UTC)
-        for stream, grouping in PERFORMANCE_SQL:
-            await stream_sums(
-                self.pool, stream, grouping, (now - timedelta(hours=24), now), vehicle_id
-            )
+        await vehicle_sums(self.pool, name, (now - timedelta(hours=24), now), PERFORMANCE_SQL)
 
     async def fleet_sql(self) -> None:
         await queries.find_token(self.pool, self.token_hash)
         now = datetime.now(UTC)
-        for stream, grouping in FLEET_SQL:
-            await stream_sums(self.pool, stream, grouping, (now - timedelta(hours=24), now), None)
-        await fetch_vehicle_names(self.pool)
+        await fleet_sums(self.pool, (now - timedelta(hours=24), now))
 
     async def status_sql(self, kind: str, name: str) -> None:
         await queries.find_token(self.pool, self.token_hash)
@@ -127,9 +110,17 @@ class Bench:
 
     async def performance_plan(self, conn: psycopg.AsyncConnection[Any], vehicle: int) -> Plan:
         now = datetime.now(UTC)
-        params = {"f": now - timedelta(hours=24), "t": now, "vehicle": vehicle}
-        plans = [await explain(conn, build(s, g), params) for s, g in PERFORMANCE_SQL]
+        params = {"f": now - timedelta(hours=24), "t": now, "name": vehicle_name(vehicle)}
+        plans = [await explain(conn, build(s, g, by_name=True), params) for s, g in PERFORMANCE_SQL]
         return plans[0] + plans[1] + plans[2]
+
+    async def fleet_plan(self, conn: psycopg.AsyncConnection[Any]) -> Plan:
+        now = datetime.now(UTC)
+        window = (now - timedelta(hours=24), now)
+        h1, h2 = whole_hours(*window)
+        params = {"f": window[0], "t": window[1], "h1": h1, "h2": h2, "vehicle": None}
+        await conn.execute("SET jit = off")
+        return await explain(conn, build_fleet(), params)
 
 
 def vehicle_name(number: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
 import msgspec
 from aiohttp import web
@@ -21,7 +22,7 @@ from http_api.analytics import (
 from http_api.errors import InvalidParameterError, NotFoundError
 from http_api.keys import POOL, SETTINGS
 from http_api.render import iso, json, kwh
-from http_api.rollup_queries import stream_sums, vehicle_id_of, vehicle_names
+from http_api.rollup_queries import Grouping, Stream, fleet_sums, vehicle_sums
 
 Window = tuple[datetime, datetime]
 
@@ -31,25 +32,38 @@ def _window(request: web.Request) -> Window:
     return params.window(request.query, datetime.now(UTC), timedelta(days=settings.max_window_days))
 
 
-async def _vehicle(request: web.Request) -> tuple[str, int]:
+async def _vehicle_sums(
+    request: web.Request, window: Window, statements: tuple[tuple[Stream, Grouping], ...]
+) -> tuple[str, list[list[dict[str, Any]]]]:
     name = params.device_id(request.match_info["vehicleId"], "vehicleId")
-    vehicle_id = await vehicle_id_of(request.app[POOL], name)
-    if vehicle_id is None:
+    sums = await vehicle_sums(request.app[POOL], name, window, statements)
+    if sums is None:
         raise NotFoundError(f"unknown vehicle {name!r}", "vehicleId")
-    return name, vehicle_id
+    return name, sums
+
+
+PERFORMANCE_SQL: Final[tuple[tuple[Stream, Grouping], ...]] = (
+    ("dc_window", "total"),
+    ("dc_linked", "total"),
+    ("ac_linked", "segment"),
+)
+TREND_SQL: Final[tuple[tuple[Stream, Grouping], ...]] = (
+    ("dc_window", "hour"),
+    ("dc_linked", "hour"),
+    ("ac_linked", "hour"),
+    ("ac_linked", "segment"),
+)
 
 
 async def performance(request: web.Request) -> web.Response:
     window = _window(request)  # parameters are checked before the database is asked
-    name, vehicle_id = await _vehicle(request)
-    pool = request.app[POOL]
+    name, [[dc], dc_linked, ac_linked] = await _vehicle_sums(request, window, PERFORMANCE_SQL)
     figures = Figures(seconds=(window[1] - window[0]).total_seconds())
-    [dc] = await stream_sums(pool, "dc_window", "total", window, vehicle_id)
     figures.set_dc(dc)
-    for row in await stream_sums(pool, "dc_linked", "total", window, vehicle_id):
+    for row in dc_linked:
         figures.add_dc_linked(row)
     meters = []
-    for row in await stream_sums(pool, "ac_linked", "segment", window, vehicle_id):
+    for row in ac_linked:
         figures.add_ac(row)
         figures.linked_seconds += (row["e"] - row["s"]).total_seconds()
         meters.append(
@@ -69,22 +83,21 @@ async def performance(request: web.Request) -> web.Response:
 
 async def trend(request: web.Request) -> web.Response:
     window = _window(request)  # parameters are checked before the database is asked
-    name, vehicle_id = await _vehicle(request)
-    pool = request.app[POOL]
+    name, [dc, dc_linked, ac_linked, segments] = await _vehicle_sums(request, window, TREND_SQL)
     hours = {
         hour: Figures(seconds=overlap_seconds((hour, hour + timedelta(hours=1)), window))
         for hour in hours_of(*window)
     }
-    for row in await stream_sums(pool, "dc_window", "hour", window, vehicle_id):
+    for row in dc:
         if row["hour"] in hours:
             hours[row["hour"]].set_dc(row)
-    for row in await stream_sums(pool, "dc_linked", "hour", window, vehicle_id):
+    for row in dc_linked:
         if row["hour"] in hours:
             hours[row["hour"]].add_dc_linked(row)
-    for row in await stream_sums(pool, "ac_linked", "hour", window, vehicle_id):
+    for row in ac_linked:
         if row["hour"] in hours:
             hours[row["hour"]].add_ac(row)
-    for segment in await stream_sums(pool, "ac_linked", "segment", window, vehicle_id):
+    for segment in segments:
         for hour, figures in hours.items():
             span = (hour, hour + timedelta(hours=1))
             figures.linked_seconds += overlap_seconds(span, (segment["s"], segment["e"]))
@@ -101,15 +114,21 @@ async def trend(request: web.Request) -> web.Response:
     )
 
 
-async def _fleet_figures(pool: AsyncConnectionPool, window: Window) -> dict[int, Figures]:
+async def _fleet_figures(pool: AsyncConnectionPool, window: Window) -> dict[str, Figures]:
+    """Every vehicle's figures by name, from one set-based statement."""
     seconds = (window[1] - window[0]).total_seconds()
-    fleet: defaultdict[int, Figures] = defaultdict(lambda: Figures(seconds=seconds))
-    for row in await stream_sums(pool, "dc_window", "vehicle", window, None):
-        fleet[row["vehicle_id"]].set_dc(row)
-    for row in await stream_sums(pool, "dc_linked", "vehicle", window, None):
-        fleet[row["vehicle_id"]].add_dc_linked(row)
-    for row in await stream_sums(pool, "ac_linked", "vehicle", window, None):
-        fleet[row["vehicle_id"]].add_ac(row)
+    fleet = {}
+    for row in await fleet_sums(pool, window):
+        figures = Figures(
+            ac_mwh=int(row["ac_mwh"]),
+            ac_readings=int(row["ac_readings"]),
+            dc_linked_mwh=int(row["dc_linked_mwh"]),
+            dc_linked_readings=int(row["dc_linked_readings"]),
+            seconds=seconds,
+            linked_seconds=row["linked_seconds"],
+        )
+        figures.set_dc({"energy": row["dc_mwh"], "readings": row["dc_readings"]} | row)
+        fleet[row["name"]] = figures
     return fleet
 
 
@@ -121,11 +140,10 @@ async def fleet(request: web.Request) -> web.Response:
     after = _fleet_cursor(params.decode_cursor(request.query))
     pool = request.app[POOL]
     figures = await _fleet_figures(pool, window)
-    names = await vehicle_names(pool)
     statuses: defaultdict[str, int] = defaultdict(int)
     matched_dc = matched_ac = 0
     ranked: list[tuple[float, str, Figures]] = []
-    for vehicle_id, vehicle in figures.items():
+    for name, vehicle in figures.items():
         efficiency = vehicle.efficiency()
         statuses[status_of(efficiency, settings)] += 1
         if efficiency is None:
@@ -135,7 +153,7 @@ async def fleet(request: web.Request) -> web.Response:
         matched_dc += vehicle.dc_linked_mwh
         matched_ac += vehicle.ac_mwh
         if efficiency < below:
-            ranked.append((efficiency, names[vehicle_id], vehicle))
+            ranked.append((efficiency, name, vehicle))
     ranked.sort(key=lambda item: (item[0], item[1]))
     if after is not None:
         ranked = [item for item in ranked if (item[0], item[1]) > after]

@@ -275,3 +275,40 @@ async def test_fleet_pairs_each_vehicle_with_its_own_meter(api: Api, database_ur
     assert rest["nextCursor"] is None
     _, strict = await api.get("/v1/analytics/fleet", below="0.72")
     assert [v["vehicleId"] for v in strict["vehicles"]] == ["EV-b"]
+
+
+async def test_fleet_figures_equal_the_performance_figures(api: Api, database_url: str) -> None:
+    rng = random.Random(20261123)
+    await write_readings(database_url, random_readings(rng), per_batch=397)
+    links = [
+        ("EV-1", "M-1", BASE + timedelta(hours=1, minutes=13, seconds=7.25)),
+        ("EV-2", "M-3", BASE + timedelta(hours=3)),
+        ("EV-1", "M-2", BASE + timedelta(hours=9, minutes=47, seconds=12.5)),
+        ("EV-2", "M-1", BASE + timedelta(hours=15, microseconds=1)),
+        ("EV-1", "M-3", BASE + timedelta(hours=20)),  # M-3 taken from EV-2: EV-2 unlinked
+    ]
+    for vehicle, meter, since in links:
+        body = {"vehicleId": vehicle, "meterId": meter, "since": iso(since)}
+        assert (await api.send("POST", "/v1/links", body))[0] == 201
+    windows = [random_window(rng) for _ in range(25)]
+    windows += [(BASE - HOUR, NOW), (BASE + 2 * HOUR, BASE + 3 * HOUR)]  # on hours
+    compared = 0
+    for start, end in windows:
+        span = {"from": iso(start), "to": iso(end)}
+        status, fleet = await api.get("/v1/analytics/fleet", below="10", **span)
+        assert status == 200, fleet
+        listed = {v["vehicleId"]: v for v in fleet["vehicles"]}
+        for vehicle in ("EV-1", "EV-2"):
+            _, one = await api.get(f"/v1/analytics/performance/{vehicle}", **span)
+            if one["efficiency"] is None:
+                assert vehicle not in listed, (vehicle, start, end)
+                continue
+            got = listed[vehicle]
+            for key, value in one.items():
+                if key in ("avgBatteryTemp", "coverage"):  # float sums, added in another order
+                    assert got[key] == pytest.approx(value, abs=1e-9), (vehicle, start, end, key)
+                elif key not in ("vehicleId", "window", "meters"):
+                    assert got[key] == value, (vehicle, start, end, key)  # exact
+            compared += 1
+        assert fleet["totals"]["vehicles"] == 2
+    assert compared > 30
