@@ -175,3 +175,21 @@ CREATE TABLE IF NOT EXISTS api_token (
 -- would otherwise be found by reading all of it (a sequential scan: 55 ms at 400k alerts and
 -- growing). alert_id completes the keyset, so each page starts exactly at the cursor.
 CREATE INDEX IF NOT EXISTS alert_rule_idx ON alert (rule, raised_at, alert_id);
+
+-- GET /v1/analytics/fleet reads the window's partial edge hours of every device by time, and its
+-- whole hours of every device from the rollups by hour (http_api/rollup_queries.py, build_fleet).
+-- BRIN on history ts: history is written in arrival order, so a block range covers a few minutes;
+-- a range is summarized by autovacuum once full (autosummarize), the pages being written are read
+-- unsummarized, and an insert costs at most one small summary update: far cheaper than a B-tree.
+-- Measured, 10,000 devices: an edge-hour read went from a parallel seq scan of the day's partition
+-- (~690 ms) to a bitmap scan of the hour's blocks (~120 ms).
+CREATE INDEX IF NOT EXISTS vehicle_reading_ts_brin ON vehicle_reading
+    USING brin (ts) WITH (pages_per_range = 32, autosummarize = on);
+CREATE INDEX IF NOT EXISTS meter_reading_ts_brin ON meter_reading
+    USING brin (ts) WITH (pages_per_range = 32, autosummarize = on);
+-- Rollups by hour. Key column only: the gateway's upserts never change hour, so they stay HOT
+-- updates and cost this index nothing; it gains one entry when a device's hour row is created.
+-- (A covering index with the sums would make every upsert non-HOT.) 240k rows of a 24 h window:
+-- index scan ~70 ms instead of a parallel seq scan of the whole table (~100 ms, growing with it).
+CREATE INDEX IF NOT EXISTS vehicle_hourly_hour_idx ON vehicle_hourly (hour);
+CREATE INDEX IF NOT EXISTS meter_hourly_hour_idx ON meter_hourly (hour);

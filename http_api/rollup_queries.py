@@ -251,6 +251,11 @@ async def fleet_sums(
     async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         async with conn.pipeline():
             await conn.execute(b"SET LOCAL jit = off")  # as in stream_sums
+            # The planner cannot estimate how many segments take the shared edge and whole-hour
+            # sums (a CTE has no statistics: it guesses 1 of 10,000) and re-aggregated the
+            # rollups once per segment in a nested loop (6.7 s); hash joins take ~5 ms. The
+            # per-segment reads are LATERAL and stay nested loops.
+            await conn.execute(b"SET LOCAL enable_nestloop = off")
             await cur.execute(build_fleet().encode(), params)
         return await cur.fetchall()
 
