@@ -6,12 +6,20 @@ the application (``manual_ack_set``); this module switches that on and sends the
 id is only meaningful on the connection that delivered it, so every message is tagged with its
 connection's number, and acks for an older connection are not sent: the broker redelivers those
 messages on the new connection, and the primary key makes the second write a no-op.
+
+It also bounds what waits in aiomqtt's unbounded queue. The broker's in-flight window should do
+that, but Mosquitto 2.0.11 stops honouring ``max_inflight_messages`` once acknowledgements
+arrive while messages are queued (measured: with a window of 2,000, all 20,000 queued messages
+were sent): a 1,000,000-message backlog then piles up in the gateway. So the gateway stops
+reading its socket above a high-water mark and resumes below a low one; TCP backpressure keeps
+the rest in the broker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
@@ -30,6 +38,11 @@ class Broker:
     """An aiomqtt client on a persistent session whose messages are acknowledged by hand."""
 
     def __init__(self, settings: Settings) -> None:
+        self._high_water = 4 * settings.batch_size  # above the in-flight window when it holds
+        self._low_water = 2 * settings.batch_size
+        self._paused_fd: int | None = None
+        self._reading_fd: int | None = None
+        self._subscribed = False
         self.client = aiomqtt.Client(
             hostname=settings.mqtt.host,
             port=settings.mqtt.port,
@@ -42,6 +55,8 @@ class Broker:
         )
         self._paho: Any = self.client._client
         self._paho.manual_ack_set(True)
+        self._aiomqtt_socket_open: Any = self._paho.on_socket_open
+        self._paho.on_socket_open = self._on_socket_open
         self._queue: asyncio.Queue[aiomqtt.Message] = self.client._queue
         self.connection = 0  # incremented at every (re)connect
         self.connected = False
@@ -57,6 +72,8 @@ class Broker:
         """Call once a connection is gone: messages it delivered that were not taken yet are
         forgotten (never acknowledged, so the broker sends them again on the next connection)."""
         self.connected = False
+        self._paused_fd = self._reading_fd = None
+        self._subscribed = False
         dropped = 0
         while not self._queue.empty():
             self._queue.get_nowait()
@@ -72,6 +89,7 @@ class Broker:
 
     async def subscribe(self) -> None:
         await self.client.subscribe([(topic, 1) for topic in SUBSCRIPTIONS])
+        self._subscribed = True
 
     async def next_message(self) -> aiomqtt.Message:
         """Wait for the next message; raises ``aiomqtt.MqttError`` when the connection drops."""
@@ -83,7 +101,42 @@ class Broker:
         taken: list[aiomqtt.Message] = []
         while len(taken) < limit and not self._queue.empty():
             taken.append(self._queue.get_nowait())
+        if self._paused_fd is not None and self._queue.qsize() < self._low_water:
+            self._resume_reading()
         return taken
+
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        # aiomqtt registers its reader (from paho's thread, via the loop); ours replaces it
+        # right after, so that reading can pause.
+        self._aiomqtt_socket_open(client, userdata, sock)
+        loop = self.client._loop
+        loop.call_soon_threadsafe(self._take_over_reading, sock.fileno())
+
+    def _take_over_reading(self, fd: int) -> None:
+        loop = self.client._loop
+        loop.remove_reader(fd)
+        loop.add_reader(fd, self._read)
+        self._reading_fd = fd
+        self._paused_fd = None
+
+    def _read(self) -> None:
+        """aiomqtt's reader, plus the pause: paho reads and queues until the high-water mark."""
+        # Not before SUBACK is read: the consumer takes messages only once subscribed.
+        if self._subscribed and self._queue.qsize() >= self._high_water and self._reading_fd:
+            self.client._loop.remove_reader(self._reading_fd)
+            self._paused_fd = self._reading_fd
+            return
+        try:
+            self._paho.loop_read()
+        except Exception as exc:  # as aiomqtt does: any failure means the link broke
+            disconnected = self.client._disconnected
+            if not disconnected.done():
+                disconnected.set_exception(exc)
+
+    def _resume_reading(self) -> None:
+        fd, self._paused_fd = self._paused_fd, None
+        if fd is not None and fd == self._reading_fd and self.connected:
+            self.client._loop.add_reader(fd, self._read)
 
     def ack(self, mid: int, qos: int, connection: int) -> bool:
         """Acknowledge a committed message; False if its connection is gone (it will come again)."""
