@@ -154,25 +154,44 @@ def ceiling(bench: Bench) -> None:
     )
 
 
-def single_readings(bench: Bench) -> None:
+def single_readings(bench: Bench, label: str = "(a)", base: int = 1) -> None:
     """(a) Sustained single-reading QoS 1 ingest, published -> committed."""
     assert bench.db is not None
     count = bench.scale.messages
     baseline = bench.db.committed()
-    with bench.publishers(1, count) as publishers:
+    with bench.publishers(base, count) as publishers:
         meter = bench.cpu(publishers.pids)
         meter.start()
         started = publishers.go()
         drain = watch(bench.db, baseline, count, started, pid=bench.gateway.pid)
         stats = publishers.results()
-        bench.notes.append(cpu_note("(a)", meter.stop()))
+        bench.notes.append(cpu_note(label, meter.stop()))
     bench.row(
-        "(a) single-reading QoS 1, published -> committed",
+        f"{label} single-reading QoS 1, published -> committed",
         f"{drain.rate_between(0.1, 0.9):,.0f} msg/s sustained (10%-90%); "
         f"{drain.committed:,}/{count:,} in {drain.total_s:.1f} s; "
         f"publishers {total_rate(stats):,.0f}/s; gateway VmHWM {drain.peak_rss_kb / 1024:,.0f} MB",
         ">= 10,000 msg/s",
     )
+
+
+def restart_gateway(bench: Bench, *, alerts: bool) -> None:
+    """SIGTERM the gateway (it drains), start it again with alerts on or off, wait until it
+    commits a fresh probe."""
+    assert bench.db is not None
+    bench.gateway.stop()
+    bench.gateway.env["ALERTS_ENABLED"] = "true" if alerts else "false"
+    with psycopg.connect(bench.postgres.url, autocommit=True) as conn:
+        conn.execute(b"DELETE FROM meter WHERE name LIKE 'PROBE-%'")  # so the wait sees a new one
+    bench.gateway.start()
+    wait_for_gateway(bench.gateway, bench.db, bench.mosquitto.url)
+
+
+def single_readings_without_alerts(bench: Bench) -> None:
+    """(a) again with ALERTS_ENABLED=false: what alert evaluation costs ingestion."""
+    restart_gateway(bench, alerts=False)
+    single_readings(bench, "(a) alerts off:", base=500_000)
+    restart_gateway(bench, alerts=True)
 
 
 def arrays(bench: Bench) -> None:
@@ -319,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         gateway.start()
         bench.db = Database(postgres.url)
         wait_for_gateway(gateway, bench.db, mosquitto.url)
-        single_readings(bench)
+        single_readings(bench, "(a) alerts on:")
+        single_readings_without_alerts(bench)
         arrays(bench)
         latency(bench)
         backlog(bench)
