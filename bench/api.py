@@ -26,7 +26,7 @@ from gateway.settings import MqttAddress
 from http_api import queries
 from http_api.app import create_app
 from http_api.auth import hash_token
-from http_api.rollup_queries import build, build_fleet, fleet_sums, vehicle_sums, whole_hours
+from http_api.rollup_queries import build, fleet_sums, vehicle_sums
 from http_api.settings import Settings as ApiSettings
 from http_api.tokens import create_token
 from http_api.views_analytics import PERFORMANCE_SQL
@@ -113,14 +113,6 @@ class Bench:
         params = {"f": now - timedelta(hours=24), "t": now, "name": vehicle_name(vehicle)}
         plans = [await explain(conn, build(s, g, by_name=True), params) for s, g in PERFORMANCE_SQL]
         return plans[0] + plans[1] + plans[2]
-
-    async def fleet_plan(self, conn: psycopg.AsyncConnection[Any]) -> Plan:
-        now = datetime.now(UTC)
-        window = (now - timedelta(hours=24), now)
-        h1, h2 = whole_hours(*window)
-        params = {"f": window[0], "t": window[1], "h1": h1, "h2": h2, "vehicle": None}
-        await conn.execute("SET jit = off")
-        return await explain(conn, build_fleet(), params)
 
 
 def vehicle_name(number: int) -> str:

@@ -159,10 +159,14 @@ SELECT {device} AS device_id, sum({energy}) AS energy, sum(readings) AS readings
 FROM {table} WHERE hour >= %(h1)s AND hour < %(h2)s
 GROUP BY 1
 """
-_VEHICLE_TEMPS: Final = ("sum(battery_temp::float8) AS temp_sum, min(battery_temp) AS temp_min,"
-                         " max(battery_temp) AS temp_max")
-_HOURLY_TEMPS: Final = ("sum(battery_temp_sum) AS temp_sum, min(battery_temp_min) AS temp_min,"
-                        " max(battery_temp_max) AS temp_max")
+_VEHICLE_TEMPS: Final = (
+    "sum(battery_temp::float8) AS temp_sum, min(battery_temp) AS temp_min,"
+    " max(battery_temp) AS temp_max"
+)
+_HOURLY_TEMPS: Final = (
+    "sum(battery_temp_sum) AS temp_sum, min(battery_temp_min) AS temp_min,"
+    " max(battery_temp_max) AS temp_max"
+)
 _NO_TEMPS: Final = "NULL::float8 AS temp_sum, NULL::real AS temp_min, NULL::real AS temp_max"
 # The rows of one stream over segments `b` (a CTE of bounded segments), from the shared edge and
 # whole-hour sums where a segment's part equals the window's, else read for that segment.
@@ -202,6 +206,7 @@ def _cut_rows(rows: str) -> str:
 
 def build_fleet() -> str:
     """One statement: per vehicle, DC over the window, DC and AC over its link segments."""
+
     def sums(b: str, edge: str, whole: str, rows: str) -> str:
         body = _FLEET_ROWS.format(b=b, edge=edge, whole=whole, rows=_cut_rows(rows))
         return _FLEET_SUMS.format(rows=body)
@@ -256,7 +261,9 @@ async def fleet_sums(
             # rollups once per segment in a nested loop (6.7 s); hash joins take ~5 ms. The
             # per-segment reads are LATERAL and stay nested loops.
             await conn.execute(b"SET LOCAL enable_nestloop = off")
-            await cur.execute(build_fleet().encode(), params)
+            # Never prepared: after five runs on one connection PostgreSQL may switch to a generic
+            # plan, without the constant bounds (pruning, estimates): 4.1 s instead of 0.9 s.
+            await cur.execute(build_fleet().encode(), params, prepare=False)
         return await cur.fetchall()
 
 
