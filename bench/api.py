@@ -1,7 +1,7 @@
 """Latency of the HTTP API's analytics and status endpoints on a generated fleet, through real
 HTTP and as the SQL alone, on a private PostgreSQL.
 
-Run: .venv/bin/python -m bench.api [--quick]
+Run: .venv/bin/python -m bench.api [--quick] [--keep]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from http_api.auth import hash_token
 from http_api.rollup_queries import build, fleet_sums, vehicle_sums
 from http_api.settings import Settings as ApiSettings
 from http_api.tokens import create_token
-from http_api.views_analytics import PERFORMANCE_SQL
+from http_api.views_analytics import PERFORMANCE_SQL, FleetPage
 from tests.services import Mosquitto, Postgres, free_port
 
 
@@ -67,8 +67,15 @@ class Row:
 
 
 class Bench:
-    def __init__(self, http: aiohttp.ClientSession, pool: AsyncConnectionPool, token: str) -> None:
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        pool: AsyncConnectionPool,
+        token: str,
+        settings: ApiSettings,
+    ) -> None:
         self.http = http
+        self.settings = settings
         self.pool = pool
         self.token_hash = hash_token(token)
 
@@ -90,7 +97,10 @@ class Bench:
     async def fleet_sql(self) -> None:
         await queries.find_token(self.pool, self.token_hash)
         now = datetime.now(UTC)
-        await fleet_sums(self.pool, (now - timedelta(hours=24), now))
+        window = (now - timedelta(hours=24), now)
+        page = FleetPage(window, self.settings, self.settings.efficiency_good, 100)
+        _, temperatures = await fleet_sums(self.pool, window, page.pick)
+        page.add_temperatures(temperatures)
 
     async def status_sql(self, kind: str, name: str) -> None:
         await queries.find_token(self.pool, self.token_hash)
@@ -196,7 +206,7 @@ def print_table(rows: list[list[str]]) -> None:
             print("| " + " | ".join("-" * w for w in widths) + " |")
 
 
-async def run(scale: Scale, quick: bool) -> None:
+async def run(scale: Scale, quick: bool, keep: bool) -> None:
     fleet = Fleet(devices=scale.devices, days=7)
     server = Postgres()
     broker = Mosquitto()
@@ -235,16 +245,23 @@ async def run(scale: Scale, quick: bool) -> None:
                     base_url=f"http://127.0.0.1:{port}",
                     headers={"Authorization": f"Bearer {token}"},
                 ) as http,
-                open_pool(server.url, 1, "bench-sql") as pool,
+                open_pool(server.url, 2, "bench-sql") as pool,  # the fleet view takes two
             ):
-                bench = Bench(http, pool, token)
+                bench = Bench(http, pool, token, settings)
                 rows = await measure(bench, fleet, scale, server.url)
                 plans = await history_plans(bench, fleet, server.url)
         finally:
             await runner.cleanup()
     finally:
         broker.close()
-        server.close()
+        if keep:
+            server.stop()
+            print(
+                f"kept (stopped), to iterate on plans: pg_ctl -D {server.datadir} start"
+                f" (port {server.port})"
+            )
+        else:
+            server.close()
 
     where = machine()
     print()
@@ -269,8 +286,13 @@ async def run(scale: Scale, quick: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1,000 devices, fewer requests")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the generated cluster (stopped) instead of deleting it, to iterate on plans",
+    )
     args = parser.parse_args()
-    asyncio.run(run(QUICK if args.quick else FULL, args.quick))
+    asyncio.run(run(QUICK if args.quick else FULL, args.quick, args.keep))
 
 
 if __name__ == "__main__":

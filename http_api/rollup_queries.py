@@ -8,9 +8,12 @@ mWh, so rollup sums and raw sums agree exactly.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, TypeAlias
 
+from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -23,6 +26,7 @@ _ORIGIN: Final = "timestamptz '2000-01-01 00:00:00+00'"  # as the gateway's date
 # %(name)s, so that a request needs no separate round trip to look its id up.
 _BY_ID: Final = "(%(vehicle)s::int IS NULL OR {alias}.vehicle_id = %(vehicle)s)"
 _BY_NAME: Final = "{alias}.vehicle_id = (SELECT vehicle_id FROM vehicle WHERE name = %(name)s)"
+_BY_IDS: Final = "{alias}.vehicle_id = ANY(%(ids)s::int[])"
 _WINDOW_SEGMENTS: Final = """
 SELECT v.vehicle_id, v.vehicle_id AS device_id, NULL::text AS device_name,
        %(f)s::timestamptz AS s, %(t)s::timestamptz AS e
@@ -90,14 +94,17 @@ def _segments(stream: Stream, who: str = _BY_ID) -> str:
     return _LINK_SEGMENTS.format(device=device, name="m.name", who=who.format(alias="l"))
 
 
-def build(stream: Stream, grouping: Grouping, *, by_name: bool = False) -> str:
+def build(
+    stream: Stream, grouping: Grouping, *, by_name: bool = False, by_ids: bool = False
+) -> str:
     """The SQL of one stream over its segments, grouped; exposed for tests and EXPLAIN."""
     rows = _METER_ROWS if stream == "ac_linked" else _VEHICLE_ROWS
     keys = _GROUPS[grouping]
     select_keys = f"{keys}," if keys else ""
     group_by = f"GROUP BY {keys} ORDER BY {keys}" if keys else ""
+    who = _BY_NAME if by_name else _BY_IDS if by_ids else _BY_ID
     return f"""
-WITH seg AS ({_segments(stream, _BY_NAME if by_name else _BY_ID)}), bounded AS ({_BOUNDS})
+WITH seg AS ({_segments(stream, who)}), bounded AS ({_BOUNDS})
 SELECT {select_keys}
        coalesce(sum(r.energy), 0)::bigint AS energy,
        coalesce(sum(r.readings), 0)::bigint AS readings,
@@ -138,101 +145,81 @@ async def vehicle_names(pool: AsyncConnectionPool) -> dict[int, str]:
         return {int(vehicle_id): str(name) for vehicle_id, name in await cur.fetchall()}
 
 
-# The fleet view: the same sums for every vehicle at once, set-based. A segment's partial hours
-# at the window's edges and its whole hours are, for almost every segment, exactly the window's
-# own: those are read once for all devices (the edge hours by time, the whole hours from the
-# rollups by hour) and joined by device. Only segments cut inside the window (a link that began
-# or ended in it) are read per segment, as above.
-_FLEET_SEGMENTS: Final = f"""
-win_seg AS ({_segments("dc_window")}), link_seg AS ({_segments("ac_linked")}),
-win_b AS (SELECT * FROM ({_BOUNDS.replace("seg", "win_seg")}) b),
-link_b AS (SELECT * FROM ({_BOUNDS.replace("seg", "link_seg")}) b)
-"""
-_EDGE: Final = """
-SELECT {device} AS device_id, ts >= %(h2)s AS tail, sum({energy}) AS energy,
-       count(*) AS readings, {temps}
-FROM {table} WHERE ts >= %(f)s AND ts < %(t)s AND (ts < %(h1)s OR ts >= %(h2)s)
-GROUP BY 1, 2
-"""
-_WHOLE: Final = """
-SELECT {device} AS device_id, sum({energy}) AS energy, sum(readings) AS readings, {temps}
-FROM {table} WHERE hour >= %(h1)s AND hour < %(h2)s
+# The fleet view: every vehicle at once, set-based, energies and counts only (temperatures are
+# asked for the returned page alone, by fleet_temperatures). A device's sums over the window are
+# its rollup rows of the hours [r1, r2) plus or minus raw readings of at most two pieces of the
+# edge hours: either the window's part of an edge hour is added, or the whole hour is taken from
+# the rollup and the part outside the window subtracted, whichever holds fewer readings (exact:
+# energy is integer mWh). Both are read once for all devices, by hour and by time. Only link
+# segments cut inside the window (a link begun or ended in it) are read per segment, as above.
+_WINDOW_SUMS: Final = """
+SELECT {device} AS device_id, sum(energy)::bigint AS energy, sum(readings)::bigint AS readings
+FROM (
+    SELECT {device}, {energy} AS energy, readings::bigint AS readings
+    FROM {hourly} WHERE hour >= %(r1)s AND hour < %(r2)s
+    UNION ALL
+    SELECT {device}, CASE WHEN ts < %(p1hi)s THEN %(p1sign)s ELSE %(p2sign)s END * {energy},
+           CASE WHEN ts < %(p1hi)s THEN %(p1sign)s ELSE %(p2sign)s END
+    FROM {history}
+    WHERE ts >= %(hf)s AND ts < %(hc)s
+      AND (ts >= %(p1lo)s AND ts < %(p1hi)s OR ts >= %(p2lo)s AND ts < %(p2hi)s)
+) r
 GROUP BY 1
 """
-_VEHICLE_TEMPS: Final = (
-    "sum(battery_temp::float8) AS temp_sum, min(battery_temp) AS temp_min,"
-    " max(battery_temp) AS temp_max"
-)
-_HOURLY_TEMPS: Final = (
-    "sum(battery_temp_sum) AS temp_sum, min(battery_temp_min) AS temp_min,"
-    " max(battery_temp_max) AS temp_max"
-)
-_NO_TEMPS: Final = "NULL::float8 AS temp_sum, NULL::real AS temp_min, NULL::real AS temp_max"
-# The rows of one stream over segments `b` (a CTE of bounded segments), from the shared edge and
-# whole-hour sums where a segment's part equals the window's, else read for that segment.
-_FLEET_ROWS: Final = """
-SELECT b.vehicle_id, x.energy, x.readings, x.temp_sum, x.temp_min, x.temp_max
-FROM {b} b JOIN {edge} x ON x.device_id = b.device_id AND NOT x.tail
-WHERE b.s = %(f)s AND b.h1 = %(h1)s
-UNION ALL
-SELECT b.vehicle_id, x.energy, x.readings, x.temp_sum, x.temp_min, x.temp_max
-FROM {b} b JOIN {edge} x ON x.device_id = b.device_id AND x.tail
-WHERE b.h2 = %(h2)s AND b.e = %(t)s
-UNION ALL
-SELECT b.vehicle_id, x.energy, x.readings, x.temp_sum, x.temp_min, x.temp_max
-FROM {b} b JOIN {whole} x ON x.device_id = b.device_id
-WHERE b.h1 = %(h1)s AND b.h2 = %(h2)s
-UNION ALL
-SELECT b.vehicle_id, r.energy, r.readings, r.temp_sum, r.temp_min, r.temp_max
-FROM {b} b CROSS JOIN LATERAL ({rows}) r
-WHERE NOT (b.s = %(f)s AND b.h1 = %(h1)s AND b.h2 = %(h2)s AND b.e = %(t)s)
-"""
-_FLEET_SUMS: Final = """
-SELECT vehicle_id, sum(energy)::bigint AS energy, sum(readings)::bigint AS readings,
-       sum(temp_sum) AS temp_sum, min(temp_min) AS temp_min, max(temp_max) AS temp_max
-FROM ({rows}) r GROUP BY vehicle_id
+# Per vehicle over its link segments: a segment equal to the window takes its device's window
+# sums; a cut one is read by itself.
+_LINKED_SUMS: Final = """
+SELECT vehicle_id, sum(energy)::bigint AS energy, sum(readings)::bigint AS readings
+FROM (
+    SELECT b.vehicle_id, w.energy, w.readings
+    FROM link_b b JOIN win w ON w.device_id = b.device_id
+    WHERE b.s = %(f)s AND b.e = %(t)s
+    UNION ALL
+    SELECT b.vehicle_id, r.energy, r.readings
+    FROM link_b b CROSS JOIN LATERAL ({rows}) r
+    WHERE NOT (b.s = %(f)s AND b.e = %(t)s)
+) x
+GROUP BY vehicle_id
 """
 
 
-def _cut_rows(rows: str) -> str:
-    """Per-segment rows limited to the parts that differ from the window's own."""
-    head, tail, whole = rows.split("UNION ALL")
-    return (
-        f"{head} AND NOT (b.s = %(f)s AND b.h1 = %(h1)s) UNION ALL"
-        f"{tail} AND NOT (b.h2 = %(h2)s AND b.e = %(t)s) UNION ALL"
-        f"{whole} AND NOT (b.h1 = %(h1)s AND b.h2 = %(h2)s)"
-    )
-
-
-def build_fleet() -> str:
-    """One statement: per vehicle, DC over the window, DC and AC over its link segments."""
-
-    def sums(b: str, edge: str, whole: str, rows: str) -> str:
-        body = _FLEET_ROWS.format(b=b, edge=edge, whole=whole, rows=_cut_rows(rows))
-        return _FLEET_SUMS.format(rows=body)
-
-    vehicle = {"device": "vehicle_id", "energy": "delivered_dc_mwh"}
-    meter = {"device": "meter_id", "energy": "consumed_ac_mwh"}
+def _fleet_half(kind: Literal["vehicle", "meter"]) -> str:
+    if kind == "vehicle":
+        device = {"device": "vehicle_id", "energy": "delivered_dc_mwh"}
+        tables = {"hourly": "vehicle_hourly", "history": "vehicle_reading"}
+        stream: Stream = "dc_linked"
+        rows = _VEHICLE_ROWS
+    else:
+        device = {"device": "meter_id", "energy": "consumed_ac_mwh"}
+        tables = {"hourly": "meter_hourly", "history": "meter_reading"}
+        stream, rows = "ac_linked", _METER_ROWS
+    link_b = _BOUNDS.replace("seg", "link_seg")
     return f"""
-WITH {_FLEET_SEGMENTS},
-dc_edge AS ({_EDGE.format(table="vehicle_reading", temps=_VEHICLE_TEMPS, **vehicle)}),
-dc_whole AS ({_WHOLE.format(table="vehicle_hourly", temps=_HOURLY_TEMPS, **vehicle)}),
-ac_edge AS ({_EDGE.format(table="meter_reading", temps=_NO_TEMPS, **meter)}),
-ac_whole AS ({_WHOLE.format(table="meter_hourly", temps=_NO_TEMPS, **meter)}),
-link_dc_b AS (SELECT vehicle_id, vehicle_id AS device_id, s, e, h1, h2 FROM link_b),
-dc AS ({sums("win_b", "dc_edge", "dc_whole", _VEHICLE_ROWS)}),
-dc_linked AS ({sums("link_dc_b", "dc_edge", "dc_whole", _VEHICLE_ROWS)}),
-ac AS ({sums("link_b", "ac_edge", "ac_whole", _METER_ROWS)}),
-linked AS (SELECT vehicle_id, sum(extract(epoch FROM e - s))::float8 AS seconds
-           FROM link_b GROUP BY vehicle_id)
+WITH win AS ({_WINDOW_SUMS.format(**device, **tables)}),
+link_seg AS ({_segments(stream)}),
+link_b AS (SELECT * FROM ({link_b}) b),
+linked AS ({_LINKED_SUMS.format(rows=rows)})
+"""
+
+
+def build_fleet_vehicles() -> str:
+    """Per vehicle (every vehicle): DC over the window and over its link segments, linked time."""
+    return f"""{_fleet_half("vehicle")}
+, seconds AS (SELECT vehicle_id, sum(extract(epoch FROM e - s))::float8 AS seconds
+              FROM link_seg GROUP BY vehicle_id)
 SELECT v.vehicle_id, v.name,
-       coalesce(dc.energy, 0) AS dc_mwh, coalesce(dc.readings, 0) AS dc_readings,
-       dc.temp_sum, dc.temp_min, dc.temp_max,
-       coalesce(dl.energy, 0) AS dc_linked_mwh, coalesce(dl.readings, 0) AS dc_linked_readings,
-       coalesce(ac.energy, 0) AS ac_mwh, coalesce(ac.readings, 0) AS ac_readings,
-       coalesce(linked.seconds, 0) AS linked_seconds
-FROM vehicle v LEFT JOIN dc USING (vehicle_id) LEFT JOIN dc_linked dl USING (vehicle_id)
-LEFT JOIN ac USING (vehicle_id) LEFT JOIN linked USING (vehicle_id)
+       coalesce(w.energy, 0) AS dc_mwh, coalesce(w.readings, 0) AS dc_readings,
+       coalesce(l.energy, 0) AS dc_linked_mwh, coalesce(l.readings, 0) AS dc_linked_readings,
+       coalesce(seconds.seconds, 0) AS linked_seconds
+FROM vehicle v LEFT JOIN win w ON w.device_id = v.vehicle_id
+LEFT JOIN linked l USING (vehicle_id) LEFT JOIN seconds USING (vehicle_id)
+"""
+
+
+def build_fleet_meters() -> str:
+    """Per linked vehicle: AC of its meters over its link segments."""
+    return f"""{_fleet_half("meter")}
+SELECT vehicle_id, energy AS ac_mwh, readings AS ac_readings FROM linked
 """
 
 
@@ -247,23 +234,105 @@ def whole_hours(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     return (ceil, floor) if ceil < floor else (end, end)
 
 
+_HOUR: Final = timedelta(hours=1)
+
+
+def edge_pieces(start: datetime, end: datetime, now: datetime) -> dict[str, Any]:
+    """The parameters of _WINDOW_SUMS: rollup hours [r1, r2) and two signed raw pieces, each
+    edge done the way that reads fewer readings (none are later than ``now``)."""
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    hf = start.replace(minute=0, second=0, microsecond=0)
+    hc = end.replace(minute=0, second=0, microsecond=0)
+    if hc < end:
+        hc += _HOUR
+
+    def cost(lo: datetime, hi: datetime) -> timedelta:
+        return max(min(hi, now) - lo, timedelta(0))
+
+    head: tuple[int, datetime, datetime] = (1, hf, hf)  # empty
+    tail: tuple[int, datetime, datetime] = (1, hc, hc)
+    r1, r2 = hf, hc
+    if hc - hf == _HOUR:  # one hour touched: the window raw, or the hour less both sides
+        if cost(start, end) <= cost(hf, start) + cost(end, hc):
+            head, r1, r2 = (1, start, end), hf, hf
+        else:
+            head, tail = (-1, hf, start), (-1, end, hc)
+    else:
+        if start > hf:
+            if cost(start, hf + _HOUR) <= cost(hf, start):
+                head, r1 = (1, start, hf + _HOUR), hf + _HOUR
+            else:
+                head = (-1, hf, start)
+        if end < hc:
+            if cost(hc - _HOUR, end) <= cost(end, hc):
+                tail, r2 = (1, hc - _HOUR, end), hc - _HOUR
+            else:
+                tail = (-1, end, hc)
+    return {
+        "hf": hf,
+        "hc": hc,
+        "r1": r1,
+        "r2": r2,
+        "p1sign": head[0],
+        "p1lo": head[1],
+        "p1hi": head[2],
+        "p2sign": tail[0],
+        "p2lo": tail[1],
+        "p2hi": tail[2],
+    }
+
+
 async def fleet_sums(
-    pool: AsyncConnectionPool, window: tuple[datetime, datetime]
+    pool: AsyncConnectionPool,
+    window: tuple[datetime, datetime],
+    page: Callable[[list[dict[str, Any]]], Collection[int]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per vehicle (every vehicle): energies and counts over the window, DC and DC while linked
+    with the vehicle_id and name, AC under ac_mwh and ac_readings (0 without a link); then, in
+    the same snapshot, the window's DC sums with temperatures of the vehicles ``page`` picks
+    from those rows (by vehicle_id)."""
+    params = {"f": window[0], "t": window[1], "vehicle": None}
+    params |= edge_pieces(*window, datetime.now(UTC))
+    # The vehicle and the meter halves run at once on two connections (two cores), in one
+    # snapshot, exported by the first, so that they see the same readings as one statement did.
+    async with pool.connection() as first, pool.connection() as second:
+        async with first.pipeline():
+            await first.execute(b"SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            snapshot_cur = await first.execute(b"SELECT pg_export_snapshot()")
+        [(snapshot,)] = await snapshot_cur.fetchall()
+        halves = await asyncio.gather(
+            _run_half(first, build_fleet_vehicles(), params, None),
+            _run_half(second, build_fleet_meters(), params, snapshot),
+        )
+        vehicles, meters = halves
+        ac = {row["vehicle_id"]: row for row in meters}
+        for row in vehicles:
+            linked = ac.get(row["vehicle_id"])
+            row["ac_mwh"] = 0 if linked is None else linked["ac_mwh"]
+            row["ac_readings"] = 0 if linked is None else linked["ac_readings"]
+        ids = list(page(vehicles))
+        if not ids:
+            return vehicles, []
+        async with first.cursor(row_factory=dict_row) as cur:
+            temperatures = build("dc_window", "vehicle", by_ids=True)
+            await cur.execute(temperatures.encode(), params | {"ids": ids}, prepare=False)
+            return vehicles, await cur.fetchall()
+
+
+async def _run_half(
+    conn: AsyncConnection[Any], statement: str, params: dict[str, Any], snapshot: str | None
 ) -> list[dict[str, Any]]:
-    """Per vehicle (every vehicle): the sums of build_fleet over the window."""
-    h1, h2 = whole_hours(*window)
-    params = {"f": window[0], "t": window[1], "h1": h1, "h2": h2, "vehicle": None}
-    async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+    async with conn.cursor(row_factory=dict_row) as cur:
         async with conn.pipeline():
+            if snapshot is not None:
+                await conn.execute(b"SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                await conn.execute(
+                    sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot))
+                )
             await conn.execute(b"SET LOCAL jit = off")  # as in stream_sums
-            # The planner cannot estimate how many segments take the shared edge and whole-hour
-            # sums (a CTE has no statistics: it guesses 1 of 10,000) and re-aggregated the
-            # rollups once per segment in a nested loop (6.7 s); hash joins take ~5 ms. The
-            # per-segment reads are LATERAL and stay nested loops.
-            await conn.execute(b"SET LOCAL enable_nestloop = off")
             # Never prepared: after five runs on one connection PostgreSQL may switch to a generic
             # plan, without the constant bounds (pruning, estimates): 4.1 s instead of 0.9 s.
-            await cur.execute(build_fleet().encode(), params, prepare=False)
+            await cur.execute(statement.encode(), params, prepare=False)
         return await cur.fetchall()
 
 

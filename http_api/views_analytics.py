@@ -8,7 +8,6 @@ from typing import Any, Final
 
 import msgspec
 from aiohttp import web
-from psycopg_pool import AsyncConnectionPool
 
 from http_api import params
 from http_api.analytics import (
@@ -23,6 +22,7 @@ from http_api.errors import InvalidParameterError, NotFoundError
 from http_api.keys import POOL, SETTINGS
 from http_api.render import iso, json, kwh
 from http_api.rollup_queries import Grouping, Stream, fleet_sums, vehicle_sums
+from http_api.settings import Settings
 
 Window = tuple[datetime, datetime]
 
@@ -114,22 +114,45 @@ async def trend(request: web.Request) -> web.Response:
     )
 
 
-async def _fleet_figures(pool: AsyncConnectionPool, window: Window) -> dict[str, Figures]:
-    """Every vehicle's figures by name, from one set-based statement."""
-    seconds = (window[1] - window[0]).total_seconds()
-    fleet = {}
-    for row in await fleet_sums(pool, window):
-        figures = Figures(
-            ac_mwh=int(row["ac_mwh"]),
-            ac_readings=int(row["ac_readings"]),
-            dc_linked_mwh=int(row["dc_linked_mwh"]),
-            dc_linked_readings=int(row["dc_linked_readings"]),
-            seconds=seconds,
-            linked_seconds=row["linked_seconds"],
-        )
-        figures.set_dc({"energy": row["dc_mwh"], "readings": row["dc_readings"]} | row)
-        fleet[row["name"]] = figures
-    return fleet
+class FleetPage:
+    """Every vehicle's figures from the fleet rows, ranked; the page's vehicle ids are what the
+    temperatures are then asked for."""
+
+    def __init__(self, window: Window, settings: Settings, below: float, limit: int) -> None:
+        self.seconds = (window[1] - window[0]).total_seconds()
+        self.below, self.limit = below, limit
+        self.after: tuple[float, str] | None = None
+        self.figures: dict[str, Figures] = {}
+        self.ids: dict[str, int] = {}
+        self.ranked: list[tuple[float, str, Figures]] = []
+
+    def pick(self, rows: list[dict[str, Any]]) -> list[int]:
+        for row in rows:
+            figures = Figures(
+                ac_mwh=int(row["ac_mwh"]),
+                ac_readings=int(row["ac_readings"]),
+                dc_mwh=int(row["dc_mwh"]),
+                dc_readings=int(row["dc_readings"]),
+                dc_linked_mwh=int(row["dc_linked_mwh"]),
+                dc_linked_readings=int(row["dc_linked_readings"]),
+                seconds=self.seconds,
+                linked_seconds=row["linked_seconds"],
+            )
+            self.figures[row["name"]] = figures
+            self.ids[row["name"]] = int(row["vehicle_id"])
+            efficiency = figures.efficiency()
+            if efficiency is not None and efficiency < self.below:
+                self.ranked.append((efficiency, row["name"], figures))
+        self.ranked.sort(key=lambda item: (item[0], item[1]))
+        if self.after is not None:
+            after = self.after
+            self.ranked = [item for item in self.ranked if (item[0], item[1]) > after]
+        return [self.ids[name] for _, name, _ in self.ranked[: self.limit]]
+
+    def add_temperatures(self, rows: list[dict[str, Any]]) -> None:
+        names = {vehicle_id: name for name, vehicle_id in self.ids.items()}
+        for row in rows:
+            self.figures[names[row["vehicle_id"]]].set_dc(row)
 
 
 async def fleet(request: web.Request) -> web.Response:
@@ -137,13 +160,14 @@ async def fleet(request: web.Request) -> web.Response:
     window = _window(request)
     below = params.ratio(request.query, "below", settings.efficiency_good)
     limit = params.integer(request.query, "limit", 100, 1, 1000)
-    after = _fleet_cursor(params.decode_cursor(request.query))
-    pool = request.app[POOL]
-    figures = await _fleet_figures(pool, window)
+    fleet = FleetPage(window, settings, below, limit)
+    fleet.after = _fleet_cursor(params.decode_cursor(request.query))
+    _, temperatures = await fleet_sums(request.app[POOL], window, fleet.pick)
+    fleet.add_temperatures(temperatures)
+    figures = fleet.figures
     statuses: defaultdict[str, int] = defaultdict(int)
     matched_dc = matched_ac = 0
-    ranked: list[tuple[float, str, Figures]] = []
-    for name, vehicle in figures.items():
+    for vehicle in figures.values():
         efficiency = vehicle.efficiency()
         statuses[status_of(efficiency, settings)] += 1
         if efficiency is None:
@@ -152,11 +176,7 @@ async def fleet(request: web.Request) -> web.Response:
         # all AC (AC of unlinked meters, DC of unlinked vehicles would skew it).
         matched_dc += vehicle.dc_linked_mwh
         matched_ac += vehicle.ac_mwh
-        if efficiency < below:
-            ranked.append((efficiency, name, vehicle))
-    ranked.sort(key=lambda item: (item[0], item[1]))
-    if after is not None:
-        ranked = [item for item in ranked if (item[0], item[1]) > after]
+    ranked = fleet.ranked
     page = ranked[:limit]
     cursor = None
     if len(ranked) > limit:
