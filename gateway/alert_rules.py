@@ -186,7 +186,8 @@ CHECKS: Final[Sequence[Check]] = (
     Check(
         "batteryOverTemp",
         """
-        SELECT name, battery_temp::double precision FROM vehicle
+        -- real, not cast to double: its text form is the value as sent (58.5, not 58.4999...)
+        SELECT name, battery_temp FROM vehicle
         WHERE battery_temp IS NOT NULL
           AND (%(vehicles)s::text[] IS NULL OR name = ANY(%(vehicles)s::text[]))""",
         _battery,
@@ -196,7 +197,7 @@ CHECKS: Final[Sequence[Check]] = (
     Check(
         "voltageOutOfRange",
         """
-        SELECT m.name, m.voltage::double precision,
+        SELECT m.name, m.voltage,
                CASE WHEN m.voltage BETWEEN %(v_lo)s AND %(v_hi)s THEN 'clear'
                     WHEN m.ts - since.ts >= %(v_duration)s THEN 'raise'
                     ELSE 'hold' END

@@ -388,3 +388,20 @@ def test_worst_value_and_sentences() -> None:
     text = describe("batteryOverTemp", "raised", "EV-1", 58.5, 55)
     assert text == "Battery over temperature on EV-1: 58.5 °C, threshold 55.0 °C."
     assert Observation("vehicle", "EV-1", "batteryOverTemp", 58.5, 55, "raise").verdict == "raise"
+
+
+async def test_alert_values_are_the_values_devices_sent(
+    start_gateway: StartGateway,
+    publisher: aiomqtt.Client,
+    mosquitto: Mosquitto,
+    database_url: str,
+) -> None:
+    async with listening(mosquitto) as engineer:
+        await start_gateway(voltage_min_duration_s=0)
+        await publisher.publish("fleet/meter/M-exact", meter(0, 404.9), qos=1)
+        await wait_until(
+            lambda: _has(engineer, "M-exact", "voltageOutOfRange", ["raised"]), what="raised"
+        )
+    [event] = [e for e in engineer.events if e["deviceId"] == "M-exact"]
+    assert event["value"] == 404.9  # not 404.8999938964844, the float4 widened
+    assert await query(database_url, "SELECT value FROM alert") == [(404.9,)]
