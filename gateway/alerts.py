@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway.alert_rules import CHECKS, Observation, Scope, describe, parameters, worse
 from gateway.settings import Settings
+from gateway.waiting import backoff_delay, sleep_unless, wait_any
 
 logger = logging.getLogger(__name__)
 
@@ -126,12 +127,7 @@ class AlertEvaluator:
                 logger.warning("alert evaluation failed, retrying next round: %s", exc)
                 next_full = loop.time() + min(interval, 1.0)  # a full round catches up
             self.touched.clear()
-            wait = max(0.0, next_full - loop.time())
-            try:
-                async with asyncio.timeout(wait):
-                    await _first_of(stop.wait(), self.touched.wait())
-            except TimeoutError:
-                pass
+            await wait_any(max(0.0, next_full - loop.time()), stop, self.touched)
             await asyncio.sleep(_GATHER_S)
 
     async def evaluate(
@@ -243,20 +239,13 @@ class AlertPublisher:
                     while not stop.is_set():
                         await self.publish_pending(client)
                         self._changed.clear()
-                        try:
-                            async with asyncio.timeout(5.0):  # also picks up a crash's leftovers
-                                await _first_of(stop.wait(), self._changed.wait())
-                        except TimeoutError:
-                            pass
+                        # Also looks again every 5 s: leftovers of a crash, another gateway's.
+                        await wait_any(5.0, stop, self._changed)
             except (aiomqtt.MqttError, psycopg.Error, OSError) as exc:
-                delay = min(self._settings.retry_max_delay_s, 0.2 * 2.0**attempt)
+                delay = backoff_delay(attempt, self._settings.retry_max_delay_s)
                 attempt += 1
                 logger.warning("alert publishing paused (%s); retrying in %.1f s", exc, delay)
-                try:
-                    async with asyncio.timeout(delay):
-                        await stop.wait()
-                except TimeoutError:
-                    pass
+                await sleep_unless(stop, delay)
 
     async def publish_pending(self, client: aiomqtt.Client) -> None:
         while True:
@@ -294,12 +283,3 @@ async def _publish_event(client: aiomqtt.Client, row: tuple[Any, ...]) -> None:
     else:  # tell current subscribers, then remove the retained raise
         await client.publish(topic, body, qos=1, retain=False)
         await client.publish(topic, b"", qos=1, retain=True)
-
-
-async def _first_of(*waits: Any) -> None:
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -19,6 +18,7 @@ from gateway.database import Partitions, apply_schema, open_pool
 from gateway.metrics import Metrics
 from gateway.readings import Limits, decode_message
 from gateway.settings import Settings
+from gateway.waiting import backoff_delay, sleep_unless
 from gateway.writer import BatchWriter, WriteResult
 
 logger = logging.getLogger(__name__)
@@ -28,20 +28,6 @@ _POLL_S = 0.005  # while a batch fills: how often to take what has arrived
 
 class ShutdownTimeoutError(Exception):
     """Work taken before SIGTERM could not be committed in time; the broker will redeliver it."""
-
-
-async def sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep, waking early if ``stop`` is set; True if it was."""
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
-
-
-def backoff_delay(attempt: int, cap_s: float) -> float:
-    """Growing, capped, random delay: many gateways do not come back in step."""
-    return random.uniform(0.5, 1.0) * min(cap_s, 0.1 * 2.0**attempt)
 
 
 class Gateway:
@@ -269,7 +255,3 @@ class Gateway:
             await asyncio.wait_for(self._drained.wait(), self.settings.shutdown_timeout_s)
         except TimeoutError:
             raise ShutdownTimeoutError from None
-
-
-async def run_gateway(settings: Settings, stop: asyncio.Event) -> None:
-    await Gateway(settings, stop).run()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import random
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -15,6 +14,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.batch import Batch, is_refusal, refused_by_database
 from gateway.database import Partitions
+from gateway.waiting import backoff_delay
 
 logger = logging.getLogger(__name__)
 
@@ -180,12 +180,14 @@ class BatchWriter:
     async def write(self, batch: Batch) -> WriteResult:
         """Write until committed. A batch the database refuses is split to find the culprit,
         which becomes a dead letter; everything else is stored."""
-        delay = 0.05
+        attempt = 0
         while True:
             try:
                 await self._partitions.ensure(batch.reading_days())
                 result = await self._write_once(batch)
             except _TRANSIENT as exc:
+                delay = backoff_delay(attempt, self._retry_max_delay_s)
+                attempt += 1
                 logger.warning(
                     "database unavailable, batch of %d kept, retrying in %.2f s: %s",
                     len(batch),
@@ -193,7 +195,6 @@ class BatchWriter:
                     exc,
                 )
                 await asyncio.sleep(delay)
-                delay = min(self._retry_max_delay_s, delay * 2) * random.uniform(0.8, 1.2)
                 continue
             except (psycopg.DataError, psycopg.IntegrityError) as exc:
                 self._partitions.forget()  # a partition may have been dropped under us
