@@ -317,22 +317,32 @@ async def test_a_restart_neither_repeats_a_raise_nor_loses_a_clear(
 ) -> None:
     async with listening(mosquitto) as engineer:
         first = await start_gateway()
-        await publisher.publish("fleet/vehicle/EV-rs", vehicle("EV-rs", 0, 60), qos=1)
-        await wait_until(
-            lambda: _has(engineer, "EV-rs", "batteryOverTemp", ["raised"]), what="raised"
-        )
+        for name in ("EV-still-hot", "EV-cooled"):
+            await publisher.publish(f"fleet/vehicle/{name}", vehicle(name, 0, 60), qos=1)
+        for name in ("EV-still-hot", "EV-cooled"):
+            await wait_until(
+                lambda name=name: _has(engineer, name, "batteryOverTemp", ["raised"]),
+                what=f"{name} raised",
+            )
         await first.close()
-        # While the gateway is away the battery cools; the reading waits in the broker.
-        await publisher.publish("fleet/vehicle/EV-rs", vehicle("EV-rs", 1, 61), qos=1)
+        # While the gateway is away one battery stays hot and one cools; the readings wait in
+        # the broker for the gateway's session.
+        await publisher.publish("fleet/vehicle/EV-still-hot", vehicle("EV-still-hot", 1, 61), qos=1)
+        await publisher.publish("fleet/vehicle/EV-cooled", vehicle("EV-cooled", 1, 30), qos=1)
+        second = await start_gateway()
+        await wait_until(
+            lambda: _has(engineer, "EV-cooled", "batteryOverTemp", ["raised", "cleared"]),
+            what="the clear that happened while the gateway was away",
+        )
+        await asyncio.sleep(1.5)  # a full round and a reading round have run since
+        assert engineer.of("EV-still-hot", "batteryOverTemp") == ["raised"]
+        await second.close()
+        # And a third start, with nothing new: still no repeat of either.
         await start_gateway()
         await asyncio.sleep(1.5)
-        assert engineer.of("EV-rs", "batteryOverTemp") == ["raised"]
-        await publisher.publish("fleet/vehicle/EV-rs", vehicle("EV-rs", 2, 30), qos=1)
-        await wait_until(
-            lambda: _has(engineer, "EV-rs", "batteryOverTemp", ["raised", "cleared"]),
-            what="cleared after restart",
-        )
-    assert await count(database_url, "SELECT count(*) FROM alert") == 1
+        assert engineer.of("EV-still-hot", "batteryOverTemp") == ["raised"]
+        assert engineer.of("EV-cooled", "batteryOverTemp") == ["raised", "cleared"]
+    assert await count(database_url, "SELECT count(*) FROM alert") == 2
     assert (
         await count(database_url, "SELECT count(*) FROM alert_event WHERE published_at IS NULL")
         == 0
