@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from http_api.rollup_queries import edge_pieces
 from tests.conftest import query
 from tests.http_helpers import Api, iso, meter_reading, vehicle_reading, write_readings
 
@@ -312,3 +313,26 @@ async def test_fleet_figures_equal_the_performance_figures(api: Api, database_ur
             compared += 1
         assert fleet["totals"]["vehicles"] == 2
     assert compared > 30
+
+
+def test_fleet_edges_read_the_side_with_fewer_readings() -> None:
+    at = datetime(2026, 1, 1, 12, 40, tzinfo=UTC)
+
+    def hour(h: int, m: int = 0) -> datetime:
+        return datetime(2026, 1, 1, h, m, tzinfo=UTC)
+
+    # Head: 10 minutes of the window, 50 outside: added raw. Tail: the rest of the hour is
+    # after now (no readings): the hour from the rollup, less that (empty) part.
+    p = edge_pieces(hour(10, 50), at, at)
+    assert (p["r1"], p["r2"]) == (hour(11), hour(13))
+    assert (p["p1sign"], p["p1lo"], p["p1hi"]) == (1, hour(10, 50), hour(11))
+    assert (p["p2sign"], p["p2lo"], p["p2hi"]) == (-1, at, hour(13))
+    # Head: 50 minutes of the window, 10 outside: the hour less those 10 minutes.
+    p = edge_pieces(hour(10, 10), hour(12), at)
+    assert (p["r1"], p["r2"]) == (hour(10), hour(12))
+    assert (p["p1sign"], p["p1lo"], p["p1hi"]) == (-1, hour(10), hour(10, 10))
+    assert p["p2lo"] == p["p2hi"]  # the tail is on an hour: nothing to read raw
+    # Inside one hour: 5 minutes raw rather than the hour less 5 + 30 minutes.
+    p = edge_pieces(hour(12, 5), hour(12, 10), at)
+    assert p["r1"] == p["r2"]
+    assert (p["p1sign"], p["p1lo"], p["p1hi"]) == (1, hour(12, 5), hour(12, 10))
