@@ -99,8 +99,8 @@ class Bench:
         now = datetime.now(UTC)
         window = (now - timedelta(hours=24), now)
         page = FleetPage(window, self.settings, self.settings.efficiency_good, 100)
-        _, temperatures = await fleet_sums(self.pool, window, page.pick)
-        page.add_temperatures(temperatures)
+        _, page_rows = await fleet_sums(self.pool, window, page.pick)
+        page.add_page(page_rows)
 
     async def status_sql(self, kind: str, name: str) -> None:
         await queries.find_token(self.pool, self.token_hash)

@@ -136,7 +136,6 @@ class FleetPage:
                 dc_linked_mwh=int(row["dc_linked_mwh"]),
                 dc_linked_readings=int(row["dc_linked_readings"]),
                 seconds=self.seconds,
-                linked_seconds=row["linked_seconds"],
             )
             self.figures[row["name"]] = figures
             self.ids[row["name"]] = int(row["vehicle_id"])
@@ -149,10 +148,13 @@ class FleetPage:
             self.ranked = [item for item in self.ranked if (item[0], item[1]) > after]
         return [self.ids[name] for _, name, _ in self.ranked[: self.limit]]
 
-    def add_temperatures(self, rows: list[dict[str, Any]]) -> None:
+    def add_page(self, rows: list[dict[str, Any]]) -> None:
+        """The page's temperatures and linked time (fleet_sums asks for them per page)."""
         names = {vehicle_id: name for name, vehicle_id in self.ids.items()}
         for row in rows:
-            self.figures[names[row["vehicle_id"]]].set_dc(row)
+            figures = self.figures[names[row["vehicle_id"]]]
+            figures.set_dc(row)
+            figures.linked_seconds = row["linked_seconds"]
 
 
 async def fleet(request: web.Request) -> web.Response:
@@ -162,8 +164,8 @@ async def fleet(request: web.Request) -> web.Response:
     limit = params.integer(request.query, "limit", 100, 1, 1000)
     fleet = FleetPage(window, settings, below, limit)
     fleet.after = _fleet_cursor(params.decode_cursor(request.query))
-    _, temperatures = await fleet_sums(request.app[POOL], window, fleet.pick)
-    fleet.add_temperatures(temperatures)
+    _, page_rows = await fleet_sums(request.app[POOL], window, fleet.pick)
+    fleet.add_page(page_rows)
     figures = fleet.figures
     statuses: defaultdict[str, int] = defaultdict(int)
     matched_dc = matched_ac = 0
