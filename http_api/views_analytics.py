@@ -115,44 +115,53 @@ async def trend(request: web.Request) -> web.Response:
 
 
 class FleetPage:
-    """Every vehicle's figures from the fleet rows, ranked; the page's vehicle ids are what the
-    temperatures are then asked for."""
+    """One pass over every vehicle's fleet row: the fleet totals and the ranking; Figures only
+    for the returned page, whose vehicle ids are what fleet_sums then asks temperatures for."""
 
     def __init__(self, window: Window, settings: Settings, below: float, limit: int) -> None:
         self.seconds = (window[1] - window[0]).total_seconds()
-        self.below, self.limit = below, limit
+        self.settings, self.below, self.limit = settings, below, limit
         self.after: tuple[float, str] | None = None
-        self.figures: dict[str, Figures] = {}
-        self.ids: dict[str, int] = {}
-        self.ranked: list[tuple[float, str, Figures]] = []
+        self.vehicles = self.total_ac = self.total_dc = self.matched_ac = self.matched_dc = 0
+        self.statuses: defaultdict[str, int] = defaultdict(int)
+        self.ranked: list[tuple[float, str, dict[str, Any]]] = []
+        self.page: dict[int, tuple[float, str, Figures]] = {}  # by vehicle_id, in rank order
 
     def pick(self, rows: list[dict[str, Any]]) -> list[int]:
+        below, after = self.below, self.after
         for row in rows:
+            self.vehicles += 1
+            ac, dc_linked = int(row["ac_mwh"]), int(row["dc_linked_mwh"])
+            self.total_ac += ac
+            self.total_dc += int(row["dc_mwh"])
+            # As Figures.efficiency, inline: this runs for every vehicle of the fleet.
+            if ac <= 0 or not row["dc_linked_readings"]:
+                self.statuses["noData"] += 1
+                continue
+            efficiency = dc_linked / ac
+            self.statuses[status_of(efficiency, self.settings)] += 1
+            # Fleet efficiency pairs each vehicle's DC with its own meters' AC, never all DC
+            # over all AC (AC of unlinked meters, DC of unlinked vehicles would skew it).
+            self.matched_dc += dc_linked
+            self.matched_ac += ac
+            if efficiency < below and (after is None or (efficiency, row["name"]) > after):
+                self.ranked.append((efficiency, row["name"], row))
+        self.ranked.sort(key=lambda item: (item[0], item[1]))
+        for efficiency, name, row in self.ranked[: self.limit]:
             figures = Figures(
                 ac_mwh=int(row["ac_mwh"]),
                 ac_readings=int(row["ac_readings"]),
-                dc_mwh=int(row["dc_mwh"]),
-                dc_readings=int(row["dc_readings"]),
                 dc_linked_mwh=int(row["dc_linked_mwh"]),
                 dc_linked_readings=int(row["dc_linked_readings"]),
                 seconds=self.seconds,
             )
-            self.figures[row["name"]] = figures
-            self.ids[row["name"]] = int(row["vehicle_id"])
-            efficiency = figures.efficiency()
-            if efficiency is not None and efficiency < self.below:
-                self.ranked.append((efficiency, row["name"], figures))
-        self.ranked.sort(key=lambda item: (item[0], item[1]))
-        if self.after is not None:
-            after = self.after
-            self.ranked = [item for item in self.ranked if (item[0], item[1]) > after]
-        return [self.ids[name] for _, name, _ in self.ranked[: self.limit]]
+            self.page[int(row["vehicle_id"])] = (efficiency, name, figures)
+        return list(self.page)
 
     def add_page(self, rows: list[dict[str, Any]]) -> None:
-        """The page's temperatures and linked time (fleet_sums asks for them per page)."""
-        names = {vehicle_id: name for name, vehicle_id in self.ids.items()}
+        """The page's DC with temperatures, and linked time (fleet_sums asks for them)."""
         for row in rows:
-            figures = self.figures[names[row["vehicle_id"]]]
+            _, _, figures = self.page[row["vehicle_id"]]
             figures.set_dc(row)
             figures.linked_seconds = row["linked_seconds"]
 
@@ -166,34 +175,21 @@ async def fleet(request: web.Request) -> web.Response:
     fleet.after = _fleet_cursor(params.decode_cursor(request.query))
     _, page_rows = await fleet_sums(request.app[POOL], window, fleet.pick)
     fleet.add_page(page_rows)
-    figures = fleet.figures
-    statuses: defaultdict[str, int] = defaultdict(int)
-    matched_dc = matched_ac = 0
-    for vehicle in figures.values():
-        efficiency = vehicle.efficiency()
-        statuses[status_of(efficiency, settings)] += 1
-        if efficiency is None:
-            continue
-        # Fleet efficiency pairs each vehicle's DC with its own meters' AC, never all DC over
-        # all AC (AC of unlinked meters, DC of unlinked vehicles would skew it).
-        matched_dc += vehicle.dc_linked_mwh
-        matched_ac += vehicle.ac_mwh
-    ranked = fleet.ranked
-    page = ranked[:limit]
+    page = list(fleet.page.values())
     cursor = None
-    if len(ranked) > limit:
+    if len(fleet.ranked) > limit:
         cursor = params.encode_cursor(msgspec.json.encode([page[-1][0], page[-1][1]]).decode())
     return json(
         {
             "window": window_body(*window),
             "totals": {
-                "vehicles": len(figures),
-                "totalAc": kwh(sum(v.ac_mwh for v in figures.values())),
-                "totalDc": kwh(sum(v.dc_mwh for v in figures.values())),
-                "matchedAc": kwh(matched_ac),
-                "matchedDc": kwh(matched_dc),
-                "efficiency": matched_dc / matched_ac if matched_ac else None,
-                "byStatus": dict(statuses),
+                "vehicles": fleet.vehicles,
+                "totalAc": kwh(fleet.total_ac),
+                "totalDc": kwh(fleet.total_dc),
+                "matchedAc": kwh(fleet.matched_ac),
+                "matchedDc": kwh(fleet.matched_dc),
+                "efficiency": fleet.matched_dc / fleet.matched_ac if fleet.matched_ac else None,
+                "byStatus": dict(fleet.statuses),
             },
             "below": below,
             "vehicles": [
