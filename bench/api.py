@@ -26,7 +26,8 @@ from gateway.settings import MqttAddress
 from http_api import queries
 from http_api.app import create_app
 from http_api.auth import hash_token
-from http_api.rollup_queries import build, fleet_sums, vehicle_sums
+from http_api.fleet_queries import fleet_sums
+from http_api.rollup_queries import build, vehicle_sums
 from http_api.settings import Settings as ApiSettings
 from http_api.tokens import create_token
 from http_api.views_analytics import PERFORMANCE_SQL, FleetPage

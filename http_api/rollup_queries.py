@@ -8,25 +8,22 @@ mWh, so rollup sums and raw sums agree exactly.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Collection
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Final, Literal, TypeAlias
 
-from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 Stream: TypeAlias = Literal["ac_linked", "dc_linked", "dc_window"]
 Grouping: TypeAlias = Literal["total", "hour", "vehicle", "segment"]
 
-_ORIGIN: Final = "timestamptz '2000-01-01 00:00:00+00'"  # as the gateway's date_bin
+ORIGIN: Final = "timestamptz '2000-01-01 00:00:00+00'"  # as the gateway's date_bin
 
 # Which vehicles: %(vehicle)s is one vehicle_id, or NULL for every vehicle; or one vehicle by
 # %(name)s, so that a request needs no separate round trip to look its id up.
 _BY_ID: Final = "(%(vehicle)s::int IS NULL OR {alias}.vehicle_id = %(vehicle)s)"
 _BY_NAME: Final = "{alias}.vehicle_id = (SELECT vehicle_id FROM vehicle WHERE name = %(name)s)"
-_BY_IDS: Final = "{alias}.vehicle_id = ANY(%(ids)s::int[])"
+BY_IDS: Final = "{alias}.vehicle_id = ANY(%(ids)s::int[])"
 _WINDOW_SEGMENTS: Final = """
 SELECT v.vehicle_id, v.vehicle_id AS device_id, NULL::text AS device_name,
        %(f)s::timestamptz AS s, %(t)s::timestamptz AS e
@@ -48,8 +45,8 @@ SELECT seg.*,
        CASE WHEN x.c < x.f THEN x.c ELSE seg.e END AS h1,
        CASE WHEN x.c < x.f THEN x.f ELSE seg.e END AS h2
 FROM seg, LATERAL (
-    SELECT date_bin('1 hour', seg.s - interval '1 microsecond', {_ORIGIN}) + interval '1 hour' AS c,
-           date_bin('1 hour', seg.e, {_ORIGIN}) AS f
+    SELECT date_bin('1 hour', seg.s - interval '1 microsecond', {ORIGIN}) + interval '1 hour' AS c,
+           date_bin('1 hour', seg.e, {ORIGIN}) AS f
 ) x
 """
 # Every segment lies inside the window [f, t): saying so with constants lets the planner keep
@@ -57,22 +54,22 @@ FROM seg, LATERAL (
 # days of history kept (with 31 daily partitions it took ~1 ms per statement, more than running it).
 _IN_WINDOW: Final = " AND ts >= %(f)s AND ts < %(t)s"
 _METER_ROWS: Final = f"""
-SELECT date_bin('1 hour', ts, {_ORIGIN}) AS hour, consumed_ac_mwh AS energy, 1 AS readings,
+SELECT date_bin('1 hour', ts, {ORIGIN}) AS hour, consumed_ac_mwh AS energy, 1 AS readings,
        NULL::float8 AS temp_sum, NULL::real AS temp_min, NULL::real AS temp_max
 FROM meter_reading WHERE meter_id = b.device_id AND ts >= b.s AND ts < b.h1{_IN_WINDOW}
 UNION ALL
-SELECT date_bin('1 hour', ts, {_ORIGIN}), consumed_ac_mwh, 1, NULL, NULL, NULL
+SELECT date_bin('1 hour', ts, {ORIGIN}), consumed_ac_mwh, 1, NULL, NULL, NULL
 FROM meter_reading WHERE meter_id = b.device_id AND ts >= b.h2 AND ts < b.e{_IN_WINDOW}
 UNION ALL
 SELECT hour, consumed_ac_mwh, readings, NULL, NULL, NULL
 FROM meter_hourly WHERE meter_id = b.device_id AND hour >= b.h1 AND hour < b.h2
 """
 _VEHICLE_ROWS: Final = f"""
-SELECT date_bin('1 hour', ts, {_ORIGIN}) AS hour, delivered_dc_mwh AS energy, 1 AS readings,
+SELECT date_bin('1 hour', ts, {ORIGIN}) AS hour, delivered_dc_mwh AS energy, 1 AS readings,
        battery_temp::float8 AS temp_sum, battery_temp AS temp_min, battery_temp AS temp_max
 FROM vehicle_reading WHERE vehicle_id = b.device_id AND ts >= b.s AND ts < b.h1{_IN_WINDOW}
 UNION ALL
-SELECT date_bin('1 hour', ts, {_ORIGIN}), delivered_dc_mwh, 1, battery_temp::float8,
+SELECT date_bin('1 hour', ts, {ORIGIN}), delivered_dc_mwh, 1, battery_temp::float8,
        battery_temp, battery_temp
 FROM vehicle_reading WHERE vehicle_id = b.device_id AND ts >= b.h2 AND ts < b.e{_IN_WINDOW}
 UNION ALL
@@ -87,7 +84,7 @@ _GROUPS: Final[dict[Grouping, str]] = {
 }
 
 
-def _segments(stream: Stream, who: str = _BY_ID) -> str:
+def segments(stream: Stream, who: str = _BY_ID) -> str:
     if stream == "dc_window":
         return _WINDOW_SEGMENTS.format(who=who.format(alias="v"))
     device = "meter_id" if stream == "ac_linked" else "vehicle_id"
@@ -102,9 +99,9 @@ def build(
     keys = _GROUPS[grouping]
     select_keys = f"{keys}," if keys else ""
     group_by = f"GROUP BY {keys} ORDER BY {keys}" if keys else ""
-    who = _BY_NAME if by_name else _BY_IDS if by_ids else _BY_ID
+    who = _BY_NAME if by_name else BY_IDS if by_ids else _BY_ID
     return f"""
-WITH seg AS ({_segments(stream, who)}), bounded AS ({_BOUNDS})
+WITH seg AS ({segments(stream, who)}), bounded AS ({_BOUNDS})
 SELECT {select_keys}
        coalesce(sum(r.energy), 0)::bigint AS energy,
        coalesce(sum(r.readings), 0)::bigint AS readings,
@@ -143,263 +140,6 @@ async def vehicle_names(pool: AsyncConnectionPool) -> dict[int, str]:
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT vehicle_id, name FROM vehicle")
         return {int(vehicle_id): str(name) for vehicle_id, name in await cur.fetchall()}
-
-
-# The fleet view: every vehicle at once, set-based, energies and counts only (temperatures are
-# asked for the returned page alone, by build_fleet_page). A device's sums over the window are
-# its rollup rows of the hours [r1, r2) plus or minus raw readings of at most two pieces of the
-# edge hours: either the window's part of an edge hour is added, or the whole hour is taken from
-# the rollup and the part outside the window subtracted, whichever holds fewer readings (exact:
-# energy is integer mWh). Both are read once for all devices, by hour and by time. Only link
-# segments cut inside the window (a link begun or ended in it) are read per segment, as above.
-_WINDOW_SUMS: Final = """
-SELECT device_id, coalesce(h.energy, 0) + coalesce(r.energy, 0) AS energy,
-       coalesce(h.readings, 0) + coalesce(r.readings, 0) AS readings
-FROM (
-    SELECT {device} AS device_id, sum({energy})::bigint AS energy, sum(readings) AS readings
-    FROM {hourly}
-    -- Two ranges, so that the planner cannot take a plain index scan: a bitmap heap scan reads
-    -- these ~250k rows in page order (~30 ms), the index scan it prefers took ~70 ms.
-    WHERE hour >= %(r1)s AND hour < %(rm)s OR hour >= %(rm)s AND hour < %(r2)s
-    GROUP BY 1
-) h
-FULL JOIN (
-    SELECT {device} AS device_id,
-           sum(CASE WHEN ts < %(p1hi)s THEN %(p1sign)s ELSE %(p2sign)s END * {energy})::bigint
-               AS energy,
-           sum(CASE WHEN ts < %(p1hi)s THEN %(p1sign)s ELSE %(p2sign)s END) AS readings
-    FROM {history}
-    WHERE ts >= %(hf)s AND ts < %(hc)s
-      AND (ts >= %(p1lo)s AND ts < %(p1hi)s OR ts >= %(p2lo)s AND ts < %(p2hi)s)
-    GROUP BY 1
-) r USING (device_id)
-"""
-# A link segment cut inside the window, done as the window's sums are: rollup hours [r1, r2)
-# and two signed raw pieces, each edge hour whichever way reads fewer readings (a segment inside
-# one hour is read raw). Its edges are rarely the window's, so it is read by itself, by device.
-_CUT_PIECES: Final = f"""
-SELECT b.vehicle_id, b.device_id,
-       CASE WHEN c.single THEN h.hc WHEN c.head_raw THEN h.hf + interval '1 hour'
-            ELSE h.hf END AS r1,
-       CASE WHEN c.single THEN h.hc WHEN c.tail_raw THEN h.hc - interval '1 hour'
-            ELSE h.hc END AS r2,
-       CASE WHEN c.single OR c.head_raw THEN 1 ELSE -1 END AS p1sign,
-       CASE WHEN c.single OR c.head_raw THEN b.s ELSE h.hf END AS p1lo,
-       CASE WHEN c.single THEN b.e WHEN c.head_raw THEN h.hf + interval '1 hour'
-            ELSE b.s END AS p1hi,
-       CASE WHEN c.tail_raw THEN 1 ELSE -1 END AS p2sign,
-       CASE WHEN c.single THEN h.hc WHEN c.tail_raw THEN h.hc - interval '1 hour'
-            ELSE b.e END AS p2lo,
-       CASE WHEN c.single THEN h.hc WHEN c.tail_raw THEN b.e ELSE h.hc END AS p2hi
-FROM link_seg b,
-LATERAL (
-    SELECT date_bin('1 hour', b.s, {_ORIGIN}) AS hf,
-           date_bin('1 hour', b.e - interval '1 microsecond', {_ORIGIN}) + interval '1 hour' AS hc
-) h,
-LATERAL (
-    SELECT h.hc - h.hf <= interval '1 hour' AS single,
-           b.s > h.hf AND h.hf + interval '1 hour' - b.s <= b.s - h.hf AS head_raw,
-           b.e < h.hc AND b.e - (h.hc - interval '1 hour')
-               <= greatest(least(h.hc, %(now)s::timestamptz) - b.e, interval '0') AS tail_raw
-) c
-WHERE NOT (b.s = %(f)s AND b.e = %(t)s)
-"""
-_CUT_ROWS: Final = """
-SELECT {energy} AS energy, readings::bigint AS readings
-FROM {hourly} WHERE {device} = c.device_id AND hour >= c.r1 AND hour < c.r2
-UNION ALL
-SELECT c.p1sign * {energy}, c.p1sign
-FROM {history} WHERE {device} = c.device_id AND ts >= c.p1lo AND ts < c.p1hi
-  AND ts >= %(hf)s AND ts < %(hc)s
-UNION ALL
-SELECT c.p2sign * {energy}, c.p2sign
-FROM {history} WHERE {device} = c.device_id AND ts >= c.p2lo AND ts < c.p2hi
-  AND ts >= %(hf)s AND ts < %(hc)s
-"""
-# Per vehicle over its link segments: a segment equal to the window takes its device's window
-# sums; a cut one is read by itself, summed inside the loop (one row out per segment).
-_LINKED_SUMS: Final = """
-SELECT vehicle_id, sum(energy)::bigint AS energy, sum(readings)::bigint AS readings
-FROM (
-    SELECT b.vehicle_id, w.energy, w.readings
-    FROM link_seg b JOIN win w ON w.device_id = b.device_id
-    WHERE b.s = %(f)s AND b.e = %(t)s
-    UNION ALL
-    SELECT c.vehicle_id, r.energy, r.readings
-    FROM cut c CROSS JOIN LATERAL (
-        SELECT sum(energy) AS energy, sum(readings) AS readings FROM ({rows}) r
-    ) r
-) x
-GROUP BY vehicle_id
-"""
-
-
-def _fleet_half(kind: Literal["vehicle", "meter"]) -> str:
-    if kind == "vehicle":
-        device = {"device": "vehicle_id", "energy": "delivered_dc_mwh"}
-        tables = {"hourly": "vehicle_hourly", "history": "vehicle_reading"}
-        stream: Stream = "dc_linked"
-    else:
-        device = {"device": "meter_id", "energy": "consumed_ac_mwh"}
-        tables = {"hourly": "meter_hourly", "history": "meter_reading"}
-        stream = "ac_linked"
-    return f"""
-WITH win AS ({_WINDOW_SUMS.format(**device, **tables)}),
-link_seg AS ({_segments(stream)}),
-cut AS ({_CUT_PIECES}),
-linked AS ({_LINKED_SUMS.format(rows=_CUT_ROWS.format(**device, **tables))})
-"""
-
-
-def build_fleet_vehicles() -> str:
-    """Per vehicle (every vehicle): DC over the window and over its link segments."""
-    return f"""{_fleet_half("vehicle")}
-SELECT v.vehicle_id, v.name,
-       coalesce(w.energy, 0) AS dc_mwh, coalesce(w.readings, 0) AS dc_readings,
-       coalesce(l.energy, 0) AS dc_linked_mwh, coalesce(l.readings, 0) AS dc_linked_readings
-FROM vehicle v LEFT JOIN win w ON w.device_id = v.vehicle_id LEFT JOIN linked l USING (vehicle_id)
-"""
-
-
-def build_fleet_page() -> str:
-    """What only the vehicles of the returned page need: DC with temperatures over the window,
-    and how long a meter was linked."""
-    return f"""
-WITH dc AS ({build("dc_window", "vehicle", by_ids=True)}),
-seconds AS (
-    SELECT vehicle_id, sum(extract(epoch FROM e - s))::float8 AS seconds
-    FROM ({_segments("dc_linked", _BY_IDS)}) seg GROUP BY vehicle_id
-)
-SELECT dc.*, coalesce(seconds.seconds, 0) AS linked_seconds
-FROM dc LEFT JOIN seconds USING (vehicle_id)
-"""
-
-
-def build_fleet_meters() -> str:
-    """Per linked vehicle: AC of its meters over its link segments."""
-    return f"""{_fleet_half("meter")}
-SELECT vehicle_id, energy AS ac_mwh, readings AS ac_readings FROM linked
-"""
-
-
-def whole_hours(start: datetime, end: datetime) -> tuple[datetime, datetime]:
-    """[h1, h2): the whole UTC hours of [start, end), as _BOUNDS computes them; (end, end) when
-    there is none."""
-    start, end = start.astimezone(UTC), end.astimezone(UTC)
-    floor = end.replace(minute=0, second=0, microsecond=0)
-    ceil = start.replace(minute=0, second=0, microsecond=0)
-    if ceil < start:
-        ceil += timedelta(hours=1)
-    return (ceil, floor) if ceil < floor else (end, end)
-
-
-_HOUR: Final = timedelta(hours=1)
-
-
-def edge_pieces(start: datetime, end: datetime, now: datetime) -> dict[str, Any]:
-    """The parameters of _WINDOW_SUMS: rollup hours [r1, r2) and two signed raw pieces, each
-    edge done the way that reads fewer readings (none are later than ``now``)."""
-    start, end = start.astimezone(UTC), end.astimezone(UTC)
-    hf = start.replace(minute=0, second=0, microsecond=0)
-    hc = end.replace(minute=0, second=0, microsecond=0)
-    if hc < end:
-        hc += _HOUR
-
-    def cost(lo: datetime, hi: datetime) -> timedelta:
-        return max(min(hi, now) - lo, timedelta(0))
-
-    head: tuple[int, datetime, datetime] = (1, hf, hf)  # empty
-    tail: tuple[int, datetime, datetime] = (1, hc, hc)
-    r1, r2 = hf, hc
-    if hc - hf == _HOUR:  # one hour touched: the window raw, or the hour less both sides
-        if cost(start, end) <= cost(hf, start) + cost(end, hc):
-            head, r1, r2 = (1, start, end), hf, hf
-        else:
-            head, tail = (-1, hf, start), (-1, end, hc)
-    else:
-        if start > hf:
-            if cost(start, hf + _HOUR) <= cost(hf, start):
-                head, r1 = (1, start, hf + _HOUR), hf + _HOUR
-            else:
-                head = (-1, hf, start)
-        if end < hc:
-            if cost(hc - _HOUR, end) <= cost(end, hc):
-                tail, r2 = (1, hc - _HOUR, end), hc - _HOUR
-            else:
-                tail = (-1, end, hc)
-    return {
-        "hf": hf,
-        "hc": hc,
-        "r1": r1,
-        "rm": r1 + (r2 - r1) / 2,
-        "r2": r2,
-        "p1sign": head[0],
-        "p1lo": head[1],
-        "p1hi": head[2],
-        "p2sign": tail[0],
-        "p2lo": tail[1],
-        "p2hi": tail[2],
-    }
-
-
-async def fleet_sums(
-    pool: AsyncConnectionPool,
-    window: tuple[datetime, datetime],
-    page: Callable[[list[dict[str, Any]]], Collection[int]],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Per vehicle (every vehicle): energies and counts over the window, DC and DC while linked
-    with the vehicle_id and name, AC under ac_mwh and ac_readings (0 without a link); then, in
-    the same snapshot, build_fleet_page for the vehicles ``page`` picks from those rows (by
-    vehicle_id)."""
-    params = {"f": window[0], "t": window[1], "vehicle": None}
-    now = datetime.now(UTC)
-    params |= edge_pieces(*window, now) | {"now": now}
-    # The vehicle and the meter halves run at once on two connections (two cores), in one
-    # snapshot, exported by the first, so that they see the same readings as one statement did.
-    async with pool.connection() as first, pool.connection() as second:
-        async with first.pipeline():
-            await first.execute(b"SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            snapshot_cur = await first.execute(b"SELECT pg_export_snapshot()")
-        [(snapshot,)] = await snapshot_cur.fetchall()
-        halves = await asyncio.gather(
-            _run_half(first, build_fleet_vehicles(), params, None),
-            _run_half(second, build_fleet_meters(), params, snapshot),
-        )
-        vehicles, meters = halves
-        ac = {row["vehicle_id"]: row for row in meters}
-        for row in vehicles:
-            linked = ac.get(row["vehicle_id"])
-            row["ac_mwh"] = 0 if linked is None else linked["ac_mwh"]
-            row["ac_readings"] = 0 if linked is None else linked["ac_readings"]
-        ids = list(page(vehicles))
-        if not ids:
-            return vehicles, []
-        async with first.cursor(row_factory=dict_row) as cur:
-            await cur.execute(build_fleet_page().encode(), params | {"ids": ids}, prepare=False)
-            return vehicles, await cur.fetchall()
-
-
-async def _run_half(
-    conn: AsyncConnection[Any], statement: str, params: dict[str, Any], snapshot: str | None
-) -> list[dict[str, Any]]:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        async with conn.pipeline():
-            if snapshot is not None:
-                await conn.execute(b"SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                await conn.execute(
-                    sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot))
-                )
-            await conn.execute(b"SET LOCAL jit = off")  # as in stream_sums
-            # CTEs have no statistics: the planner guesses 200 devices of 10,000 and probes the
-            # window sums in a nested loop (7.7 s instead of 0.4 s). Only the LATERAL reads of
-            # the cut segments are nested loops, as they must be.
-            await conn.execute(b"SET LOCAL enable_nestloop = off")
-            # The two halves already keep both cores busy: parallel workers only compete.
-            await conn.execute(b"SET LOCAL max_parallel_workers_per_gather = 0")
-            # Never prepared: after five runs on one connection PostgreSQL may switch to a generic
-            # plan, without the constant bounds (pruning, estimates): 4.1 s instead of 0.9 s.
-            await cur.execute(statement.encode(), params, prepare=False)
-        return await cur.fetchall()
 
 
 async def vehicle_sums(

@@ -19,9 +19,10 @@ from http_api.analytics import (
     window_body,
 )
 from http_api.errors import InvalidParameterError, NotFoundError
+from http_api.fleet_queries import fleet_sums
 from http_api.keys import POOL, SETTINGS
 from http_api.render import iso, json, kwh
-from http_api.rollup_queries import Grouping, Stream, fleet_sums, vehicle_sums
+from http_api.rollup_queries import Grouping, Stream, vehicle_sums
 from http_api.settings import Settings
 
 Window = tuple[datetime, datetime]

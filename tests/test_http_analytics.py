@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from http_api.rollup_queries import edge_pieces
+from http_api.fleet_queries import edge_pieces
 from tests.conftest import query
 from tests.http_helpers import Api, iso, meter_reading, vehicle_reading, write_readings
 
