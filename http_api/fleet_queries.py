@@ -13,7 +13,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from http_api.rollup_queries import BY_IDS, ORIGIN, Stream, build, segments
+from http_api.rollup_queries import BY_IDS, ORIGIN, build, segments
 
 # The fleet view: every vehicle at once, set-based, energies and counts only (temperatures are
 # asked for the returned page alone, by build_fleet_page). A device's sums over the window are
@@ -104,18 +104,27 @@ GROUP BY vehicle_id
 """
 
 
+# The window's parts during which each link held, as rollup_queries.segments gives them, without
+# the meter's name (the fleet needs none; the join cost ~3 ms a half).
+_FLEET_LINKS: Final = """
+SELECT vehicle_id, {device} AS device_id,
+       greatest(valid_from, %(f)s::timestamptz) AS s,
+       least(coalesce(valid_to, 'infinity'), %(t)s::timestamptz) AS e
+FROM vehicle_link
+WHERE valid_from < %(t)s AND (valid_to IS NULL OR valid_to > %(f)s)
+"""
+
+
 def _fleet_half(kind: Literal["vehicle", "meter"]) -> str:
     if kind == "vehicle":
         device = {"device": "vehicle_id", "energy": "delivered_dc_mwh"}
         tables = {"hourly": "vehicle_hourly", "history": "vehicle_reading"}
-        stream: Stream = "dc_linked"
     else:
         device = {"device": "meter_id", "energy": "consumed_ac_mwh"}
         tables = {"hourly": "meter_hourly", "history": "meter_reading"}
-        stream = "ac_linked"
     return f"""
 WITH win AS ({_WINDOW_SUMS.format(**device, **tables)}),
-link_seg AS ({segments(stream)}),
+link_seg AS ({_FLEET_LINKS.format(device=device["device"])}),
 cut AS ({_CUT_PIECES}),
 linked AS ({_LINKED_SUMS.format(rows=_CUT_ROWS.format(**device, **tables))})
 """
