@@ -23,8 +23,11 @@ from http_api.rollup_queries import BY_IDS, ORIGIN, build, segments
 # energy is integer mWh). Both are read once for all devices, by hour and by time. Only link
 # segments cut inside the window (a link begun or ended in it) are read segment by segment.
 _WINDOW_SUMS: Final = """
-SELECT device_id, coalesce(h.energy, 0) + coalesce(r.energy, 0) AS energy,
-       coalesce(h.readings, 0) + coalesce(r.readings, 0) AS readings
+SELECT device_id,
+       coalesce(h.energy, 0) + coalesce(r.e1, 0) + coalesce(r.e2, 0) AS energy,
+       coalesce(h.readings, 0) + coalesce(r.n1, 0) + coalesce(r.n2, 0) AS readings,
+       coalesce(r.e1, 0) AS e1, coalesce(r.n1, 0) AS n1,
+       coalesce(r.e2, 0) AS e2, coalesce(r.n2, 0) AS n2
 FROM (
     SELECT {device} AS device_id, sum({energy})::bigint AS energy, sum(readings) AS readings
     FROM {hourly}
@@ -34,10 +37,12 @@ FROM (
     GROUP BY 1
 ) h
 FULL JOIN (
+    -- Each piece apart: a cut segment with the same piece takes it from here (_LINKED_SUMS).
     SELECT {device} AS device_id,
-           sum(CASE WHEN ts < %(p1hi)s THEN %(p1sign)s ELSE %(p2sign)s END * {energy})::bigint
-               AS energy,
-           sum(CASE WHEN ts < %(p1hi)s THEN %(p1sign)s ELSE %(p2sign)s END) AS readings
+           %(p1sign)s * (sum({energy}) FILTER (WHERE ts < %(p1hi)s))::bigint AS e1,
+           %(p1sign)s * count(*) FILTER (WHERE ts < %(p1hi)s) AS n1,
+           %(p2sign)s * (sum({energy}) FILTER (WHERE ts >= %(p1hi)s))::bigint AS e2,
+           %(p2sign)s * count(*) FILTER (WHERE ts >= %(p1hi)s) AS n2
     FROM {history}
     WHERE ts >= %(hf)s AND ts < %(hc)s
       AND (ts >= %(p1lo)s AND ts < %(p1hi)s OR ts >= %(p2lo)s AND ts < %(p2hi)s)
@@ -80,11 +85,11 @@ FROM {hourly} WHERE {device} = c.device_id AND hour >= c.r1 AND hour < c.r2
 UNION ALL
 SELECT c.p1sign * {energy}, c.p1sign
 FROM {history} WHERE {device} = c.device_id AND ts >= c.p1lo AND ts < c.p1hi
-  AND ts >= %(hf)s AND ts < %(hc)s
+  AND ts >= %(hf)s AND ts < %(hc)s AND NOT c.p1_shared
 UNION ALL
 SELECT c.p2sign * {energy}, c.p2sign
 FROM {history} WHERE {device} = c.device_id AND ts >= c.p2lo AND ts < c.p2hi
-  AND ts >= %(hf)s AND ts < %(hc)s
+  AND ts >= %(hf)s AND ts < %(hc)s AND NOT c.p2_shared
 """
 # Per vehicle over its link segments: a segment equal to the window takes its device's window
 # sums; a cut one is read by itself, summed inside the loop (one row out per segment).
@@ -95,8 +100,12 @@ FROM (
     FROM link_seg b JOIN win w ON w.device_id = b.device_id
     WHERE b.s = %(f)s AND b.e = %(t)s
     UNION ALL
-    SELECT c.vehicle_id, r.energy, r.readings
-    FROM cut c CROSS JOIN LATERAL (
+    SELECT c.vehicle_id,
+           coalesce(r.energy, 0) + CASE WHEN c.p1_shared THEN w.e1 ELSE 0 END
+               + CASE WHEN c.p2_shared THEN w.e2 ELSE 0 END,
+           coalesce(r.readings, 0) + CASE WHEN c.p1_shared THEN w.n1 ELSE 0 END
+               + CASE WHEN c.p2_shared THEN w.n2 ELSE 0 END
+    FROM cut c LEFT JOIN win w ON w.device_id = c.device_id CROSS JOIN LATERAL (
         SELECT sum(energy) AS energy, sum(readings) AS readings FROM ({rows}) r
     ) r
 ) x
@@ -125,7 +134,14 @@ def _fleet_half(kind: Literal["vehicle", "meter"]) -> str:
     return f"""
 WITH win AS ({_WINDOW_SUMS.format(**device, **tables)}),
 link_seg AS ({_FLEET_LINKS.format(device=device["device"])}),
-cut AS ({_CUT_PIECES}),
+cut AS (
+    -- A piece equal to one of the window's (same span and sign: a segment that begins or ends
+    -- with the window) was read with the window's sums: ~30%% fewer probes per cut segment.
+    SELECT x.*,
+           (x.p1sign, x.p1lo, x.p1hi) = (%(p1sign)s, %(p1lo)s, %(p1hi)s) AS p1_shared,
+           (x.p2sign, x.p2lo, x.p2hi) = (%(p2sign)s, %(p2lo)s, %(p2hi)s) AS p2_shared
+    FROM ({_CUT_PIECES}) x
+),
 linked AS ({_LINKED_SUMS.format(rows=_CUT_ROWS.format(**device, **tables))})
 """
 
