@@ -20,7 +20,8 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from bench.api_data import Fleet, generate
-from bench.api_timing import Plan, explain, machine, percentile, timed
+from bench.api_timing import Plan, explain, percentile, timed
+from bench.harness import machine
 from gateway.database import open_pool
 from gateway.settings import MqttAddress
 from http_api import queries
