@@ -220,7 +220,6 @@ class AlertPublisher:
         self._pool = pool
         self._settings = settings
         self._changed = changed
-        self.published = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         mqtt = self._settings.mqtt
@@ -257,7 +256,6 @@ class AlertPublisher:
                 await _publish_event(client, row)
             async with self._pool.connection() as conn:
                 await conn.execute(_MARK_PUBLISHED.encode(), ([row[0] for row in rows],))
-            self.published += len(rows)
 
 
 async def _publish_event(client: aiomqtt.Client, row: tuple[Any, ...]) -> None:

@@ -50,6 +50,15 @@ class MqttAddress:
         )
 
 
+DATABASE_URL_OPTION = Option(
+    "DATABASE_URL",
+    "database_url",
+    "postgresql://localhost/fleetgate",
+    "PostgreSQL connection string (libpq URL or key=value form).",
+    str,
+)
+
+
 def read_options(options: Iterable[Option], environ: Mapping[str, str]) -> dict[str, Any]:
     """Each option's parsed value (or its default's), by field name; the first bad one raises
     ``SettingsError`` naming the variable."""

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any, Self
 
 from gateway.env_options import (
+    DATABASE_URL_OPTION,
     MqttAddress,
     Option,
     SettingsError,
@@ -24,13 +25,7 @@ __all__ = ["OPTIONS", "MqttAddress", "Option", "Settings", "SettingsError", "des
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option(
-        "DATABASE_URL",
-        "database_url",
-        "postgresql://localhost/fleetgate",
-        "PostgreSQL connection string (libpq URL or key=value form).",
-        str,
-    ),
+    DATABASE_URL_OPTION,
     Option(
         "MQTT_URL",
         "mqtt",

@@ -273,7 +273,7 @@ async def _run_half(
                 await conn.execute(
                     sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot))
                 )
-            await conn.execute(b"SET LOCAL jit = off")  # as in stream_sums
+            await conn.execute(b"SET LOCAL jit = off")  # as in rollup_queries.vehicle_sums
             # CTEs have no statistics: the planner guesses 200 devices of 10,000 and probes the
             # window sums in a nested loop (7.7 s instead of 0.4 s). Only the LATERAL reads of
             # the cut segments are nested loops, as they must be.

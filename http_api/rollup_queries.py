@@ -111,37 +111,6 @@ FROM bounded b LEFT JOIN LATERAL ({rows}) r ON true
 """
 
 
-async def stream_sums(
-    pool: AsyncConnectionPool,
-    stream: Stream,
-    grouping: Grouping,
-    window: tuple[datetime, datetime],
-    vehicle_id: int | None,
-) -> list[dict[str, Any]]:
-    params = {"f": window[0], "t": window[1], "vehicle": vehicle_id}
-    async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        async with conn.pipeline():  # one round trip for both statements
-            # The fleet's estimated cost passes jit_above_cost, and compiling its plan took
-            # 3.8 s of a 4.0 s statement (1,000 vehicles); the per-row work here is too small for
-            # compiled expressions to repay that.
-            await conn.execute(b"SET LOCAL jit = off")
-            await cur.execute(build(stream, grouping).encode(), params)
-        return await cur.fetchall()
-
-
-async def vehicle_id_of(pool: AsyncConnectionPool, name: str) -> int | None:
-    async with pool.connection() as conn:
-        cur = await conn.execute("SELECT vehicle_id FROM vehicle WHERE name = %s", (name,))
-        row = await cur.fetchone()
-        return None if row is None else int(row[0])
-
-
-async def vehicle_names(pool: AsyncConnectionPool) -> dict[int, str]:
-    async with pool.connection() as conn:
-        cur = await conn.execute("SELECT vehicle_id, name FROM vehicle")
-        return {int(vehicle_id): str(name) for vehicle_id, name in await cur.fetchall()}
-
-
 async def vehicle_sums(
     pool: AsyncConnectionPool,
     name: str,
@@ -154,7 +123,10 @@ async def vehicle_sums(
     async with pool.connection() as conn:
         cursors = [conn.cursor(row_factory=dict_row) for _ in range(len(statements) + 1)]
         async with conn.pipeline():
-            await conn.execute(b"SET LOCAL jit = off")  # as in stream_sums
+            # The fleet's estimated cost passes jit_above_cost, and compiling its plan took
+            # 3.8 s of a 4.0 s statement (1,000 vehicles); the per-row work here is too small for
+            # compiled expressions to repay that.
+            await conn.execute(b"SET LOCAL jit = off")
             await cursors[0].execute(b"SELECT 1 FROM vehicle WHERE name = %(name)s", params)
             for cur, (stream, grouping) in zip(cursors[1:], statements, strict=True):
                 await cur.execute(build(stream, grouping, by_name=True).encode(), params)

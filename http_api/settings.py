@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any, Self
 
 from gateway.env_options import (
+    DATABASE_URL_OPTION,
     MqttAddress,
     Option,
     SettingsError,
@@ -20,13 +21,7 @@ from gateway.env_options import (
 from gateway.env_options import describe_options as _describe
 
 OPTIONS: tuple[Option, ...] = (
-    Option(
-        "DATABASE_URL",
-        "database_url",
-        "postgresql://localhost/fleetgate",
-        "PostgreSQL connection string (libpq URL or key=value form).",
-        str,
-    ),
+    DATABASE_URL_OPTION,
     Option(
         "MQTT_URL",
         "mqtt",
