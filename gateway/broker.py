@@ -39,8 +39,8 @@ class Broker:
     def __init__(self, settings: Settings) -> None:
         self._high_water = 4 * settings.batch_size  # above the in-flight window when it holds
         self._low_water = 2 * settings.batch_size
-        self._paused_fd: int | None = None
-        self._reading_fd: int | None = None
+        self._reading_fd: int | None = None  # the socket our reader is registered on
+        self._paused = False
         self._subscribed = False
         self.client = aiomqtt.Client(
             hostname=settings.mqtt.host,
@@ -71,7 +71,8 @@ class Broker:
         """Call once a connection is gone: messages it delivered that were not taken yet are
         forgotten (never acknowledged, so the broker sends them again on the next connection)."""
         self.connected = False
-        self._paused_fd = self._reading_fd = None
+        self._reading_fd = None
+        self._paused = False
         self._subscribed = False
         dropped = 0
         while not self._queue.empty():
@@ -100,7 +101,7 @@ class Broker:
         taken: list[aiomqtt.Message] = []
         while len(taken) < limit and not self._queue.empty():
             taken.append(self._queue.get_nowait())
-        if self._paused_fd is not None and self._queue.qsize() < self._low_water:
+        if self._paused and self._queue.qsize() < self._low_water:
             self._resume_reading()
         return taken
 
@@ -116,14 +117,15 @@ class Broker:
         loop.remove_reader(fd)
         loop.add_reader(fd, self._read)
         self._reading_fd = fd
-        self._paused_fd = None
+        self._paused = False
 
     def _read(self) -> None:
         """aiomqtt's reader, plus the pause: paho reads and queues until the high-water mark."""
         # Not before SUBACK is read: the consumer takes messages only once subscribed.
-        if self._subscribed and self._queue.qsize() >= self._high_water and self._reading_fd:
-            self.client._loop.remove_reader(self._reading_fd)
-            self._paused_fd = self._reading_fd
+        fd = self._reading_fd
+        if self._subscribed and fd is not None and self._queue.qsize() >= self._high_water:
+            self.client._loop.remove_reader(fd)
+            self._paused = True
             return
         try:
             self._paho.loop_read()
@@ -133,9 +135,9 @@ class Broker:
                 disconnected.set_exception(exc)
 
     def _resume_reading(self) -> None:
-        fd, self._paused_fd = self._paused_fd, None
-        if fd is not None and fd == self._reading_fd and self.connected:
-            self.client._loop.add_reader(fd, self._read)
+        self._paused = False
+        if self._reading_fd is not None and self.connected:
+            self.client._loop.add_reader(self._reading_fd, self._read)
 
     def ack(self, mid: int, qos: int, connection: int) -> bool:
         """Acknowledge a committed message; False if its connection is gone (it will come again)."""
