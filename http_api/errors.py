@@ -68,3 +68,10 @@ class BrokerUnavailableError(ApiError):
 
     status = 503
     code = "brokerUnavailable"
+
+
+class DatabaseUnavailableError(ApiError):
+    """The database did not answer (down, restarting, or every connection busy too long)."""
+
+    status = 503
+    code = "databaseUnavailable"

@@ -7,16 +7,20 @@ import re
 import uuid
 from typing import Final
 
+import psycopg
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from psycopg_pool import PoolTimeout
 
-from http_api.errors import ApiError
+from http_api.errors import ApiError, DatabaseUnavailableError
 
 logger = logging.getLogger(__name__)
 
 REQUEST_ID: Final = web.RequestKey("request_id", str)
 REQUEST_ID_HEADER: Final = "X-Request-Id"
 _CLIENT_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Seconds a client is asked to wait before retrying when the database is unavailable.
+RETRY_AFTER_S: Final = 5
 
 # aiohttp's own refusals (unknown path, wrong method, body too large) in the API's vocabulary.
 _CODES: Final = {
@@ -45,6 +49,19 @@ async def request_id_and_errors(request: web.Request, handler: Handler) -> web.S
         response = await handler(request)
     except ApiError as exc:
         response = error_response(exc.status, exc.body())
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        # Not the request's fault and not a bug: the database is down or restarting. A short
+        # line, not a trace; the client is told to come back.
+        logger.warning(
+            "database unavailable in %s %s, request id %s: %s",
+            request.method,
+            request.path,
+            request_id,
+            str(exc).strip() or type(exc).__name__,
+        )
+        unavailable = DatabaseUnavailableError("the database is not reachable; try again shortly")
+        response = error_response(unavailable.status, unavailable.body())
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

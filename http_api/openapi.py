@@ -54,6 +54,7 @@ _VEHICLE: Final = _path("vehicleId", "Vehicle id, as in its MQTT topic.")
 _COMMON_ERRORS: Final = {
     "401": _error("Missing, unknown or revoked bearer token."),
     "403": _error("The token's scope does not allow this."),
+    "503": _error("The database is unreachable (code databaseUnavailable; Retry-After)."),
 }
 
 
@@ -88,7 +89,8 @@ def _op(
     if public:
         operation["security"] = []
     else:
-        responses |= _COMMON_ERRORS
+        for code, error in _COMMON_ERRORS.items():
+            responses.setdefault(code, error)
     responses["500"] = _error("Unexpected error; the body and X-Request-Id carry the request id.")
     operation["responses"] = responses
     return operation
@@ -221,7 +223,7 @@ _PATHS: Final[dict[str, dict[str, Any]]] = {
             "Ingest one reading",
             ("202", "BatchResult", "Published; the broker acknowledged"),
             body="Reading",
-            errors={"503": "Broker unavailable."},
+            errors={"503": "Broker (brokerUnavailable) or database (databaseUnavailable) down."},
         )
     },
     "/v1/telemetry/batch": {
@@ -229,7 +231,10 @@ _PATHS: Final[dict[str, dict[str, Any]]] = {
             "Ingest readings",
             ("202", "BatchResult", "All published"),
             body="Readings",
-            errors={"207": "Some rejected (reason per reading).", "503": "Broker unavailable."},
+            errors={
+                "207": "Some rejected (reason per reading).",
+                "503": "Broker (brokerUnavailable) or database (databaseUnavailable) down.",
+            },
         )
     },
 }
