@@ -194,3 +194,18 @@ CREATE INDEX IF NOT EXISTS meter_reading_ts_brin ON meter_reading
 -- whole table ~100 ms and growing with it.
 CREATE INDEX IF NOT EXISTS vehicle_hourly_hour_idx ON vehicle_hourly (hour);
 CREATE INDEX IF NOT EXISTS meter_hourly_hour_idx ON meter_hourly (hour);
+
+-- The HTTP API caches valid tokens (http_api/token_cache.py) and empties its cache when told that
+-- tokens changed: so a revoke takes effect at once, by `python -m http_api token revoke` or by
+-- plain SQL. Once per statement: the notification says only "look again".
+CREATE OR REPLACE FUNCTION fleetgate_notify_tokens_changed()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('fleetgate_tokens', '');
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER api_token_changed
+    AFTER UPDATE OR DELETE OR TRUNCATE ON api_token
+    FOR EACH STATEMENT EXECUTE FUNCTION fleetgate_notify_tokens_changed();

@@ -11,11 +11,12 @@ from aiohttp import web
 
 from gateway.database import apply_schema, open_pool
 from http_api.auth import require_token
-from http_api.keys import POOL, PUBLISHER, SETTINGS
+from http_api.keys import POOL, PUBLISHER, SETTINGS, TOKEN_CACHE
 from http_api.middleware import request_id_and_errors
 from http_api.publisher import Publisher
 from http_api.routes import setup_routes
 from http_api.settings import Settings
+from http_api.token_cache import TokenCache, listen_for_token_changes
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +44,26 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+async def _token_changes(app: web.Application) -> AsyncIterator[None]:
+    """Keep the token cache told of every revoke; until it listens, the cache stays off."""
+    listener = listen_for_token_changes(app[TOKEN_CACHE], app[SETTINGS].database_url)
+    task = asyncio.create_task(listener, name="token-change-listener")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[request_id_and_errors, require_token],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[TOKEN_CACHE] = TokenCache(settings.token_cache_s)
     app.cleanup_ctx.append(_database)
+    if settings.token_cache_s > 0:
+        app.cleanup_ctx.append(_token_changes)
     app.cleanup_ctx.append(_broker)
     setup_routes(app)
     return app

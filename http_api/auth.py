@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from typing import Final, Literal, TypeAlias
@@ -9,9 +10,9 @@ from typing import Final, Literal, TypeAlias
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from http_api import queries
 from http_api.errors import ForbiddenError, UnauthorizedError
-from http_api.keys import POOL
-from http_api.queries import find_token
+from http_api.keys import POOL, TOKEN_CACHE
 
 Scope: TypeAlias = Literal["read", "write"]
 SCOPES: Final[tuple[Scope, ...]] = ("read", "write")
@@ -40,14 +41,17 @@ def allows(granted: str, needed: Scope) -> bool:
 
 @web.middleware
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Secure by default: every path but PUBLIC_PATHS needs a valid token of enough scope."""
+    """Secure by default: every path but PUBLIC_PATHS needs a valid token of enough scope.
+    Tokens are checked in the database, or in its cache while that hears every revoke."""
     if request.path in PUBLIC_PATHS:
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise UnauthorizedError("an Authorization: Bearer <token> header is required")
-    granted = await find_token(request.app[POOL], hash_token(token.strip()))
+    granted = await request.app[TOKEN_CACHE].look_up(
+        hash_token(token.strip()), functools.partial(queries.find_token, request.app[POOL])
+    )
     if granted is None:
         raise UnauthorizedError("unknown or revoked token")
     needed = required_scope(request.method)

@@ -1,4 +1,4 @@
-"""Typed keys of what the application holds: settings, database pool, broker publisher."""
+"""Typed keys of what the application holds: settings, database pool, publisher, token cache."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from http_api.publisher import Publisher
 from http_api.settings import Settings
+from http_api.token_cache import TokenCache
 
 SETTINGS: Final = web.AppKey("settings", Settings)
 POOL: Final = web.AppKey("pool", AsyncConnectionPool)
 PUBLISHER: Final = web.AppKey("publisher", Publisher)
+TOKEN_CACHE: Final = web.AppKey("token_cache", TokenCache)

@@ -12,6 +12,7 @@ from gateway.env_options import (
     Option,
     SettingsError,
     finite_float,
+    non_negative_float,
     port,
     positive_float,
     positive_int,
@@ -32,6 +33,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("HTTP_HOST", "http_host", "127.0.0.1", "Address the API listens on.", str),
     Option("HTTP_PORT", "http_port", "8080", "Port the API listens on.", port),
     Option("DB_POOL_SIZE", "db_pool_size", "4", "Connections in the database pool.", positive_int),
+    Option(
+        "TOKEN_CACHE_S",
+        "token_cache_s",
+        "60",
+        "A valid token is cached at most this long; a revoke empties the cache at once (the "
+        "database notifies the API). 0 checks every request against the database.",
+        non_negative_float,
+    ),
     Option(
         "ONLINE_SILENCE_S",
         "online_silence_s",
@@ -130,6 +139,7 @@ class Settings:
     http_host: str
     http_port: int
     db_pool_size: int
+    token_cache_s: float
     online_silence_s: float
     reading_interval_s: float
     battery_temp_warning_c: float
