@@ -71,6 +71,37 @@ CREATE TABLE IF NOT EXISTS vehicle_hourly (
     PRIMARY KEY (vehicle_id, hour)
 );
 
+-- Daily rollups per device (day = UTC midnight), energy and counts only, maintained with the
+-- hourly ones from the same inserted rows. The fleet view takes a window's whole days from here
+-- and only the hours outside them from the hourly rollups: ~10 rows per device for 24 hours
+-- instead of 24.
+CREATE TABLE IF NOT EXISTS meter_daily (
+    meter_id        integer NOT NULL,
+    day             timestamptz NOT NULL,
+    consumed_ac_mwh bigint NOT NULL,
+    readings        integer NOT NULL,
+    PRIMARY KEY (meter_id, day)
+);
+
+CREATE TABLE IF NOT EXISTS vehicle_daily (
+    vehicle_id       integer NOT NULL,
+    day              timestamptz NOT NULL,
+    delivered_dc_mwh bigint NOT NULL,
+    readings         integer NOT NULL,
+    PRIMARY KEY (vehicle_id, day)
+);
+
+-- A database from before the daily rollups: derive them once from the hourly ones (the same
+-- rows summed by day). Nothing to do on a new database or once they exist.
+INSERT INTO meter_daily (meter_id, day, consumed_ac_mwh, readings)
+SELECT meter_id, date_bin('1 day', hour, '2000-01-01 00:00:00+00'), sum(consumed_ac_mwh),
+       sum(readings)
+FROM meter_hourly WHERE NOT EXISTS (SELECT 1 FROM meter_daily) GROUP BY 1, 2;
+INSERT INTO vehicle_daily (vehicle_id, day, delivered_dc_mwh, readings)
+SELECT vehicle_id, date_bin('1 day', hour, '2000-01-01 00:00:00+00'), sum(delivered_dc_mwh),
+       sum(readings)
+FROM vehicle_hourly WHERE NOT EXISTS (SELECT 1 FROM vehicle_daily) GROUP BY 1, 2;
+
 -- Everything that could not be stored as a reading, with the reason, so nothing is lost unseen.
 CREATE TABLE IF NOT EXISTS dead_letter (
     dead_letter_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -194,6 +225,9 @@ CREATE INDEX IF NOT EXISTS meter_reading_ts_brin ON meter_reading
 -- whole table ~100 ms and growing with it.
 CREATE INDEX IF NOT EXISTS vehicle_hourly_hour_idx ON vehicle_hourly (hour);
 CREATE INDEX IF NOT EXISTS meter_hourly_hour_idx ON meter_hourly (hour);
+-- Daily rollups by day, for the same reason (10,000 rows a day per kind).
+CREATE INDEX IF NOT EXISTS vehicle_daily_day_idx ON vehicle_daily (day);
+CREATE INDEX IF NOT EXISTS meter_daily_day_idx ON meter_daily (day);
 
 -- The HTTP API caches valid tokens (http_api/token_cache.py) and empties its cache when told that
 -- tokens changed: so a revoke takes effect at once, by `python -m http_api token revoke` or by

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from http_api.fleet_queries import edge_pieces
+from http_api.fleet_queries import edge_pieces, rollup_pieces
 from tests.conftest import query
 from tests.http_helpers import Api, iso, meter_reading, vehicle_reading, write_readings
 
@@ -336,3 +336,37 @@ def test_fleet_edges_read_the_side_with_fewer_readings() -> None:
     p = edge_pieces(hour(12, 5), hour(12, 10), at)
     assert p["r1"] == p["r2"]
     assert (p["p1sign"], p["p1lo"], p["p1hi"]) == (1, hour(12, 5), hour(12, 10))
+
+
+def test_fleet_rollup_pieces_cover_each_whole_hour_exactly_once() -> None:
+    """Whole days from the daily rollups, plus or minus hourly ranges: every hour of [r1, r2)
+    counted once, every other hour not at all, and never more hourly rows than needed."""
+    rng = random.Random(5)
+    origin = datetime(2026, 3, 1, tzinfo=UTC)
+    for _ in range(2000):
+        r1 = origin + rng.randrange(24 * 6) * HOUR
+        r2 = r1 + rng.randrange(24 * 4) * HOUR
+        now = r2 - rng.randrange(3) * HOUR
+        p = rollup_pieces(r1, r2, now)
+        counted: dict[datetime, int] = {}
+        day = p["d_lo"]
+        assert day.hour == 0
+        assert p["d_hi"].hour == 0
+        while day < p["d_hi"]:
+            for h in range(24):
+                counted[day + h * HOUR] = counted.get(day + h * HOUR, 0) + 1
+            day += timedelta(days=1)
+        for sign, lo, hi in (("h1sign", "h1lo", "h1hi"), ("h2sign", "h2lo", "h2hi")):
+            assert p[lo] <= p[lo.replace("lo", "mid")] <= p[hi]
+            at = p[lo]
+            while at < p[hi]:
+                counted[at] = counted.get(at, 0) + p[sign]
+                at += HOUR
+        inside = {r1 + i * HOUR for i in range(int((r2 - r1) / HOUR))}
+        assert {at for at, n in counted.items() if n} == inside, (r1, r2, now)
+        assert all(counted[at] == 1 for at in inside), (r1, r2, now)
+        hourly_rows = sum(
+            int((min(p[hi], now + HOUR) - p[lo]) / HOUR) if p[hi] > p[lo] else 0
+            for lo, hi in (("h1lo", "h1hi"), ("h2lo", "h2hi"))
+        )
+        assert hourly_rows <= 24, (r1, r2, now)  # at most half a day on each side

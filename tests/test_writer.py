@@ -66,27 +66,27 @@ async def test_a_message_the_database_refuses_becomes_a_dead_letter_and_the_rest
     assert sum(r.messages for r in results) == 3  # every message committed, hence acknowledged
 
 
-async def test_hourly_rollups_equal_the_sums_of_history_despite_duplicates_and_disorder(
+async def test_rollups_equal_the_sums_of_history_despite_duplicates_and_disorder(
     database_url: str,
 ) -> None:
     rng = random.Random(7)
-    start = NOW - timedelta(hours=6)
+    start = NOW - timedelta(hours=60)  # three UTC days at least: daily rollups too
     payloads = [
         vehicle_payload(
-            start + timedelta(seconds=rng.randrange(6 * 3600)),
+            start + timedelta(seconds=rng.randrange(60 * 3600)),
             round(rng.uniform(0, 2), 4),
             round(rng.uniform(-10, 60), 1),
         )
-        for _ in range(400)
+        for _ in range(600)
     ]
-    payloads += rng.sample(payloads, 100)  # duplicates
+    payloads += rng.sample(payloads, 150)  # duplicates
     rng.shuffle(payloads)  # late arrivals
     batches = [
         Batch([message("fleet/vehicle/EV-R", p) for p in payloads[i : i + 37]])
         for i in range(0, len(payloads), 37)
     ]
     results = await write(database_url, *batches)
-    assert sum(r.duplicates for r in results) >= 100
+    assert sum(r.duplicates for r in results) >= 150
     from_history = await query(
         database_url,
         """
@@ -105,3 +105,31 @@ async def test_hourly_rollups_equal_the_sums_of_history_despite_duplicates_and_d
     for rolled, raw in zip(from_rollups, from_history, strict=True):
         assert abs(rolled[3] - raw[3]) < 1e-9
         assert rolled[4:] == raw[4:]
+    daily_from_history = await query(
+        database_url,
+        """
+        SELECT date_bin('1 day', ts, '2000-01-01 00:00:00+00'), sum(delivered_dc_mwh), count(*)
+        FROM vehicle_reading GROUP BY 1 ORDER BY 1""",
+    )
+    daily = await query(
+        database_url, "SELECT day, delivered_dc_mwh, readings FROM vehicle_daily ORDER BY day"
+    )
+    assert len(daily) >= 3
+    assert daily == daily_from_history
+
+
+async def test_a_database_from_before_daily_rollups_gets_them_from_the_hourly_ones(
+    database_url: str,
+) -> None:
+    hours = [NOW - timedelta(hours=h, minutes=7) for h in range(0, 50, 3)]
+    await write(
+        database_url,
+        Batch([message("fleet/vehicle/EV-U", vehicle_payload(at, 1.5, 20.0)) for at in hours]),
+    )
+    expected = await query(database_url, "SELECT * FROM vehicle_daily ORDER BY day")
+    assert sum(row[3] for row in expected) == len(hours)
+    await query(database_url, "DELETE FROM vehicle_daily RETURNING 1")  # as before the upgrade
+    await apply_schema(database_url)
+    assert await query(database_url, "SELECT * FROM vehicle_daily ORDER BY day") == expected
+    await apply_schema(database_url)  # and only once
+    assert await query(database_url, "SELECT * FROM vehicle_daily ORDER BY day") == expected
