@@ -8,6 +8,7 @@ mWh, so rollup sums and raw sums agree exactly.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any, Final, Literal, TypeAlias
 
@@ -127,9 +128,19 @@ async def vehicle_sums(
             # 3.8 s of a 4.0 s statement (1,000 vehicles); the per-row work here is too small for
             # compiled expressions to repay that.
             await conn.execute(b"SET LOCAL jit = off")
+            # Planning these statements took ~0.4 ms each, twice as long as running them. One
+            # generic plan per connection, prepared once, prunes the daily partitions at run
+            # time instead: the three statements of a performance request went from ~2.4 to
+            # ~1.2 ms (10,000 vehicles; as fast with 400 daily partitions as with 30).
+            await conn.execute(b"SET LOCAL plan_cache_mode = force_generic_plan")
             await cursors[0].execute(b"SELECT 1 FROM vehicle WHERE name = %(name)s", params)
             for cur, (stream, grouping) in zip(cursors[1:], statements, strict=True):
-                await cur.execute(build(stream, grouping, by_name=True).encode(), params)
+                await cur.execute(_sql(stream, grouping), params, prepare=True)
         if await cursors[0].fetchone() is None:
             return None
         return [await cur.fetchall() for cur in cursors[1:]]
+
+
+@functools.cache
+def _sql(stream: Stream, grouping: Grouping) -> bytes:
+    return build(stream, grouping, by_name=True).encode()
