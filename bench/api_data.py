@@ -1,6 +1,6 @@
 """Synthetic fleet history for the API benchmark, generated with set-based SQL straight into the
-daily history partitions, with hourly and daily rollups computed from the very rows stored (so
-rollups and raw history agree exactly, as the gateway keeps them)."""
+daily history partitions, with hourly, 10-minute and daily rollups computed from the very rows
+stored (so rollups and raw history agree exactly, as the gateway keeps them)."""
 
 from __future__ import annotations
 
@@ -72,18 +72,30 @@ SELECT %(origin)s::timestamptz + k * %(step)s::interval,
 {_GRID}
 """
 _ORIGIN_2000: Final = "'2000-01-01 00:00:00+00'"
+# Rollup rows are stored in time order (ORDER BY 2, 1), as the gateway writes them: a slot's or
+# an hour's rows lie on neighbouring pages.
 _VEHICLE_HOURLY: Final = f"""
 INSERT INTO vehicle_hourly (vehicle_id, hour, delivered_dc_mwh, readings, battery_temp_sum,
                             battery_temp_min, battery_temp_max)
 SELECT vehicle_id, date_bin('1 hour', ts, {_ORIGIN_2000}), sum(delivered_dc_mwh), count(*),
        sum(battery_temp::float8), min(battery_temp), max(battery_temp)
-FROM vehicle_reading WHERE ts >= %(day)s AND ts < %(next)s GROUP BY 1, 2
+FROM vehicle_reading WHERE ts >= %(day)s AND ts < %(next)s GROUP BY 1, 2 ORDER BY 2, 1
 """
 _METER_HOURLY: Final = f"""
 INSERT INTO meter_hourly (meter_id, hour, consumed_ac_mwh, readings, voltage_min, voltage_max)
 SELECT meter_id, date_bin('1 hour', ts, {_ORIGIN_2000}), sum(consumed_ac_mwh), count(*),
        min(voltage), max(voltage)
-FROM meter_reading WHERE ts >= %(day)s AND ts < %(next)s GROUP BY 1, 2
+FROM meter_reading WHERE ts >= %(day)s AND ts < %(next)s GROUP BY 1, 2 ORDER BY 2, 1
+"""
+_VEHICLE_10MIN: Final = f"""
+INSERT INTO vehicle_10min (vehicle_id, slot, delivered_dc_mwh, readings)
+SELECT vehicle_id, date_bin('10 minutes', ts, {_ORIGIN_2000}), sum(delivered_dc_mwh), count(*)
+FROM vehicle_reading WHERE ts >= %(day)s AND ts < %(next)s GROUP BY 1, 2 ORDER BY 2, 1
+"""
+_METER_10MIN: Final = f"""
+INSERT INTO meter_10min (meter_id, slot, consumed_ac_mwh, readings)
+SELECT meter_id, date_bin('10 minutes', ts, {_ORIGIN_2000}), sum(consumed_ac_mwh), count(*)
+FROM meter_reading WHERE ts >= %(day)s AND ts < %(next)s GROUP BY 1, 2 ORDER BY 2, 1
 """
 _DEVICES: Final = (
     """
@@ -119,8 +131,10 @@ async def _fill(url: str, kind: str, fleet: Fleet) -> None:
     step = timedelta(minutes=fleet.step_minutes)
     per_day = 1440 // fleet.step_minutes
     last_tick = int((fleet.now - fleet.origin) / step)
-    reading, hourly = (
-        (_VEHICLE_DAY, _VEHICLE_HOURLY) if kind == "vehicle" else (_METER_DAY, _METER_HOURLY)
+    reading, hourly, slots = (
+        (_VEHICLE_DAY, _VEHICLE_HOURLY, _VEHICLE_10MIN)
+        if kind == "vehicle"
+        else (_METER_DAY, _METER_HOURLY, _METER_10MIN)
     )
     async with await psycopg.AsyncConnection.connect(url) as conn:
         await conn.execute("SET work_mem = '256MB'")
@@ -146,7 +160,9 @@ async def _fill(url: str, kind: str, fleet: Fleet) -> None:
                 "SELECT fleetgate_ensure_partition(%s::regclass, %s)", (f"{kind}_reading", day)
             )
             await conn.execute(reading.encode(), params)
-            await conn.execute(hourly.encode(), {"day": start, "next": start + timedelta(days=1)})
+            span = {"day": start, "next": start + timedelta(days=1)}
+            await conn.execute(hourly.encode(), span)
+            await conn.execute(slots.encode(), span)
             await conn.commit()
 
 
@@ -172,7 +188,9 @@ async def generate(url: str, fleet: Fleet) -> dict[str, float]:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await conn.execute("VACUUM (ANALYZE) vehicle_reading, meter_reading")
         await conn.execute("VACUUM (ANALYZE) vehicle_hourly, meter_hourly, vehicle, meter")
-        await conn.execute("VACUUM (ANALYZE) vehicle_daily, meter_daily")
+        await conn.execute(
+            "VACUUM (ANALYZE) vehicle_daily, meter_daily, vehicle_10min, meter_10min"
+        )
         await conn.execute("VACUUM (ANALYZE) vehicle_link")
         await conn.execute("CHECKPOINT")
         cur = await conn.execute(

@@ -40,9 +40,10 @@ SELECT DISTINCT s.name FROM meter_stage s
 WHERE NOT EXISTS (SELECT 1 FROM meter m WHERE m.name = s.name)
 ON CONFLICT (name) DO NOTHING
 """
-# History, hourly and daily rollups in one statement: the rollups add up only the rows that were
-# really inserted, so a duplicate never counts twice. Rows are taken in key order so that two
-# gateways updating the same hours lock them in the same order (no deadlock).
+# History and its rollups (hourly, 10-minute, daily) in one statement: the rollups add up only
+# the rows that were really inserted, so a duplicate never counts twice. Rows are taken in key
+# order so that two gateways updating the same rollup rows lock them in the same order (no
+# deadlock).
 _INSERT_METER_HISTORY: Final = """
 WITH inserted AS (
     INSERT INTO meter_reading (ts, consumed_ac_mwh, meter_id, voltage)
@@ -61,6 +62,14 @@ WITH inserted AS (
         readings = h.readings + EXCLUDED.readings,
         voltage_min = least(h.voltage_min, EXCLUDED.voltage_min),
         voltage_max = greatest(h.voltage_max, EXCLUDED.voltage_max)
+), rolled_10min AS (
+    INSERT INTO meter_10min AS m (meter_id, slot, consumed_ac_mwh, readings)
+    SELECT meter_id, date_bin('10 minutes', ts, '2000-01-01 00:00:00+00') AS slot,
+           sum(consumed_ac_mwh), count(*)
+    FROM inserted GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (meter_id, slot) DO UPDATE SET
+        consumed_ac_mwh = m.consumed_ac_mwh + EXCLUDED.consumed_ac_mwh,
+        readings = m.readings + EXCLUDED.readings
 ), rolled_daily AS (
     INSERT INTO meter_daily AS d (meter_id, day, consumed_ac_mwh, readings)
     SELECT meter_id, date_bin('1 day', ts, '2000-01-01 00:00:00+00') AS day,
@@ -107,6 +116,14 @@ WITH inserted AS (
         battery_temp_sum = h.battery_temp_sum + EXCLUDED.battery_temp_sum,
         battery_temp_min = least(h.battery_temp_min, EXCLUDED.battery_temp_min),
         battery_temp_max = greatest(h.battery_temp_max, EXCLUDED.battery_temp_max)
+), rolled_10min AS (
+    INSERT INTO vehicle_10min AS m (vehicle_id, slot, delivered_dc_mwh, readings)
+    SELECT vehicle_id, date_bin('10 minutes', ts, '2000-01-01 00:00:00+00') AS slot,
+           sum(delivered_dc_mwh), count(*)
+    FROM inserted GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (vehicle_id, slot) DO UPDATE SET
+        delivered_dc_mwh = m.delivered_dc_mwh + EXCLUDED.delivered_dc_mwh,
+        readings = m.readings + EXCLUDED.readings
 ), rolled_daily AS (
     INSERT INTO vehicle_daily AS d (vehicle_id, day, delivered_dc_mwh, readings)
     SELECT vehicle_id, date_bin('1 day', ts, '2000-01-01 00:00:00+00') AS day,

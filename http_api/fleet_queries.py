@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Collection
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from psycopg import AsyncConnection, sql
@@ -14,24 +14,27 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from http_api.rollup_queries import BY_IDS, ORIGIN, build, segments
+from http_api.window_pieces import split_sql, window_pieces
 
 # The fleet view: every vehicle at once, set-based, energies and counts only (temperatures are
-# asked for the returned page alone, by build_fleet_page). A device's sums over the window are
-# its rollups of the hours [r1, r2) (whole days from the daily ones) plus or minus raw readings
-# of at most two pieces of the edge hours: either the window's part of an edge hour is added,
-# or the whole hour is taken from the rollup and the part outside the window subtracted,
-# whichever holds fewer readings (exact: energy is integer mWh). Both are read once for all
-# devices, by day, by hour and by time. Only link segments cut inside the window (a link begun
-# or ended in it) are read segment by segment.
+# asked for the returned page alone, by build_fleet_page). A device's sums over the window come
+# from the coarsest rollups that fit (http_api/window_pieces.py): whole days, then hours, then
+# 10-minute slots, each added or subtracted, and raw readings only for the minutes at the edges.
+# All are read once for all devices, by day, hour, slot and time. Only link segments cut inside
+# the window (a link begun or ended in it) are read segment by segment.
 _WINDOW_SUMS: Final = """
 SELECT device_id,
-       coalesce(h.energy, 0) + coalesce(r.e1, 0) + coalesce(r.e2, 0) AS energy,
-       coalesce(h.readings, 0) + coalesce(r.n1, 0) + coalesce(r.n2, 0) AS readings,
-       coalesce(r.e1, 0) AS e1, coalesce(r.n1, 0) AS n1,
-       coalesce(r.e2, 0) AS e2, coalesce(r.n2, 0) AS n2
+       coalesce(h.energy, 0) + coalesce(q.e1, 0) + coalesce(q.e2, 0)
+           + coalesce(r.e1, 0) + coalesce(r.e2, 0) AS energy,
+       coalesce(h.readings, 0) + coalesce(q.n1, 0) + coalesce(q.n2, 0)
+           + coalesce(r.n1, 0) + coalesce(r.n2, 0) AS readings,
+       -- [f, r1) and [r2, t): what a link segment cut inside the window shares with it
+       coalesce(q.e1, 0) + coalesce(r.e1, 0) AS head_energy,
+       coalesce(q.n1, 0) + coalesce(r.n1, 0) AS head_readings,
+       coalesce(q.e2, 0) + coalesce(r.e2, 0) AS tail_energy,
+       coalesce(q.n2, 0) + coalesce(r.n2, 0) AS tail_readings
 FROM (
-    -- The rollup hours [r1, r2): whole days from the daily rollups, the hours outside them
-    -- added or subtracted from the hourly ones (rollup_pieces).
+    -- [r1, r2): whole days, plus or minus hours
     SELECT device_id, sum(energy)::bigint AS energy, sum(readings)::bigint AS readings
     FROM (
         SELECT {device} AS device_id, {energy} AS energy, readings
@@ -50,7 +53,18 @@ FROM (
     GROUP BY 1
 ) h
 FULL JOIN (
-    -- Each piece apart: a cut segment with the same piece takes it from here (_LINKED_SUMS).
+    -- 10-minute slots next to [r1, r2); the head piece lies wholly before the tail piece
+    SELECT {device} AS device_id,
+           %(q1sign)s * (sum({energy}) FILTER (WHERE slot < %(q1hi)s))::bigint AS e1,
+           %(q1sign)s * sum(readings) FILTER (WHERE slot < %(q1hi)s) AS n1,
+           %(q2sign)s * (sum({energy}) FILTER (WHERE slot >= %(q1hi)s))::bigint AS e2,
+           %(q2sign)s * sum(readings) FILTER (WHERE slot >= %(q1hi)s) AS n2
+    FROM {slots}
+    WHERE slot >= %(q1lo)s AND slot < %(q1hi)s OR slot >= %(q2lo)s AND slot < %(q2hi)s
+    GROUP BY 1
+) q USING (device_id)
+FULL JOIN (
+    -- raw readings: the minutes at the window's edges
     SELECT {device} AS device_id,
            %(p1sign)s * (sum({energy}) FILTER (WHERE ts < %(p1hi)s))::bigint AS e1,
            %(p1sign)s * count(*) FILTER (WHERE ts < %(p1hi)s) AS n1,
@@ -62,47 +76,63 @@ FULL JOIN (
     GROUP BY 1
 ) r USING (device_id)
 """
-# A link segment cut inside the window, done as the window's sums are: rollup hours [r1, r2)
-# and two signed raw pieces, each edge hour whichever way reads fewer readings (a segment inside
-# one hour is read raw). Its edges are rarely the window's, so it is read by itself, by device.
+# A link segment cut inside the window, split as the window is (window_pieces.split, here in
+# SQL): hours [r1, r2), 10-minute pieces q1/q2 and raw pieces p1/p2. Its edges are rarely the
+# window's, so it is read by itself, by device.
+_SLOTS_UNTIL: Final = (
+    f"date_bin('10 minutes', %(now)s::timestamptz, {ORIGIN}) + interval '10 minutes'"
+)
 _CUT_PIECES: Final = f"""
-SELECT b.vehicle_id, b.device_id,
-       CASE WHEN c.single THEN h.hc WHEN c.head_raw THEN h.hf + interval '1 hour'
-            ELSE h.hf END AS r1,
-       CASE WHEN c.single THEN h.hc WHEN c.tail_raw THEN h.hc - interval '1 hour'
-            ELSE h.hc END AS r2,
-       CASE WHEN c.single OR c.head_raw THEN 1 ELSE -1 END AS p1sign,
-       CASE WHEN c.single OR c.head_raw THEN b.s ELSE h.hf END AS p1lo,
-       CASE WHEN c.single THEN b.e WHEN c.head_raw THEN h.hf + interval '1 hour'
-            ELSE b.s END AS p1hi,
-       CASE WHEN c.tail_raw THEN 1 ELSE -1 END AS p2sign,
-       CASE WHEN c.single THEN h.hc WHEN c.tail_raw THEN h.hc - interval '1 hour'
-            ELSE b.e END AS p2lo,
-       CASE WHEN c.single THEN h.hc WHEN c.tail_raw THEN b.e ELSE h.hc END AS p2hi
-FROM link_seg b,
-LATERAL (
-    SELECT date_bin('1 hour', b.s, {ORIGIN}) AS hf,
-           date_bin('1 hour', b.e - interval '1 microsecond', {ORIGIN}) + interval '1 hour' AS hc
-) h,
-LATERAL (
-    SELECT h.hc - h.hf <= interval '1 hour' AS single,
-           b.s > h.hf AND h.hf + interval '1 hour' - b.s <= b.s - h.hf AS head_raw,
-           b.e < h.hc AND b.e - (h.hc - interval '1 hour')
-               <= greatest(least(h.hc, %(now)s::timestamptz) - b.e, interval '0') AS tail_raw
-) c
-WHERE NOT (b.s = %(f)s AND b.e = %(t)s)
+SELECT b.vehicle_id, b.device_id, b.head_shared, b.tail_shared, b.flipped,
+       slot.alo AS r1, slot.ahi AS r2,
+       slot.p1sign AS q1sign, slot.p1lo AS q1lo, slot.p1hi AS q1hi,
+       slot.p2sign AS q2sign, slot.p2lo AS q2lo, slot.p2hi AS q2hi,
+       raw.p1sign, raw.p1lo, raw.p1hi, raw.p2sign, raw.p2lo, raw.p2hi
+FROM (
+    -- A segment that begins (ends) with the window takes the window's sums of [f, r1)
+    -- ([r2, t)) and is read from r1 (up to r2) only; or, "flipped", when the rest of [r1, r2)
+    -- is shorter, as the window less that rest (and less the window's other edge).
+    SELECT l.vehicle_id, l.device_id, x.head_shared, x.tail_shared,
+           x.head_flip OR x.tail_flip AS flipped,
+           CASE WHEN x.head_flip THEN l.e
+                WHEN x.head_shared OR x.tail_flip THEN %(r1)s::timestamptz
+                ELSE l.s END AS s,
+           CASE WHEN x.tail_flip THEN l.s
+                WHEN x.tail_shared OR x.head_flip THEN %(r2)s::timestamptz
+                ELSE l.e END AS e
+    FROM link_seg l, LATERAL (
+        SELECT %(share_edges)s AND l.s = %(f)s AND l.e >= %(r1)s AS head_shared,
+               %(share_edges)s AND l.e = %(t)s AND l.s <= %(r2)s AS tail_shared,
+               %(share_edges)s AND l.s = %(f)s AND l.e <= %(r2)s
+                   AND l.e - %(r1)s > %(r2)s - l.e AS head_flip,
+               %(share_edges)s AND l.e = %(t)s AND l.s >= %(r1)s
+                   AND %(r2)s - l.s > l.s - %(r1)s AS tail_flip
+    ) x
+    WHERE NOT (l.s = %(f)s AND l.e = %(t)s)
+) b,
+{split_sql("b.s", "b.e", "interval '10 minutes'", "%(now)s::timestamptz", "raw")},
+{split_sql("raw.alo", "raw.ahi", "interval '1 hour'", _SLOTS_UNTIL, "slot")}
 """
+# Each piece only if not empty: an index probe costs ~3 buffers even when it finds nothing.
 _CUT_ROWS: Final = """
 SELECT {energy} AS energy, readings::bigint AS readings
-FROM {hourly} WHERE {device} = c.device_id AND hour >= c.r1 AND hour < c.r2
+FROM {hourly} WHERE {device} = c.device_id AND hour >= c.r1 AND hour < c.r2 AND c.r1 < c.r2
+UNION ALL
+SELECT c.q1sign * {energy}, c.q1sign * readings
+FROM {slots} WHERE {device} = c.device_id AND slot >= c.q1lo AND slot < c.q1hi
+  AND c.q1lo < c.q1hi
+UNION ALL
+SELECT c.q2sign * {energy}, c.q2sign * readings
+FROM {slots} WHERE {device} = c.device_id AND slot >= c.q2lo AND slot < c.q2hi
+  AND c.q2lo < c.q2hi
 UNION ALL
 SELECT c.p1sign * {energy}, c.p1sign
 FROM {history} WHERE {device} = c.device_id AND ts >= c.p1lo AND ts < c.p1hi
-  AND ts >= %(hf)s AND ts < %(hc)s AND NOT c.p1_shared
+  AND ts >= %(hf)s AND ts < %(hc)s AND c.p1lo < c.p1hi
 UNION ALL
 SELECT c.p2sign * {energy}, c.p2sign
 FROM {history} WHERE {device} = c.device_id AND ts >= c.p2lo AND ts < c.p2hi
-  AND ts >= %(hf)s AND ts < %(hc)s AND NOT c.p2_shared
+  AND ts >= %(hf)s AND ts < %(hc)s AND c.p2lo < c.p2hi
 """
 # Per vehicle over its link segments: a segment equal to the window takes its device's window
 # sums; a cut one is read by itself, summed inside the loop (one row out per segment).
@@ -114,10 +144,22 @@ FROM (
     WHERE b.s = %(f)s AND b.e = %(t)s
     UNION ALL
     SELECT c.vehicle_id,
-           coalesce(r.energy, 0) + CASE WHEN c.p1_shared THEN w.e1 ELSE 0 END
-               + CASE WHEN c.p2_shared THEN w.e2 ELSE 0 END,
-           coalesce(r.readings, 0) + CASE WHEN c.p1_shared THEN w.n1 ELSE 0 END
-               + CASE WHEN c.p2_shared THEN w.n2 ELSE 0 END
+           CASE WHEN c.flipped
+                THEN coalesce(w.energy, 0) - coalesce(r.energy, 0)
+                     - CASE WHEN c.head_shared THEN coalesce(w.tail_energy, 0)
+                            ELSE coalesce(w.head_energy, 0) END
+                ELSE coalesce(r.energy, 0)
+                     + CASE WHEN c.head_shared THEN coalesce(w.head_energy, 0) ELSE 0 END
+                     + CASE WHEN c.tail_shared THEN coalesce(w.tail_energy, 0) ELSE 0 END
+           END,
+           CASE WHEN c.flipped
+                THEN coalesce(w.readings, 0) - coalesce(r.readings, 0)
+                     - CASE WHEN c.head_shared THEN coalesce(w.tail_readings, 0)
+                            ELSE coalesce(w.head_readings, 0) END
+                ELSE coalesce(r.readings, 0)
+                     + CASE WHEN c.head_shared THEN coalesce(w.head_readings, 0) ELSE 0 END
+                     + CASE WHEN c.tail_shared THEN coalesce(w.tail_readings, 0) ELSE 0 END
+           END
     FROM cut c LEFT JOIN win w ON w.device_id = c.device_id CROSS JOIN LATERAL (
         SELECT sum(energy) AS energy, sum(readings) AS readings FROM ({rows}) r
     ) r
@@ -140,25 +182,18 @@ WHERE valid_from < %(t)s AND (valid_to IS NULL OR valid_to > %(f)s)
 def _fleet_half(kind: Literal["vehicle", "meter"]) -> str:
     if kind == "vehicle":
         device = {"device": "vehicle_id", "energy": "delivered_dc_mwh"}
-        tables = {
-            "hourly": "vehicle_hourly",
-            "daily": "vehicle_daily",
-            "history": "vehicle_reading",
-        }
     else:
         device = {"device": "meter_id", "energy": "consumed_ac_mwh"}
-        tables = {"hourly": "meter_hourly", "daily": "meter_daily", "history": "meter_reading"}
+    tables = {
+        "daily": f"{kind}_daily",
+        "hourly": f"{kind}_hourly",
+        "slots": f"{kind}_10min",
+        "history": f"{kind}_reading",
+    }
     return f"""
 WITH win AS ({_WINDOW_SUMS.format(**device, **tables)}),
 link_seg AS ({_FLEET_LINKS.format(device=device["device"])}),
-cut AS (
-    -- A piece equal to one of the window's (same span and sign: a segment that begins or ends
-    -- with the window) was read with the window's sums: ~30%% fewer probes per cut segment.
-    SELECT x.*,
-           (x.p1sign, x.p1lo, x.p1hi) = (%(p1sign)s, %(p1lo)s, %(p1hi)s) AS p1_shared,
-           (x.p2sign, x.p2lo, x.p2hi) = (%(p2sign)s, %(p2lo)s, %(p2hi)s) AS p2_shared
-    FROM ({_CUT_PIECES}) x
-),
+cut AS ({_CUT_PIECES}),
 linked AS ({_LINKED_SUMS.format(rows=_CUT_ROWS.format(**device, **tables))})
 """
 
@@ -194,112 +229,6 @@ SELECT vehicle_id, energy AS ac_mwh, readings AS ac_readings FROM linked
 """
 
 
-_HOUR: Final = timedelta(hours=1)
-
-
-def edge_pieces(start: datetime, end: datetime, now: datetime) -> dict[str, Any]:
-    """The parameters of _WINDOW_SUMS: rollup hours [r1, r2) and two signed raw pieces, each
-    edge done the way that reads fewer readings (none are later than ``now``)."""
-    start, end = start.astimezone(UTC), end.astimezone(UTC)
-    hf = start.replace(minute=0, second=0, microsecond=0)
-    hc = end.replace(minute=0, second=0, microsecond=0)
-    if hc < end:
-        hc += _HOUR
-
-    def cost(lo: datetime, hi: datetime) -> timedelta:
-        return max(min(hi, now) - lo, timedelta(0))
-
-    head: tuple[int, datetime, datetime] = (1, hf, hf)  # empty
-    tail: tuple[int, datetime, datetime] = (1, hc, hc)
-    r1, r2 = hf, hc
-    if hc - hf == _HOUR:  # one hour touched: the window raw, or the hour less both sides
-        if cost(start, end) <= cost(hf, start) + cost(end, hc):
-            head, r1, r2 = (1, start, end), hf, hf
-        else:
-            head, tail = (-1, hf, start), (-1, end, hc)
-    else:
-        if start > hf:
-            if cost(start, hf + _HOUR) <= cost(hf, start):
-                head, r1 = (1, start, hf + _HOUR), hf + _HOUR
-            else:
-                head = (-1, hf, start)
-        if end < hc:
-            if cost(hc - _HOUR, end) <= cost(end, hc):
-                tail, r2 = (1, hc - _HOUR, end), hc - _HOUR
-            else:
-                tail = (-1, end, hc)
-    return {
-        "hf": hf,
-        "hc": hc,
-        "r1": r1,
-        "r2": r2,
-        "p1sign": head[0],
-        "p1lo": head[1],
-        "p1hi": head[2],
-        "p2sign": tail[0],
-        "p2lo": tail[1],
-        "p2hi": tail[2],
-    } | rollup_pieces(r1, r2, now)
-
-
-_DAY: Final = timedelta(days=1)
-
-
-def _day_start(moment: datetime) -> datetime:
-    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
-
-
-def rollup_pieces(r1: datetime, r2: datetime, now: datetime) -> dict[str, Any]:
-    """The whole hours [r1, r2) as whole UTC days [d_lo, d_hi) of daily rollups plus two signed
-    ranges of hourly rollups: each partial day either adds its hours inside [r1, r2) or takes the
-    whole day and subtracts the hours outside, whichever reads fewer hourly rows (hours after
-    ``now`` cost nothing: they have no rows yet). Both ends must lie on whole hours."""
-
-    def cost(lo: datetime, hi: datetime) -> timedelta:
-        return max(min(hi, now + _HOUR) - lo, timedelta(0))
-
-    first_midnight = _day_start(r1)
-    if first_midnight < r1:
-        first_midnight += _DAY
-    last_midnight = _day_start(r2)
-    d_lo = d_hi = first_midnight
-    head: tuple[int, datetime, datetime] = (1, r1, r1)  # empty
-    tail: tuple[int, datetime, datetime] = (1, r2, r2)
-    if r2 <= r1:
-        pass
-    elif last_midnight < first_midnight:  # inside one day: its hours, or the day less the rest
-        day = last_midnight
-        if cost(r1, r2) <= cost(day, r1) + cost(r2, day + _DAY):
-            head = (1, r1, r2)
-        else:
-            d_lo, d_hi = day, day + _DAY
-            head, tail = (-1, day, r1), (-1, r2, day + _DAY)
-    else:
-        d_lo, d_hi = first_midnight, last_midnight
-        if r1 < first_midnight:
-            if cost(r1, first_midnight) <= cost(first_midnight - _DAY, r1):
-                head = (1, r1, first_midnight)
-            else:
-                d_lo, head = first_midnight - _DAY, (-1, first_midnight - _DAY, r1)
-        if last_midnight < r2:
-            if cost(last_midnight, r2) <= cost(r2, last_midnight + _DAY):
-                tail = (1, last_midnight, r2)
-            else:
-                d_hi, tail = last_midnight + _DAY, (-1, r2, last_midnight + _DAY)
-    return {
-        "d_lo": d_lo,
-        "d_hi": d_hi,
-        "h1sign": head[0],
-        "h1lo": head[1],
-        "h1hi": head[2],
-        "h1mid": head[1] + (head[2] - head[1]) / 2,
-        "h2sign": tail[0],
-        "h2lo": tail[1],
-        "h2hi": tail[2],
-        "h2mid": tail[1] + (tail[2] - tail[1]) / 2,
-    }
-
-
 async def fleet_sums(
     pool: AsyncConnectionPool,
     window: tuple[datetime, datetime],
@@ -311,7 +240,7 @@ async def fleet_sums(
     vehicle_id)."""
     params = {"f": window[0], "t": window[1], "vehicle": None}
     now = datetime.now(UTC)
-    params |= edge_pieces(*window, now) | {"now": now}
+    params |= window_pieces(*window, now) | {"now": now}
     # The vehicle and the meter halves run at once on two connections (two cores), in one
     # snapshot, exported by the first, so that they see the same readings as one statement did.
     async with pool.connection() as first, pool.connection() as second:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from http_api.fleet_queries import edge_pieces, rollup_pieces
+from http_api.window_pieces import SLOT, floor_to, split, split_sql, window_pieces
 from tests.conftest import query
 from tests.http_helpers import Api, iso, meter_reading, vehicle_reading, write_readings
 
@@ -16,6 +17,7 @@ pytest_plugins = ["tests.http_fixtures"]
 
 NOW = datetime.now(UTC)
 HOUR = timedelta(hours=1)
+MICRO = timedelta(microseconds=1)
 BASE = NOW.replace(minute=0, second=0, microsecond=0) - 30 * HOUR
 
 _RAW_DC = """
@@ -315,58 +317,93 @@ async def test_fleet_figures_equal_the_performance_figures(api: Api, database_ur
     assert compared > 30
 
 
-def test_fleet_edges_read_the_side_with_fewer_readings() -> None:
-    at = datetime(2026, 1, 1, 12, 40, tzinfo=UTC)
+def _coefficient(p: dict[str, Any], at: datetime) -> int:
+    """How many times the fleet's pieces count a reading taken at ``at``."""
+    n = 0
+    for name, unit in (("p1", None), ("p2", None), ("q1", SLOT), ("q2", SLOT)):
+        cell = at if unit is None else floor_to(at, unit)
+        n += p[f"{name}sign"] if p[f"{name}lo"] <= cell < p[f"{name}hi"] else 0
+    for name in ("h1", "h2"):
+        n += p[f"{name}sign"] if p[f"{name}lo"] <= floor_to(at, HOUR) < p[f"{name}hi"] else 0
+    return n + (1 if p["d_lo"] <= floor_to(at, timedelta(days=1)) < p["d_hi"] else 0)
 
-    def hour(h: int, m: int = 0) -> datetime:
+
+def test_fleet_window_pieces_count_every_reading_once_and_read_little() -> None:
+    """Days, hours, 10-minute slots and raw minutes, added and subtracted: a reading inside the
+    window is counted exactly once, one outside never; raw pieces are at most 5 minutes, slot
+    pieces 30 minutes, hourly pieces 12 hours."""
+    rng = random.Random(11)
+    origin = datetime(2026, 3, 1, tzinfo=UTC)
+    for _ in range(3000):
+        start = origin + timedelta(seconds=rng.uniform(0, 4 * 86400))
+        if rng.random() < 0.3:
+            start = floor_to(start, rng.choice([SLOT, HOUR, timedelta(days=1)]))
+        end = start + timedelta(
+            seconds=rng.choice([rng.uniform(1, 900), rng.uniform(1, 3 * 86400)])
+        )
+        if rng.random() < 0.3:
+            end = floor_to(end, rng.choice([SLOT, HOUR])) + SLOT
+        now = end + timedelta(seconds=rng.uniform(-600, 600))
+        p = window_pieces(start, end, now)
+        probes = [start, end, start - MICRO, end - MICRO, p["r1"], p["r2"], p["r1"] - MICRO]
+        probes += [start + (end - start) * rng.random() for _ in range(20)]
+        probes += [start - timedelta(seconds=rng.uniform(0, 86400)) for _ in range(5)]
+        probes += [end + timedelta(seconds=rng.uniform(0, 86400)) for _ in range(5)]
+        for at in probes:
+            assert _coefficient(p, at) == (1 if start <= at < end else 0), (start, end, now, at)
+        rows_until = {"p": now, "q": floor_to(now, SLOT) + SLOT, "h": floor_to(now, HOUR) + HOUR}
+        for name, longest in (("p", 5 * 60), ("q", 30 * 60), ("h", 12 * 3600)):
+            for side in "12":  # what is read: the future has no rows yet
+                span = min(p[f"{name}{side}hi"], rows_until[name]) - p[f"{name}{side}lo"]
+                assert span.total_seconds() <= longest or span <= end - start, (start, end, p)
+        if p["share_edges"]:  # [start, r1) is p1 + q1: what a cut link segment takes
+            head = {k: v for k, v in p.items() if k[:2] in ("p1", "q1")}
+            empty = {"p2sign": 1, "p2lo": start, "p2hi": start, "q2sign": 1, "q2lo": start}
+            empty |= {"q2hi": start, "h1sign": 1, "h1lo": start, "h1hi": start, "h2sign": 1}
+            empty |= {"h2lo": start, "h2hi": start, "d_lo": start, "d_hi": start}
+            for at in [start, p["r1"] - MICRO, start + (p["r1"] - start) * rng.random()]:
+                if start <= at < p["r1"]:
+                    assert _coefficient(head | empty, at) == 1, (start, end, at)
+
+
+def test_fleet_window_pieces_examples() -> None:
+    def at(h: int, m: int = 0) -> datetime:
         return datetime(2026, 1, 1, h, m, tzinfo=UTC)
 
-    # Head: 10 minutes of the window, 50 outside: added raw. Tail: the rest of the hour is
-    # after now (no readings): the hour from the rollup, less that (empty) part.
-    p = edge_pieces(hour(10, 50), at, at)
-    assert (p["r1"], p["r2"]) == (hour(11), hour(13))
-    assert (p["p1sign"], p["p1lo"], p["p1hi"]) == (1, hour(10, 50), hour(11))
-    assert (p["p2sign"], p["p2lo"], p["p2hi"]) == (-1, at, hour(13))
-    # Head: 50 minutes of the window, 10 outside: the hour less those 10 minutes.
-    p = edge_pieces(hour(10, 10), hour(12), at)
-    assert (p["r1"], p["r2"]) == (hour(10), hour(12))
-    assert (p["p1sign"], p["p1lo"], p["p1hi"]) == (-1, hour(10), hour(10, 10))
-    assert p["p2lo"] == p["p2hi"]  # the tail is on an hour: nothing to read raw
-    # Inside one hour: 5 minutes raw rather than the hour less 5 + 30 minutes.
-    p = edge_pieces(hour(12, 5), hour(12, 10), at)
-    assert p["r1"] == p["r2"]
-    assert (p["p1sign"], p["p1lo"], p["p1hi"]) == (1, hour(12, 5), hour(12, 10))
+    # 10:47 to 12:40, now 12:40: 3 raw minutes and a slot to 11:00; the tail is on a slot.
+    p = window_pieces(at(10, 47), at(12, 40), at(12, 40))
+    assert (p["p1sign"], p["p1lo"], p["p1hi"]) == (1, at(10, 47), at(10, 50))
+    assert (p["q1sign"], p["q1lo"], p["q1hi"]) == (1, at(10, 50), at(11))
+    assert (p["r1"], p["r2"]) == (at(11), at(13))  # the last hour whole ...
+    assert (p["q2sign"], p["q2lo"], p["q2hi"]) == (-1, at(12, 40), at(13))  # ... less the future
+    assert p["p2lo"] == p["p2hi"]
+    # 10:12 to 10:14, inside one slot: 2 raw minutes rather than the slot less 8.
+    p = window_pieces(at(10, 12), at(10, 14), at(12))
+    assert (p["p1sign"], p["p1lo"], p["p1hi"]) == (1, at(10, 12), at(10, 14))
+    assert not p["share_edges"]
 
 
-def test_fleet_rollup_pieces_cover_each_whole_hour_exactly_once() -> None:
-    """Whole days from the daily rollups, plus or minus hourly ranges: every hour of [r1, r2)
-    counted once, every other hour not at all, and never more hourly rows than needed."""
-    rng = random.Random(5)
+async def test_the_sql_split_chooses_as_the_python_one(database_url: str) -> None:
+    """Link segments are split in SQL (http_api.window_pieces.split_sql), the window in Python:
+    both must read the same pieces."""
+    units = {"interval '10 minutes'": SLOT, "interval '1 hour'": HOUR}
+    rng = random.Random(3)
     origin = datetime(2026, 3, 1, tzinfo=UTC)
-    for _ in range(2000):
-        r1 = origin + rng.randrange(24 * 6) * HOUR
-        r2 = r1 + rng.randrange(24 * 4) * HOUR
-        now = r2 - rng.randrange(3) * HOUR
-        p = rollup_pieces(r1, r2, now)
-        counted: dict[datetime, int] = {}
-        day = p["d_lo"]
-        assert day.hour == 0
-        assert p["d_hi"].hour == 0
-        while day < p["d_hi"]:
-            for h in range(24):
-                counted[day + h * HOUR] = counted.get(day + h * HOUR, 0) + 1
-            day += timedelta(days=1)
-        for sign, lo, hi in (("h1sign", "h1lo", "h1hi"), ("h2sign", "h2lo", "h2hi")):
-            assert p[lo] <= p[lo.replace("lo", "mid")] <= p[hi]
-            at = p[lo]
-            while at < p[hi]:
-                counted[at] = counted.get(at, 0) + p[sign]
-                at += HOUR
-        inside = {r1 + i * HOUR for i in range(int((r2 - r1) / HOUR))}
-        assert {at for at, n in counted.items() if n} == inside, (r1, r2, now)
-        assert all(counted[at] == 1 for at in inside), (r1, r2, now)
-        hourly_rows = sum(
-            int((min(p[hi], now + HOUR) - p[lo]) / HOUR) if p[hi] > p[lo] else 0
-            for lo, hi in (("h1lo", "h1hi"), ("h2lo", "h2hi"))
-        )
-        assert hourly_rows <= 24, (r1, r2, now)  # at most half a day on each side
+    cases = []
+    for _ in range(300):
+        lo = origin + timedelta(seconds=rng.uniform(0, 86400))
+        if rng.random() < 0.3:
+            lo = floor_to(lo, rng.choice([SLOT, HOUR]))
+        hi = lo + timedelta(seconds=rng.choice([0, rng.uniform(1, 700), rng.uniform(1, 20000)]))
+        if rng.random() < 0.3:
+            hi = floor_to(hi, rng.choice([SLOT, HOUR]))
+        now = hi + timedelta(seconds=rng.uniform(-900, 900))
+        cases.append((lo, hi, now, rng.choice(list(units))))
+    for lo, hi, now, unit in cases:
+        sql = f"""SELECT s.alo, s.ahi, s.p1sign, s.p1lo, s.p1hi, s.p2sign, s.p2lo, s.p2hi
+        FROM (SELECT %s::timestamptz AS lo, %s::timestamptz AS hi) x,
+        {split_sql("x.lo", "x.hi", unit, "%s::timestamptz", "s")}"""
+        [got] = await query(database_url, sql, lo, hi, now)
+        want = split(lo, hi, units[unit], now)
+        expected = (want.aligned_lo, want.aligned_hi, *dataclasses.astuple(want.head))
+        assert got == (*expected, *dataclasses.astuple(want.tail)), (lo, hi, now, unit)
