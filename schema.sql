@@ -57,6 +57,19 @@ CREATE TABLE IF NOT EXISTS meter_hourly (
     readings        integer NOT NULL,
     voltage_min     real NOT NULL,
     voltage_max     real NOT NULL,
+    -- energy and readings of each 10 minutes of the hour (slot k: minutes 10k to 10k + 9)
+    slot0_mwh       bigint NOT NULL DEFAULT 0,
+    slot1_mwh       bigint NOT NULL DEFAULT 0,
+    slot2_mwh       bigint NOT NULL DEFAULT 0,
+    slot3_mwh       bigint NOT NULL DEFAULT 0,
+    slot4_mwh       bigint NOT NULL DEFAULT 0,
+    slot5_mwh       bigint NOT NULL DEFAULT 0,
+    slot0_readings  integer NOT NULL DEFAULT 0,
+    slot1_readings  integer NOT NULL DEFAULT 0,
+    slot2_readings  integer NOT NULL DEFAULT 0,
+    slot3_readings  integer NOT NULL DEFAULT 0,
+    slot4_readings  integer NOT NULL DEFAULT 0,
+    slot5_readings  integer NOT NULL DEFAULT 0,
     PRIMARY KEY (meter_id, hour)
 );
 
@@ -68,8 +81,101 @@ CREATE TABLE IF NOT EXISTS vehicle_hourly (
     battery_temp_sum double precision NOT NULL,
     battery_temp_min real NOT NULL,
     battery_temp_max real NOT NULL,
+    slot0_mwh       bigint NOT NULL DEFAULT 0,
+    slot1_mwh       bigint NOT NULL DEFAULT 0,
+    slot2_mwh       bigint NOT NULL DEFAULT 0,
+    slot3_mwh       bigint NOT NULL DEFAULT 0,
+    slot4_mwh       bigint NOT NULL DEFAULT 0,
+    slot5_mwh       bigint NOT NULL DEFAULT 0,
+    slot0_readings  integer NOT NULL DEFAULT 0,
+    slot1_readings  integer NOT NULL DEFAULT 0,
+    slot2_readings  integer NOT NULL DEFAULT 0,
+    slot3_readings  integer NOT NULL DEFAULT 0,
+    slot4_readings  integer NOT NULL DEFAULT 0,
+    slot5_readings  integer NOT NULL DEFAULT 0,
     PRIMARY KEY (vehicle_id, hour)
 );
+
+-- A database from before the 10-minute slots: add them and fill them once from history (a long
+-- statement on a large database, once). Nothing to do on a new database or once they exist.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'meter_hourly'
+                     AND column_name = 'slot0_mwh') THEN
+        ALTER TABLE meter_hourly
+            ADD COLUMN slot0_mwh bigint NOT NULL DEFAULT 0,
+            ADD COLUMN slot1_mwh bigint NOT NULL DEFAULT 0,
+            ADD COLUMN slot2_mwh bigint NOT NULL DEFAULT 0,
+            ADD COLUMN slot3_mwh bigint NOT NULL DEFAULT 0,
+            ADD COLUMN slot4_mwh bigint NOT NULL DEFAULT 0,
+            ADD COLUMN slot5_mwh bigint NOT NULL DEFAULT 0,
+            ADD COLUMN slot0_readings integer NOT NULL DEFAULT 0,
+            ADD COLUMN slot1_readings integer NOT NULL DEFAULT 0,
+            ADD COLUMN slot2_readings integer NOT NULL DEFAULT 0,
+            ADD COLUMN slot3_readings integer NOT NULL DEFAULT 0,
+            ADD COLUMN slot4_readings integer NOT NULL DEFAULT 0,
+            ADD COLUMN slot5_readings integer NOT NULL DEFAULT 0;
+        UPDATE meter_hourly h SET
+            slot0_mwh = r.e0, slot0_readings = r.n0,
+            slot1_mwh = r.e1, slot1_readings = r.n1,
+            slot2_mwh = r.e2, slot2_readings = r.n2,
+            slot3_mwh = r.e3, slot3_readings = r.n3,
+            slot4_mwh = r.e4, slot4_readings = r.n4,
+            slot5_mwh = r.e5, slot5_readings = r.n5
+        FROM (
+            SELECT meter_id, date_bin('1 hour', ts, '2000-01-01 00:00:00+00') AS hour,
+                   coalesce(sum(consumed_ac_mwh) FILTER (WHERE slot = 0), 0) AS e0, count(*) FILTER (WHERE slot = 0) AS n0,
+                   coalesce(sum(consumed_ac_mwh) FILTER (WHERE slot = 1), 0) AS e1, count(*) FILTER (WHERE slot = 1) AS n1,
+                   coalesce(sum(consumed_ac_mwh) FILTER (WHERE slot = 2), 0) AS e2, count(*) FILTER (WHERE slot = 2) AS n2,
+                   coalesce(sum(consumed_ac_mwh) FILTER (WHERE slot = 3), 0) AS e3, count(*) FILTER (WHERE slot = 3) AS n3,
+                   coalesce(sum(consumed_ac_mwh) FILTER (WHERE slot = 4), 0) AS e4, count(*) FILTER (WHERE slot = 4) AS n4,
+                   coalesce(sum(consumed_ac_mwh) FILTER (WHERE slot = 5), 0) AS e5, count(*) FILTER (WHERE slot = 5) AS n5
+            FROM (SELECT *, (floor(extract(epoch FROM ts))::bigint % 3600) / 600 AS slot
+                  FROM meter_reading) x
+            GROUP BY 1, 2
+        ) r
+        WHERE h.meter_id = r.meter_id AND h.hour = r.hour;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'vehicle_hourly'
+                     AND column_name = 'slot0_mwh') THEN
+        ALTER TABLE vehicle_hourly
+            ADD COLUMN slot0_mwh bigint NOT NULL DEFAULT 0,
+            ADD COLUMN slot1_mwh bigint NOT NULL DEFAULT 0,
+            ADD COLUMN slot2_mwh bigint NOT NULL DEFAULT 0,
+            ADD COLUMN slot3_mwh bigint NOT NULL DEFAULT 0,
+            ADD COLUMN slot4_mwh bigint NOT NULL DEFAULT 0,
+            ADD COLUMN slot5_mwh bigint NOT NULL DEFAULT 0,
+            ADD COLUMN slot0_readings integer NOT NULL DEFAULT 0,
+            ADD COLUMN slot1_readings integer NOT NULL DEFAULT 0,
+            ADD COLUMN slot2_readings integer NOT NULL DEFAULT 0,
+            ADD COLUMN slot3_readings integer NOT NULL DEFAULT 0,
+            ADD COLUMN slot4_readings integer NOT NULL DEFAULT 0,
+            ADD COLUMN slot5_readings integer NOT NULL DEFAULT 0;
+        UPDATE vehicle_hourly h SET
+            slot0_mwh = r.e0, slot0_readings = r.n0,
+            slot1_mwh = r.e1, slot1_readings = r.n1,
+            slot2_mwh = r.e2, slot2_readings = r.n2,
+            slot3_mwh = r.e3, slot3_readings = r.n3,
+            slot4_mwh = r.e4, slot4_readings = r.n4,
+            slot5_mwh = r.e5, slot5_readings = r.n5
+        FROM (
+            SELECT vehicle_id, date_bin('1 hour', ts, '2000-01-01 00:00:00+00') AS hour,
+                   coalesce(sum(delivered_dc_mwh) FILTER (WHERE slot = 0), 0) AS e0, count(*) FILTER (WHERE slot = 0) AS n0,
+                   coalesce(sum(delivered_dc_mwh) FILTER (WHERE slot = 1), 0) AS e1, count(*) FILTER (WHERE slot = 1) AS n1,
+                   coalesce(sum(delivered_dc_mwh) FILTER (WHERE slot = 2), 0) AS e2, count(*) FILTER (WHERE slot = 2) AS n2,
+                   coalesce(sum(delivered_dc_mwh) FILTER (WHERE slot = 3), 0) AS e3, count(*) FILTER (WHERE slot = 3) AS n3,
+                   coalesce(sum(delivered_dc_mwh) FILTER (WHERE slot = 4), 0) AS e4, count(*) FILTER (WHERE slot = 4) AS n4,
+                   coalesce(sum(delivered_dc_mwh) FILTER (WHERE slot = 5), 0) AS e5, count(*) FILTER (WHERE slot = 5) AS n5
+            FROM (SELECT *, (floor(extract(epoch FROM ts))::bigint % 3600) / 600 AS slot
+                  FROM vehicle_reading) x
+            GROUP BY 1, 2
+        ) r
+        WHERE h.vehicle_id = r.vehicle_id AND h.hour = r.hour;
+    END IF;
+END
+$$;
 
 -- Daily rollups per device (day = UTC midnight), energy and counts only, maintained with the
 -- hourly ones from the same inserted rows. The fleet view takes a window's whole days from here
@@ -90,37 +196,6 @@ CREATE TABLE IF NOT EXISTS vehicle_daily (
     readings         integer NOT NULL,
     PRIMARY KEY (vehicle_id, day)
 );
-
--- 10-minute rollups per device (slot = start of the UTC 10 minutes), energy and counts only, kept
--- with the others. The fleet view reads a window's partial hours here and only the minutes of
--- its partial slots (at most 5 at each edge) from history, instead of up to 30 minutes of every
--- device's readings.
-CREATE TABLE IF NOT EXISTS meter_10min (
-    meter_id        integer NOT NULL,
-    slot            timestamptz NOT NULL,
-    consumed_ac_mwh bigint NOT NULL,
-    readings        integer NOT NULL,
-    PRIMARY KEY (meter_id, slot)
-);
-
-CREATE TABLE IF NOT EXISTS vehicle_10min (
-    vehicle_id       integer NOT NULL,
-    slot             timestamptz NOT NULL,
-    delivered_dc_mwh bigint NOT NULL,
-    readings         integer NOT NULL,
-    PRIMARY KEY (vehicle_id, slot)
-);
-
--- A database from before the 10-minute rollups: derive them once from history (a long
--- statement on a large database, once). Nothing to do on a new database or once they exist.
-INSERT INTO meter_10min (meter_id, slot, consumed_ac_mwh, readings)
-SELECT meter_id, date_bin('10 minutes', ts, '2000-01-01 00:00:00+00'), sum(consumed_ac_mwh),
-       count(*)
-FROM meter_reading WHERE NOT EXISTS (SELECT 1 FROM meter_10min) GROUP BY 1, 2;
-INSERT INTO vehicle_10min (vehicle_id, slot, delivered_dc_mwh, readings)
-SELECT vehicle_id, date_bin('10 minutes', ts, '2000-01-01 00:00:00+00'), sum(delivered_dc_mwh),
-       count(*)
-FROM vehicle_reading WHERE NOT EXISTS (SELECT 1 FROM vehicle_10min) GROUP BY 1, 2;
 
 -- A database from before the daily rollups: derive them once from the hourly ones (the same
 -- rows summed by day). Nothing to do on a new database or once they exist.
@@ -259,8 +334,6 @@ CREATE INDEX IF NOT EXISTS meter_hourly_hour_idx ON meter_hourly (hour);
 -- Daily rollups by day, for the same reason (10,000 rows a day per kind).
 CREATE INDEX IF NOT EXISTS vehicle_daily_day_idx ON vehicle_daily (day);
 CREATE INDEX IF NOT EXISTS meter_daily_day_idx ON meter_daily (day);
-CREATE INDEX IF NOT EXISTS vehicle_10min_slot_idx ON vehicle_10min (slot);
-CREATE INDEX IF NOT EXISTS meter_10min_slot_idx ON meter_10min (slot);
 
 -- The HTTP API caches valid tokens (http_api/token_cache.py) and empties its cache when told that
 -- tokens changed: so a revoke takes effect at once, by `python -m http_api token revoke` or by

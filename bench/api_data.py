@@ -1,6 +1,7 @@
 """Synthetic fleet history for the API benchmark, generated with set-based SQL straight into the
-daily history partitions, with hourly, 10-minute and daily rollups computed from the very rows
-stored (so rollups and raw history agree exactly, as the gateway keeps them)."""
+daily history partitions, with hourly (with their 10-minute slots) and daily rollups computed
+from the very rows stored (so rollups and raw history agree exactly, as the gateway keeps
+them)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Final
 import psycopg
 
 from gateway.database import apply_schema
+from gateway.rollup_slots import SLOT_OF_TS, slot_columns, slot_sums
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,26 +78,22 @@ _ORIGIN_2000: Final = "'2000-01-01 00:00:00+00'"
 # an hour's rows lie on neighbouring pages.
 _VEHICLE_HOURLY: Final = f"""
 INSERT INTO vehicle_hourly (vehicle_id, hour, delivered_dc_mwh, readings, battery_temp_sum,
-                            battery_temp_min, battery_temp_max)
+                            battery_temp_min, battery_temp_max, {slot_columns()})
 SELECT vehicle_id, date_bin('1 hour', ts, {_ORIGIN_2000}), sum(delivered_dc_mwh), count(*),
-       sum(battery_temp::float8), min(battery_temp), max(battery_temp)
-FROM vehicle_reading WHERE ts >= %(day)s AND ts < %(next)s GROUP BY 1, 2 ORDER BY 2, 1
+       sum(battery_temp::float8), min(battery_temp), max(battery_temp),
+       {slot_sums("delivered_dc_mwh")}
+FROM (SELECT *, {SLOT_OF_TS} AS slot FROM vehicle_reading
+      WHERE ts >= %(day)s AND ts < %(next)s) r
+GROUP BY 1, 2 ORDER BY 2, 1
 """
 _METER_HOURLY: Final = f"""
-INSERT INTO meter_hourly (meter_id, hour, consumed_ac_mwh, readings, voltage_min, voltage_max)
+INSERT INTO meter_hourly (meter_id, hour, consumed_ac_mwh, readings, voltage_min, voltage_max,
+                          {slot_columns()})
 SELECT meter_id, date_bin('1 hour', ts, {_ORIGIN_2000}), sum(consumed_ac_mwh), count(*),
-       min(voltage), max(voltage)
-FROM meter_reading WHERE ts >= %(day)s AND ts < %(next)s GROUP BY 1, 2 ORDER BY 2, 1
-"""
-_VEHICLE_10MIN: Final = f"""
-INSERT INTO vehicle_10min (vehicle_id, slot, delivered_dc_mwh, readings)
-SELECT vehicle_id, date_bin('10 minutes', ts, {_ORIGIN_2000}), sum(delivered_dc_mwh), count(*)
-FROM vehicle_reading WHERE ts >= %(day)s AND ts < %(next)s GROUP BY 1, 2 ORDER BY 2, 1
-"""
-_METER_10MIN: Final = f"""
-INSERT INTO meter_10min (meter_id, slot, consumed_ac_mwh, readings)
-SELECT meter_id, date_bin('10 minutes', ts, {_ORIGIN_2000}), sum(consumed_ac_mwh), count(*)
-FROM meter_reading WHERE ts >= %(day)s AND ts < %(next)s GROUP BY 1, 2 ORDER BY 2, 1
+       min(voltage), max(voltage), {slot_sums("consumed_ac_mwh")}
+FROM (SELECT *, {SLOT_OF_TS} AS slot FROM meter_reading
+      WHERE ts >= %(day)s AND ts < %(next)s) r
+GROUP BY 1, 2 ORDER BY 2, 1
 """
 _DEVICES: Final = (
     """
@@ -131,10 +129,8 @@ async def _fill(url: str, kind: str, fleet: Fleet) -> None:
     step = timedelta(minutes=fleet.step_minutes)
     per_day = 1440 // fleet.step_minutes
     last_tick = int((fleet.now - fleet.origin) / step)
-    reading, hourly, slots = (
-        (_VEHICLE_DAY, _VEHICLE_HOURLY, _VEHICLE_10MIN)
-        if kind == "vehicle"
-        else (_METER_DAY, _METER_HOURLY, _METER_10MIN)
+    reading, hourly = (
+        (_VEHICLE_DAY, _VEHICLE_HOURLY) if kind == "vehicle" else (_METER_DAY, _METER_HOURLY)
     )
     async with await psycopg.AsyncConnection.connect(url) as conn:
         await conn.execute("SET work_mem = '256MB'")
@@ -162,7 +158,6 @@ async def _fill(url: str, kind: str, fleet: Fleet) -> None:
             await conn.execute(reading.encode(), params)
             span = {"day": start, "next": start + timedelta(days=1)}
             await conn.execute(hourly.encode(), span)
-            await conn.execute(slots.encode(), span)
             await conn.commit()
 
 

@@ -14,6 +14,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.batch import Batch, is_refusal, refused_by_database
 from gateway.database import Partitions
+from gateway.rollup_slots import SLOT_OF_TS, slot_additions, slot_columns, slot_sums
 from gateway.waiting import backoff_delay
 
 logger = logging.getLogger(__name__)
@@ -40,10 +41,10 @@ SELECT DISTINCT s.name FROM meter_stage s
 WHERE NOT EXISTS (SELECT 1 FROM meter m WHERE m.name = s.name)
 ON CONFLICT (name) DO NOTHING
 """
-# History and its rollups (hourly, 10-minute, daily) in one statement: the rollups add up only
-# the rows that were really inserted, so a duplicate never counts twice. Rows are taken in key
-# order so that two gateways updating the same rollup rows lock them in the same order (no
-# deadlock).
+# History and its rollups (hourly with 10-minute slots, daily) in one statement: the rollups add
+# up only the rows that were really inserted, so a duplicate never counts twice. Rows are taken
+# in key order so that two gateways updating the same rollup rows lock them in the same order
+# (no deadlock).
 _INSERT_METER_HISTORY: Final = """
 WITH inserted AS (
     INSERT INTO meter_reading (ts, consumed_ac_mwh, meter_id, voltage)
@@ -53,23 +54,16 @@ WITH inserted AS (
     RETURNING meter_id, ts, consumed_ac_mwh, voltage
 ), rolled AS (
     INSERT INTO meter_hourly AS h
-        (meter_id, hour, consumed_ac_mwh, readings, voltage_min, voltage_max)
+        (meter_id, hour, consumed_ac_mwh, readings, voltage_min, voltage_max, {slot_columns})
     SELECT meter_id, date_bin('1 hour', ts, '2000-01-01 00:00:00+00') AS hour,
-           sum(consumed_ac_mwh), count(*), min(voltage), max(voltage)
-    FROM inserted GROUP BY 1, 2 ORDER BY 1, 2
+           sum(consumed_ac_mwh), count(*), min(voltage), max(voltage), {meter_slot_sums}
+    FROM (SELECT *, {slot_of_ts} AS slot FROM inserted) i GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT (meter_id, hour) DO UPDATE SET
         consumed_ac_mwh = h.consumed_ac_mwh + EXCLUDED.consumed_ac_mwh,
         readings = h.readings + EXCLUDED.readings,
         voltage_min = least(h.voltage_min, EXCLUDED.voltage_min),
-        voltage_max = greatest(h.voltage_max, EXCLUDED.voltage_max)
-), rolled_10min AS (
-    INSERT INTO meter_10min AS m (meter_id, slot, consumed_ac_mwh, readings)
-    SELECT meter_id, date_bin('10 minutes', ts, '2000-01-01 00:00:00+00') AS slot,
-           sum(consumed_ac_mwh), count(*)
-    FROM inserted GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (meter_id, slot) DO UPDATE SET
-        consumed_ac_mwh = m.consumed_ac_mwh + EXCLUDED.consumed_ac_mwh,
-        readings = m.readings + EXCLUDED.readings
+        voltage_max = greatest(h.voltage_max, EXCLUDED.voltage_max),
+        {slot_additions}
 ), rolled_daily AS (
     INSERT INTO meter_daily AS d (meter_id, day, consumed_ac_mwh, readings)
     SELECT meter_id, date_bin('1 day', ts, '2000-01-01 00:00:00+00') AS day,
@@ -80,7 +74,12 @@ WITH inserted AS (
         readings = d.readings + EXCLUDED.readings
 )
 SELECT count(*) FROM inserted
-"""
+""".format(
+    slot_columns=slot_columns(),
+    meter_slot_sums=slot_sums("consumed_ac_mwh"),
+    slot_of_ts=SLOT_OF_TS,
+    slot_additions=slot_additions("h"),
+)
 # The latest staged reading per device replaces the live one only if it is newer: readings
 # that arrive late after an outage go to history but never turn the live state back.
 _UPDATE_METER_LIVE: Final = """
@@ -105,25 +104,19 @@ WITH inserted AS (
     RETURNING vehicle_id, ts, delivered_dc_mwh, battery_temp
 ), rolled AS (
     INSERT INTO vehicle_hourly AS h (vehicle_id, hour, delivered_dc_mwh, readings,
-                                     battery_temp_sum, battery_temp_min, battery_temp_max)
+                                     battery_temp_sum, battery_temp_min, battery_temp_max,
+                                     {slot_columns})
     SELECT vehicle_id, date_bin('1 hour', ts, '2000-01-01 00:00:00+00') AS hour,
            sum(delivered_dc_mwh), count(*), sum(battery_temp::double precision),
-           min(battery_temp), max(battery_temp)
-    FROM inserted GROUP BY 1, 2 ORDER BY 1, 2
+           min(battery_temp), max(battery_temp), {vehicle_slot_sums}
+    FROM (SELECT *, {slot_of_ts} AS slot FROM inserted) i GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT (vehicle_id, hour) DO UPDATE SET
         delivered_dc_mwh = h.delivered_dc_mwh + EXCLUDED.delivered_dc_mwh,
         readings = h.readings + EXCLUDED.readings,
         battery_temp_sum = h.battery_temp_sum + EXCLUDED.battery_temp_sum,
         battery_temp_min = least(h.battery_temp_min, EXCLUDED.battery_temp_min),
-        battery_temp_max = greatest(h.battery_temp_max, EXCLUDED.battery_temp_max)
-), rolled_10min AS (
-    INSERT INTO vehicle_10min AS m (vehicle_id, slot, delivered_dc_mwh, readings)
-    SELECT vehicle_id, date_bin('10 minutes', ts, '2000-01-01 00:00:00+00') AS slot,
-           sum(delivered_dc_mwh), count(*)
-    FROM inserted GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (vehicle_id, slot) DO UPDATE SET
-        delivered_dc_mwh = m.delivered_dc_mwh + EXCLUDED.delivered_dc_mwh,
-        readings = m.readings + EXCLUDED.readings
+        battery_temp_max = greatest(h.battery_temp_max, EXCLUDED.battery_temp_max),
+        {slot_additions}
 ), rolled_daily AS (
     INSERT INTO vehicle_daily AS d (vehicle_id, day, delivered_dc_mwh, readings)
     SELECT vehicle_id, date_bin('1 day', ts, '2000-01-01 00:00:00+00') AS day,
@@ -134,7 +127,12 @@ WITH inserted AS (
         readings = d.readings + EXCLUDED.readings
 )
 SELECT count(*) FROM inserted
-"""
+""".format(
+    slot_columns=slot_columns(),
+    vehicle_slot_sums=slot_sums("delivered_dc_mwh"),
+    slot_of_ts=SLOT_OF_TS,
+    slot_additions=slot_additions("h"),
+)
 _UPDATE_VEHICLE_LIVE: Final = """
 UPDATE vehicle v
 SET ts = s.ts, received_at = s.received_at, soc = s.soc, delivered_dc_mwh = s.delivered_dc_mwh,

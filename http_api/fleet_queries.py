@@ -13,6 +13,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.rollup_slots import SLOTS
 from http_api.rollup_queries import BY_IDS, ORIGIN, build, segments
 from http_api.window_pieces import split_sql, window_pieces
 
@@ -53,14 +54,14 @@ FROM (
     GROUP BY 1
 ) h
 FULL JOIN (
-    -- 10-minute slots next to [r1, r2); the head piece lies wholly before the tail piece
+    -- 10-minute slots next to [r1, r2): the slot columns of one hourly row per piece
     SELECT {device} AS device_id,
-           %(q1sign)s * (sum({energy}) FILTER (WHERE slot < %(q1hi)s))::bigint AS e1,
-           %(q1sign)s * sum(readings) FILTER (WHERE slot < %(q1hi)s) AS n1,
-           %(q2sign)s * (sum({energy}) FILTER (WHERE slot >= %(q1hi)s))::bigint AS e2,
-           %(q2sign)s * sum(readings) FILTER (WHERE slot >= %(q1hi)s) AS n2
-    FROM {slots}
-    WHERE slot >= %(q1lo)s AND slot < %(q1hi)s OR slot >= %(q2lo)s AND slot < %(q2hi)s
+           %(q1sign)s * sum(CASE WHEN hour = %(q1hour)s THEN {q1_mwh} END)::bigint AS e1,
+           %(q1sign)s * sum(CASE WHEN hour = %(q1hour)s THEN {q1_readings} END) AS n1,
+           %(q2sign)s * sum(CASE WHEN hour = %(q2hour)s THEN {q2_mwh} END)::bigint AS e2,
+           %(q2sign)s * sum(CASE WHEN hour = %(q2hour)s THEN {q2_readings} END) AS n2
+    FROM {hourly}
+    WHERE hour = %(q1hour)s AND %(q1klo)s < %(q1khi)s OR hour = %(q2hour)s AND %(q2klo)s < %(q2khi)s
     GROUP BY 1
 ) q USING (device_id)
 FULL JOIN (
@@ -76,17 +77,45 @@ FULL JOIN (
     GROUP BY 1
 ) r USING (device_id)
 """
+
+
 # A link segment cut inside the window, split as the window is (window_pieces.split, here in
 # SQL): hours [r1, r2), 10-minute pieces q1/q2 and raw pieces p1/p2. Its edges are rarely the
 # window's, so it is read by itself, by device.
+def _slot_sum(klo: str, khi: str, column: str) -> str:
+    """The sum of the slot columns slotK_{column} of an hourly row for klo <= K < khi."""
+    return " + ".join(
+        f"CASE WHEN {klo} <= {k} AND {k} < {khi} THEN slot{k}_{column} ELSE 0 END" for k in SLOTS
+    )
+
+
+def _slot_range(lo: str, hi: str, name: str) -> str:
+    """A 10-minute piece [lo, hi) inside one hour as {name}hour, {name}klo and {name}khi."""
+    hour = f"date_bin('1 hour', {lo}, {ORIGIN})"
+    return (
+        f"{hour} AS {name}hour, (extract(epoch FROM {lo} - {hour}) / 600)::int AS {name}klo,"
+        f" (extract(epoch FROM {hi} - {hour}) / 600)::int AS {name}khi"
+    )
+
+
+_SLOT_SUMS: Final = {
+    f"{where}{name}_{column}": _slot_sum(
+        f"%({name}klo)s" if where == "" else f"c.{name}klo",
+        f"%({name}khi)s" if where == "" else f"c.{name}khi",
+        column,
+    )
+    for where in ("", "cut_")
+    for name in ("q1", "q2")
+    for column in ("mwh", "readings")
+}
 _SLOTS_UNTIL: Final = (
     f"date_bin('10 minutes', %(now)s::timestamptz, {ORIGIN}) + interval '10 minutes'"
 )
 _CUT_PIECES: Final = f"""
 SELECT b.vehicle_id, b.device_id, b.head_shared, b.tail_shared, b.flipped,
        slot.alo AS r1, slot.ahi AS r2,
-       slot.p1sign AS q1sign, slot.p1lo AS q1lo, slot.p1hi AS q1hi,
-       slot.p2sign AS q2sign, slot.p2lo AS q2lo, slot.p2hi AS q2hi,
+       slot.p1sign AS q1sign, {_slot_range("slot.p1lo", "slot.p1hi", "q1")},
+       slot.p2sign AS q2sign, {_slot_range("slot.p2lo", "slot.p2hi", "q2")},
        raw.p1sign, raw.p1lo, raw.p1hi, raw.p2sign, raw.p2lo, raw.p2hi
 FROM (
     -- A segment that begins (ends) with the window takes the window's sums of [f, r1)
@@ -118,13 +147,11 @@ _CUT_ROWS: Final = """
 SELECT {energy} AS energy, readings::bigint AS readings
 FROM {hourly} WHERE {device} = c.device_id AND hour >= c.r1 AND hour < c.r2 AND c.r1 < c.r2
 UNION ALL
-SELECT c.q1sign * {energy}, c.q1sign * readings
-FROM {slots} WHERE {device} = c.device_id AND slot >= c.q1lo AND slot < c.q1hi
-  AND c.q1lo < c.q1hi
+SELECT c.q1sign * ({cut_q1_mwh}), c.q1sign * ({cut_q1_readings})
+FROM {hourly} WHERE {device} = c.device_id AND hour = c.q1hour AND c.q1klo < c.q1khi
 UNION ALL
-SELECT c.q2sign * {energy}, c.q2sign * readings
-FROM {slots} WHERE {device} = c.device_id AND slot >= c.q2lo AND slot < c.q2hi
-  AND c.q2lo < c.q2hi
+SELECT c.q2sign * ({cut_q2_mwh}), c.q2sign * ({cut_q2_readings})
+FROM {hourly} WHERE {device} = c.device_id AND hour = c.q2hour AND c.q2klo < c.q2khi
 UNION ALL
 SELECT c.p1sign * {energy}, c.p1sign
 FROM {history} WHERE {device} = c.device_id AND ts >= c.p1lo AND ts < c.p1hi
@@ -187,9 +214,8 @@ def _fleet_half(kind: Literal["vehicle", "meter"]) -> str:
     tables = {
         "daily": f"{kind}_daily",
         "hourly": f"{kind}_hourly",
-        "slots": f"{kind}_10min",
         "history": f"{kind}_reading",
-    }
+    } | _SLOT_SUMS
     return f"""
 WITH win AS ({_WINDOW_SUMS.format(**device, **tables)}),
 link_seg AS ({_FLEET_LINKS.format(device=device["device"])}),

@@ -1,12 +1,13 @@
 """How the fleet view reads a window: from the coarsest rollups that fit, and only the rest from
 finer ones, down to raw history for the minutes at its very edges.
 
-Level by level (raw readings -> 10-minute slots -> hours -> days), a span [lo, hi) is split into
-an aligned span [L, H) on the next level's boundaries and two signed pieces read at this level:
-at each edge, either the span's part of the edge cell is added, or the whole cell is taken from
-the coarser level and the part outside the span subtracted, whichever reads fewer rows. Energy is
-integer mWh, so adding and subtracting is exact. For a 24-hour window this reads per device at
-most ~5 minutes of readings, 3 slots and 12 hours at each edge, and whole days.
+Level by level (raw readings -> 10-minute slots of the hourly rollups -> hours -> days), a span
+[lo, hi) is split into an aligned span [L, H) on the next level's boundaries and two signed
+pieces read at this level: at each edge, either the span's part of the edge cell is added, or
+the whole cell is taken from the coarser level and the part outside the span subtracted,
+whichever reads fewer rows. Energy is integer mWh, so adding and subtracting is exact. For a
+24-hour window this reads per device at most ~5 minutes of readings, one hourly row's slots and
+12 hours at each edge, and whole days.
 """
 
 from __future__ import annotations
@@ -45,6 +46,17 @@ class Piece:
             f"{name}lo": self.lo,
             f"{name}hi": self.hi,
             f"{name}mid": self.lo + (self.hi - self.lo) / 2,
+        }
+
+    def slot_params(self, name: str) -> dict[str, Any]:
+        """A piece of 10-minute slots inside one hour: that hour's rollup row and the slots
+        klo <= K < khi of it."""
+        hour = floor_to(self.lo, HOUR)
+        klo = (self.lo - hour) // SLOT
+        return self.params(name) | {
+            f"{name}hour": hour,
+            f"{name}klo": klo,
+            f"{name}khi": klo + (self.hi - self.lo) // SLOT,
         }
 
 
@@ -111,8 +123,8 @@ def window_pieces(start: datetime, end: datetime, now: datetime) -> dict[str, An
     } | (
         raw.head.params("p1")
         | raw.tail.params("p2")
-        | slots.head.params("q1")
-        | slots.tail.params("q2")
+        | slots.head.slot_params("q1")
+        | slots.tail.slot_params("q2")
         | hours.head.params("h1")
         | hours.tail.params("h2")
     )

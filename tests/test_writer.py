@@ -5,10 +5,14 @@ from __future__ import annotations
 import dataclasses
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
 
 from gateway.batch import Batch, Received
 from gateway.database import Partitions, apply_schema, open_pool
 from gateway.readings import Limits, decode_message
+from gateway.rollup_slots import SLOTS
 from gateway.writer import BatchWriter, WriteResult
 from tests.conftest import query
 
@@ -116,21 +120,36 @@ async def test_rollups_equal_the_sums_of_history_despite_duplicates_and_disorder
     )
     assert len(daily) >= 3
     assert daily == daily_from_history
-    slots_from_history = await query(
+    assert await _slots(database_url) == await _slots_from_history(database_url)
+
+
+async def _slots(database_url: str) -> list[tuple[Any, ...]]:
+    """(slot start, energy, readings) of every non-empty 10-minute slot of the hourly rollups."""
+    return await query(
+        database_url,
+        f"""
+        SELECT hour + k * interval '10 minutes', e, n
+        FROM vehicle_hourly,
+             unnest(array[{", ".join(f"slot{k}_mwh" for k in SLOTS)}],
+                    array[{", ".join(f"slot{k}_readings" for k in SLOTS)}])
+                 WITH ORDINALITY AS s(e, n, k1), LATERAL (SELECT k1 - 1 AS k) k
+        WHERE n > 0 ORDER BY 1""",
+    )
+
+
+async def _slots_from_history(database_url: str) -> list[tuple[Any, ...]]:
+    rows = await query(
         database_url,
         """
         SELECT date_bin('10 minutes', ts, '2000-01-01 00:00:00+00'), sum(delivered_dc_mwh),
                count(*)
         FROM vehicle_reading GROUP BY 1 ORDER BY 1""",
     )
-    slots = await query(
-        database_url, "SELECT slot, delivered_dc_mwh, readings FROM vehicle_10min ORDER BY slot"
-    )
-    assert len(slots) > 100
-    assert slots == slots_from_history
+    assert len(rows) > 50
+    return rows
 
 
-async def test_a_database_from_before_daily_and_10_minute_rollups_gets_them(
+async def test_a_database_from_before_daily_rollups_and_slots_gets_them(
     database_url: str,
 ) -> None:
     hours = [NOW - timedelta(hours=h, minutes=7) for h in range(0, 50, 3)]
@@ -140,12 +159,13 @@ async def test_a_database_from_before_daily_and_10_minute_rollups_gets_them(
     )
     expected = await query(database_url, "SELECT * FROM vehicle_daily ORDER BY day")
     assert sum(row[3] for row in expected) == len(hours)
-    slots = await query(database_url, "SELECT * FROM vehicle_10min ORDER BY slot")
-    assert len(slots) == len(hours)
+    hourly = await query(database_url, "SELECT * FROM vehicle_hourly ORDER BY hour")
     # As before the upgrade that brought them:
     await query(database_url, "DELETE FROM vehicle_daily RETURNING 1")
-    await query(database_url, "DELETE FROM vehicle_10min RETURNING 1")
+    drop = ", ".join(f"DROP COLUMN slot{k}_mwh, DROP COLUMN slot{k}_readings" for k in SLOTS)
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute(f"ALTER TABLE vehicle_hourly {drop}".encode())
     for _ in range(2):  # derived once; the second start changes nothing
         await apply_schema(database_url)
         assert await query(database_url, "SELECT * FROM vehicle_daily ORDER BY day") == expected
-        assert await query(database_url, "SELECT * FROM vehicle_10min ORDER BY slot") == slots
+        assert await query(database_url, "SELECT * FROM vehicle_hourly ORDER BY hour") == hourly
