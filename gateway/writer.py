@@ -52,12 +52,15 @@ WITH inserted AS (
     FROM meter_stage s JOIN meter m ON m.name = s.name
     ON CONFLICT DO NOTHING
     RETURNING meter_id, ts, consumed_ac_mwh, voltage
+), hours AS (
+    SELECT meter_id, date_bin('1 hour', ts, '2000-01-01 00:00:00+00') AS hour,
+           sum(consumed_ac_mwh) AS consumed_ac_mwh, count(*) AS readings,
+           min(voltage) AS voltage_min, max(voltage) AS voltage_max, {meter_slot_sums}
+    FROM (SELECT *, {slot_of_ts} AS slot FROM inserted) i GROUP BY 1, 2
 ), rolled AS (
     INSERT INTO meter_hourly AS h
         (meter_id, hour, consumed_ac_mwh, readings, voltage_min, voltage_max, {slot_columns})
-    SELECT meter_id, date_bin('1 hour', ts, '2000-01-01 00:00:00+00') AS hour,
-           sum(consumed_ac_mwh), count(*), min(voltage), max(voltage), {meter_slot_sums}
-    FROM (SELECT *, {slot_of_ts} AS slot FROM inserted) i GROUP BY 1, 2 ORDER BY 1, 2
+    SELECT * FROM hours ORDER BY 1, 2
     ON CONFLICT (meter_id, hour) DO UPDATE SET
         consumed_ac_mwh = h.consumed_ac_mwh + EXCLUDED.consumed_ac_mwh,
         readings = h.readings + EXCLUDED.readings,
@@ -66,9 +69,9 @@ WITH inserted AS (
         {slot_additions}
 ), rolled_daily AS (
     INSERT INTO meter_daily AS d (meter_id, day, consumed_ac_mwh, readings)
-    SELECT meter_id, date_bin('1 day', ts, '2000-01-01 00:00:00+00') AS day,
-           sum(consumed_ac_mwh), count(*)
-    FROM inserted GROUP BY 1, 2 ORDER BY 1, 2
+    SELECT meter_id, date_bin('1 day', hour, '2000-01-01 00:00:00+00') AS day,
+           sum(consumed_ac_mwh), sum(readings)
+    FROM hours GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT (meter_id, day) DO UPDATE SET
         consumed_ac_mwh = d.consumed_ac_mwh + EXCLUDED.consumed_ac_mwh,
         readings = d.readings + EXCLUDED.readings
@@ -102,14 +105,18 @@ WITH inserted AS (
     FROM vehicle_stage s JOIN vehicle v ON v.name = s.name
     ON CONFLICT DO NOTHING
     RETURNING vehicle_id, ts, delivered_dc_mwh, battery_temp
+), hours AS (
+    SELECT vehicle_id, date_bin('1 hour', ts, '2000-01-01 00:00:00+00') AS hour,
+           sum(delivered_dc_mwh) AS delivered_dc_mwh, count(*) AS readings,
+           sum(battery_temp::double precision) AS battery_temp_sum,
+           min(battery_temp) AS battery_temp_min, max(battery_temp) AS battery_temp_max,
+           {vehicle_slot_sums}
+    FROM (SELECT *, {slot_of_ts} AS slot FROM inserted) i GROUP BY 1, 2
 ), rolled AS (
     INSERT INTO vehicle_hourly AS h (vehicle_id, hour, delivered_dc_mwh, readings,
                                      battery_temp_sum, battery_temp_min, battery_temp_max,
                                      {slot_columns})
-    SELECT vehicle_id, date_bin('1 hour', ts, '2000-01-01 00:00:00+00') AS hour,
-           sum(delivered_dc_mwh), count(*), sum(battery_temp::double precision),
-           min(battery_temp), max(battery_temp), {vehicle_slot_sums}
-    FROM (SELECT *, {slot_of_ts} AS slot FROM inserted) i GROUP BY 1, 2 ORDER BY 1, 2
+    SELECT * FROM hours ORDER BY 1, 2
     ON CONFLICT (vehicle_id, hour) DO UPDATE SET
         delivered_dc_mwh = h.delivered_dc_mwh + EXCLUDED.delivered_dc_mwh,
         readings = h.readings + EXCLUDED.readings,
@@ -119,9 +126,9 @@ WITH inserted AS (
         {slot_additions}
 ), rolled_daily AS (
     INSERT INTO vehicle_daily AS d (vehicle_id, day, delivered_dc_mwh, readings)
-    SELECT vehicle_id, date_bin('1 day', ts, '2000-01-01 00:00:00+00') AS day,
-           sum(delivered_dc_mwh), count(*)
-    FROM inserted GROUP BY 1, 2 ORDER BY 1, 2
+    SELECT vehicle_id, date_bin('1 day', hour, '2000-01-01 00:00:00+00') AS day,
+           sum(delivered_dc_mwh), sum(readings)
+    FROM hours GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT (vehicle_id, day) DO UPDATE SET
         delivered_dc_mwh = d.delivered_dc_mwh + EXCLUDED.delivered_dc_mwh,
         readings = d.readings + EXCLUDED.readings
