@@ -49,7 +49,9 @@ CREATE TABLE IF NOT EXISTS vehicle_reading (
 
 -- Hourly rollups per device (hour = UTC hour start), maintained by the gateway in the same
 -- transaction as the history rows, from the rows actually inserted (a duplicate never counts
--- twice). Whole hours of a window are read here, the partial hours at its edges from history.
+-- twice). Whole hours of a window are read here, the partial hours at its edges from history;
+-- the fleet view also reads the 10-minute slots of its edge hours here (energy and readings per
+-- slot), so that it reads at most ~5 minutes of each device's readings at each edge.
 CREATE TABLE IF NOT EXISTS meter_hourly (
     meter_id        integer NOT NULL,
     hour            timestamptz NOT NULL,
@@ -131,7 +133,7 @@ BEGIN
                    coalesce(sum(consumed_ac_mwh) FILTER (WHERE slot = 3), 0) AS e3, count(*) FILTER (WHERE slot = 3) AS n3,
                    coalesce(sum(consumed_ac_mwh) FILTER (WHERE slot = 4), 0) AS e4, count(*) FILTER (WHERE slot = 4) AS n4,
                    coalesce(sum(consumed_ac_mwh) FILTER (WHERE slot = 5), 0) AS e5, count(*) FILTER (WHERE slot = 5) AS n5
-            FROM (SELECT *, (floor(extract(epoch FROM ts))::bigint % 3600) / 600 AS slot
+            FROM (SELECT *, mod(floor(date_part('epoch', ts))::bigint, 3600) / 600 AS slot
                   FROM meter_reading) x
             GROUP BY 1, 2
         ) r
@@ -168,7 +170,7 @@ BEGIN
                    coalesce(sum(delivered_dc_mwh) FILTER (WHERE slot = 3), 0) AS e3, count(*) FILTER (WHERE slot = 3) AS n3,
                    coalesce(sum(delivered_dc_mwh) FILTER (WHERE slot = 4), 0) AS e4, count(*) FILTER (WHERE slot = 4) AS n4,
                    coalesce(sum(delivered_dc_mwh) FILTER (WHERE slot = 5), 0) AS e5, count(*) FILTER (WHERE slot = 5) AS n5
-            FROM (SELECT *, (floor(extract(epoch FROM ts))::bigint % 3600) / 600 AS slot
+            FROM (SELECT *, mod(floor(date_part('epoch', ts))::bigint, 3600) / 600 AS slot
                   FROM vehicle_reading) x
             GROUP BY 1, 2
         ) r

@@ -183,9 +183,7 @@ async def generate(url: str, fleet: Fleet) -> dict[str, float]:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await conn.execute("VACUUM (ANALYZE) vehicle_reading, meter_reading")
         await conn.execute("VACUUM (ANALYZE) vehicle_hourly, meter_hourly, vehicle, meter")
-        await conn.execute(
-            "VACUUM (ANALYZE) vehicle_daily, meter_daily, vehicle_10min, meter_10min"
-        )
+        await conn.execute("VACUUM (ANALYZE) vehicle_daily, meter_daily")
         await conn.execute("VACUUM (ANALYZE) vehicle_link")
         await conn.execute("CHECKPOINT")
         cur = await conn.execute(

@@ -42,8 +42,8 @@ def machine() -> str:
 
 def loop_ms() -> float:
     """How fast this (shared, noisy) machine is right now: the best of three runs of the same
-    pure-Python loop, in ms (lower is faster). Printed beside figures taken at the same time;
-    on this machine it has read ~170 ms at quiet moments and ~340 ms at busy ones."""
+    pure-Python loop, in ms (lower is faster). Printed beside figures taken at the same time, so
+    that runs can be compared; on the 2-core machine it read 75 ms and 122 ms minutes apart."""
     best = float("inf")
     for _ in range(3):
         began = time.perf_counter()

@@ -10,7 +10,7 @@ SLOTS: Final = range(6)
 # The slot of a reading: from its epoch seconds, so that no session time zone (some are offset
 # by 30 or 45 minutes) changes which 10 minutes of the UTC hour it falls in. date_part gives a
 # double (exact to the microsecond for these dates); extract() a numeric, several times slower.
-SLOT_OF_TS: Final = "floor(date_part('epoch', ts))::bigint % 3600 / 600"
+SLOT_OF_TS: Final = "mod(floor(date_part('epoch', ts))::bigint, 3600) / 600"
 
 
 def slot_columns() -> str:
