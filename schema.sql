@@ -101,81 +101,38 @@ CREATE TABLE IF NOT EXISTS vehicle_hourly (
 -- A database from before the 10-minute slots: add them and fill them once from history (a long
 -- statement on a large database, once). Nothing to do on a new database or once they exist.
 DO $$
+DECLARE
+    kind record;
+    columns text := (  -- in the order of CREATE TABLE: energies, then readings
+        SELECT string_agg(format('ADD COLUMN slot%s_mwh bigint NOT NULL DEFAULT 0', k), ', ')
+               || ', ' || string_agg(format('ADD COLUMN slot%s_readings integer NOT NULL DEFAULT 0', k), ', ')
+        FROM generate_series(0, 5) k);
+    assignments text := (
+        SELECT string_agg(format('slot%1$s_mwh = r.e%1$s, slot%1$s_readings = r.n%1$s', k), ', ')
+        FROM generate_series(0, 5) k);
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
-                   WHERE table_schema = current_schema() AND table_name = 'meter_hourly'
-                     AND column_name = 'slot0_mwh') THEN
-        ALTER TABLE meter_hourly
-            ADD COLUMN slot0_mwh bigint NOT NULL DEFAULT 0,
-            ADD COLUMN slot1_mwh bigint NOT NULL DEFAULT 0,
-            ADD COLUMN slot2_mwh bigint NOT NULL DEFAULT 0,
-            ADD COLUMN slot3_mwh bigint NOT NULL DEFAULT 0,
-            ADD COLUMN slot4_mwh bigint NOT NULL DEFAULT 0,
-            ADD COLUMN slot5_mwh bigint NOT NULL DEFAULT 0,
-            ADD COLUMN slot0_readings integer NOT NULL DEFAULT 0,
-            ADD COLUMN slot1_readings integer NOT NULL DEFAULT 0,
-            ADD COLUMN slot2_readings integer NOT NULL DEFAULT 0,
-            ADD COLUMN slot3_readings integer NOT NULL DEFAULT 0,
-            ADD COLUMN slot4_readings integer NOT NULL DEFAULT 0,
-            ADD COLUMN slot5_readings integer NOT NULL DEFAULT 0;
-        UPDATE meter_hourly h SET
-            slot0_mwh = r.e0, slot0_readings = r.n0,
-            slot1_mwh = r.e1, slot1_readings = r.n1,
-            slot2_mwh = r.e2, slot2_readings = r.n2,
-            slot3_mwh = r.e3, slot3_readings = r.n3,
-            slot4_mwh = r.e4, slot4_readings = r.n4,
-            slot5_mwh = r.e5, slot5_readings = r.n5
-        FROM (
-            SELECT meter_id, date_bin('1 hour', ts, '2000-01-01 00:00:00+00') AS hour,
-                   coalesce(sum(consumed_ac_mwh) FILTER (WHERE slot = 0), 0) AS e0, count(*) FILTER (WHERE slot = 0) AS n0,
-                   coalesce(sum(consumed_ac_mwh) FILTER (WHERE slot = 1), 0) AS e1, count(*) FILTER (WHERE slot = 1) AS n1,
-                   coalesce(sum(consumed_ac_mwh) FILTER (WHERE slot = 2), 0) AS e2, count(*) FILTER (WHERE slot = 2) AS n2,
-                   coalesce(sum(consumed_ac_mwh) FILTER (WHERE slot = 3), 0) AS e3, count(*) FILTER (WHERE slot = 3) AS n3,
-                   coalesce(sum(consumed_ac_mwh) FILTER (WHERE slot = 4), 0) AS e4, count(*) FILTER (WHERE slot = 4) AS n4,
-                   coalesce(sum(consumed_ac_mwh) FILTER (WHERE slot = 5), 0) AS e5, count(*) FILTER (WHERE slot = 5) AS n5
-            FROM (SELECT *, mod(floor(date_part('epoch', ts))::bigint, 3600) / 600 AS slot
-                  FROM meter_reading) x
-            GROUP BY 1, 2
-        ) r
-        WHERE h.meter_id = r.meter_id AND h.hour = r.hour;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
-                   WHERE table_schema = current_schema() AND table_name = 'vehicle_hourly'
-                     AND column_name = 'slot0_mwh') THEN
-        ALTER TABLE vehicle_hourly
-            ADD COLUMN slot0_mwh bigint NOT NULL DEFAULT 0,
-            ADD COLUMN slot1_mwh bigint NOT NULL DEFAULT 0,
-            ADD COLUMN slot2_mwh bigint NOT NULL DEFAULT 0,
-            ADD COLUMN slot3_mwh bigint NOT NULL DEFAULT 0,
-            ADD COLUMN slot4_mwh bigint NOT NULL DEFAULT 0,
-            ADD COLUMN slot5_mwh bigint NOT NULL DEFAULT 0,
-            ADD COLUMN slot0_readings integer NOT NULL DEFAULT 0,
-            ADD COLUMN slot1_readings integer NOT NULL DEFAULT 0,
-            ADD COLUMN slot2_readings integer NOT NULL DEFAULT 0,
-            ADD COLUMN slot3_readings integer NOT NULL DEFAULT 0,
-            ADD COLUMN slot4_readings integer NOT NULL DEFAULT 0,
-            ADD COLUMN slot5_readings integer NOT NULL DEFAULT 0;
-        UPDATE vehicle_hourly h SET
-            slot0_mwh = r.e0, slot0_readings = r.n0,
-            slot1_mwh = r.e1, slot1_readings = r.n1,
-            slot2_mwh = r.e2, slot2_readings = r.n2,
-            slot3_mwh = r.e3, slot3_readings = r.n3,
-            slot4_mwh = r.e4, slot4_readings = r.n4,
-            slot5_mwh = r.e5, slot5_readings = r.n5
-        FROM (
-            SELECT vehicle_id, date_bin('1 hour', ts, '2000-01-01 00:00:00+00') AS hour,
-                   coalesce(sum(delivered_dc_mwh) FILTER (WHERE slot = 0), 0) AS e0, count(*) FILTER (WHERE slot = 0) AS n0,
-                   coalesce(sum(delivered_dc_mwh) FILTER (WHERE slot = 1), 0) AS e1, count(*) FILTER (WHERE slot = 1) AS n1,
-                   coalesce(sum(delivered_dc_mwh) FILTER (WHERE slot = 2), 0) AS e2, count(*) FILTER (WHERE slot = 2) AS n2,
-                   coalesce(sum(delivered_dc_mwh) FILTER (WHERE slot = 3), 0) AS e3, count(*) FILTER (WHERE slot = 3) AS n3,
-                   coalesce(sum(delivered_dc_mwh) FILTER (WHERE slot = 4), 0) AS e4, count(*) FILTER (WHERE slot = 4) AS n4,
-                   coalesce(sum(delivered_dc_mwh) FILTER (WHERE slot = 5), 0) AS e5, count(*) FILTER (WHERE slot = 5) AS n5
-            FROM (SELECT *, mod(floor(date_part('epoch', ts))::bigint, 3600) / 600 AS slot
-                  FROM vehicle_reading) x
-            GROUP BY 1, 2
-        ) r
-        WHERE h.vehicle_id = r.vehicle_id AND h.hour = r.hour;
-    END IF;
+    FOR kind IN SELECT * FROM (VALUES ('meter', 'meter_id', 'consumed_ac_mwh'),
+                                      ('vehicle', 'vehicle_id', 'delivered_dc_mwh'))
+                              AS k (name, device, energy) LOOP
+        CONTINUE WHEN EXISTS (
+            SELECT 1 FROM information_schema.columns
+            WHERE table_schema = current_schema() AND table_name = kind.name || '_hourly'
+              AND column_name = 'slot0_mwh');
+        EXECUTE format('ALTER TABLE %I %s', kind.name || '_hourly', columns);
+        EXECUTE format(
+            'UPDATE %1$I h SET %2$s FROM ('
+            '  SELECT %3$I AS device, date_bin(''1 hour'', ts, ''2000-01-01 00:00:00+00'') AS hour, %4$s'
+            '  FROM (SELECT *, mod(floor(date_part(''epoch'', ts))::bigint, 3600) / 600 AS slot'
+            '        FROM %5$I) x'
+            '  GROUP BY 1, 2) r'
+            ' WHERE h.%3$I = r.device AND h.hour = r.hour',
+            kind.name || '_hourly', assignments, kind.device,
+            (SELECT string_agg(format('coalesce(sum(%2$I) FILTER (WHERE slot = %1$s), 0) AS e%1$s,'
+                                      ' count(*) FILTER (WHERE slot = %1$s) AS n%1$s',
+                                      k, kind.energy), ', ')
+             FROM generate_series(0, 5) k),
+            kind.name || '_reading');
+    END LOOP;
 END
 $$;
 

@@ -26,6 +26,18 @@ def slot_sums(energy: str) -> str:
     )
 
 
+def slot_pivot() -> str:
+    """Slot columns from rows already summed by slot (columns slot, energy and readings), one
+    row per slot, in the order and with the names of slot_columns()."""
+    return ", ".join(
+        [f"coalesce(sum(energy) FILTER (WHERE slot = {k}), 0) AS slot{k}_mwh" for k in SLOTS]
+        + [
+            f"coalesce(sum(readings) FILTER (WHERE slot = {k}), 0) AS slot{k}_readings"
+            for k in SLOTS
+        ]
+    )
+
+
 def slot_additions(alias: str) -> str:
     """ON CONFLICT assignments that add the new rows' slots to the stored row ``alias``."""
     return ", ".join(

@@ -14,7 +14,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.batch import Batch, is_refusal, refused_by_database
 from gateway.database import Partitions
-from gateway.rollup_slots import SLOT_OF_TS, slot_additions, slot_columns, slot_sums
+from gateway.rollup_slots import SLOT_OF_TS, slot_additions, slot_columns, slot_pivot
 from gateway.waiting import backoff_delay
 
 logger = logging.getLogger(__name__)
@@ -52,11 +52,16 @@ WITH inserted AS (
     FROM meter_stage s JOIN meter m ON m.name = s.name
     ON CONFLICT DO NOTHING
     RETURNING meter_id, ts, consumed_ac_mwh, voltage
-), hours AS (
+), slots AS (
+    -- by slot first: an array of readings gives a few slots, and the pivot below reads those
     SELECT meter_id, date_bin('1 hour', ts, '2000-01-01 00:00:00+00') AS hour,
-           sum(consumed_ac_mwh) AS consumed_ac_mwh, count(*) AS readings,
-           min(voltage) AS voltage_min, max(voltage) AS voltage_max, {meter_slot_sums}
-    FROM (SELECT *, {slot_of_ts} AS slot FROM inserted) i GROUP BY 1, 2
+           {slot_of_ts} AS slot, sum(consumed_ac_mwh) AS energy, count(*)::int AS readings,
+           min(voltage) AS voltage_min, max(voltage) AS voltage_max
+    FROM inserted GROUP BY 1, 2, 3
+), hours AS (
+    SELECT meter_id, hour, sum(energy) AS consumed_ac_mwh, sum(readings) AS readings,
+           min(voltage_min) AS voltage_min, max(voltage_max) AS voltage_max, {slot_pivot}
+    FROM slots GROUP BY 1, 2
 ), rolled AS (
     INSERT INTO meter_hourly AS h
         (meter_id, hour, consumed_ac_mwh, readings, voltage_min, voltage_max, {slot_columns})
@@ -79,7 +84,7 @@ WITH inserted AS (
 SELECT count(*) FROM inserted
 """.format(
     slot_columns=slot_columns(),
-    meter_slot_sums=slot_sums("consumed_ac_mwh"),
+    slot_pivot=slot_pivot(),
     slot_of_ts=SLOT_OF_TS,
     slot_additions=slot_additions("h"),
 )
@@ -105,13 +110,17 @@ WITH inserted AS (
     FROM vehicle_stage s JOIN vehicle v ON v.name = s.name
     ON CONFLICT DO NOTHING
     RETURNING vehicle_id, ts, delivered_dc_mwh, battery_temp
-), hours AS (
+), slots AS (
     SELECT vehicle_id, date_bin('1 hour', ts, '2000-01-01 00:00:00+00') AS hour,
-           sum(delivered_dc_mwh) AS delivered_dc_mwh, count(*) AS readings,
+           {slot_of_ts} AS slot, sum(delivered_dc_mwh) AS energy, count(*)::int AS readings,
            sum(battery_temp::double precision) AS battery_temp_sum,
-           min(battery_temp) AS battery_temp_min, max(battery_temp) AS battery_temp_max,
-           {vehicle_slot_sums}
-    FROM (SELECT *, {slot_of_ts} AS slot FROM inserted) i GROUP BY 1, 2
+           min(battery_temp) AS battery_temp_min, max(battery_temp) AS battery_temp_max
+    FROM inserted GROUP BY 1, 2, 3
+), hours AS (
+    SELECT vehicle_id, hour, sum(energy) AS delivered_dc_mwh, sum(readings) AS readings,
+           sum(battery_temp_sum) AS battery_temp_sum, min(battery_temp_min) AS battery_temp_min,
+           max(battery_temp_max) AS battery_temp_max, {slot_pivot}
+    FROM slots GROUP BY 1, 2
 ), rolled AS (
     INSERT INTO vehicle_hourly AS h (vehicle_id, hour, delivered_dc_mwh, readings,
                                      battery_temp_sum, battery_temp_min, battery_temp_max,
@@ -136,7 +145,7 @@ WITH inserted AS (
 SELECT count(*) FROM inserted
 """.format(
     slot_columns=slot_columns(),
-    vehicle_slot_sums=slot_sums("delivered_dc_mwh"),
+    slot_pivot=slot_pivot(),
     slot_of_ts=SLOT_OF_TS,
     slot_additions=slot_additions("h"),
 )

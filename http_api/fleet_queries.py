@@ -161,34 +161,33 @@ SELECT c.p2sign * {energy}, c.p2sign
 FROM {history} WHERE {device} = c.device_id AND ts >= c.p2lo AND ts < c.p2hi
   AND ts >= %(hf)s AND ts < %(hc)s AND c.p2lo < c.p2hi
 """
+
+
+def _cut_segment_sum(what: str) -> str:
+    """A cut segment's energy or readings: what was read for it, plus the window's edge sums it
+    shares; or, flipped, the window less what was read and less the window's other edge."""
+    return f"""CASE WHEN c.flipped
+                THEN coalesce(w.{what}, 0) - coalesce(r.{what}, 0)
+                     - CASE WHEN c.head_shared THEN coalesce(w.tail_{what}, 0)
+                            ELSE coalesce(w.head_{what}, 0) END
+                ELSE coalesce(r.{what}, 0)
+                     + CASE WHEN c.head_shared THEN coalesce(w.head_{what}, 0) ELSE 0 END
+                     + CASE WHEN c.tail_shared THEN coalesce(w.tail_{what}, 0) ELSE 0 END
+           END"""
+
+
 # Per vehicle over its link segments: a segment equal to the window takes its device's window
 # sums; a cut one is read by itself, summed inside the loop (one row out per segment).
-_LINKED_SUMS: Final = """
+_LINKED_SUMS: Final = f"""
 SELECT vehicle_id, sum(energy)::bigint AS energy, sum(readings)::bigint AS readings
 FROM (
     SELECT b.vehicle_id, w.energy, w.readings
     FROM link_seg b JOIN win w ON w.device_id = b.device_id
     WHERE b.s = %(f)s AND b.e = %(t)s
     UNION ALL
-    SELECT c.vehicle_id,
-           CASE WHEN c.flipped
-                THEN coalesce(w.energy, 0) - coalesce(r.energy, 0)
-                     - CASE WHEN c.head_shared THEN coalesce(w.tail_energy, 0)
-                            ELSE coalesce(w.head_energy, 0) END
-                ELSE coalesce(r.energy, 0)
-                     + CASE WHEN c.head_shared THEN coalesce(w.head_energy, 0) ELSE 0 END
-                     + CASE WHEN c.tail_shared THEN coalesce(w.tail_energy, 0) ELSE 0 END
-           END,
-           CASE WHEN c.flipped
-                THEN coalesce(w.readings, 0) - coalesce(r.readings, 0)
-                     - CASE WHEN c.head_shared THEN coalesce(w.tail_readings, 0)
-                            ELSE coalesce(w.head_readings, 0) END
-                ELSE coalesce(r.readings, 0)
-                     + CASE WHEN c.head_shared THEN coalesce(w.head_readings, 0) ELSE 0 END
-                     + CASE WHEN c.tail_shared THEN coalesce(w.tail_readings, 0) ELSE 0 END
-           END
+    SELECT c.vehicle_id, {_cut_segment_sum("energy")}, {_cut_segment_sum("readings")}
     FROM cut c LEFT JOIN win w ON w.device_id = c.device_id CROSS JOIN LATERAL (
-        SELECT sum(energy) AS energy, sum(readings) AS readings FROM ({rows}) r
+        SELECT sum(energy) AS energy, sum(readings) AS readings FROM ({{rows}}) r
     ) r
 ) x
 GROUP BY vehicle_id
