@@ -1,6 +1,6 @@
-"""The fleet view's SQL: every vehicle's energies over a window at once, set-based, from the
-hourly rollups plus or minus the raw readings of the edge hours' shorter sides; temperatures
-only for the page of vehicles returned."""
+"""The fleet view's SQL: every vehicle's energies over a window at once, set-based, from daily
+and hourly rollups, the hourly rollups' 10-minute slots and a few raw minutes at the edges
+(http_api/window_pieces.py); temperatures only for the page of vehicles returned."""
 
 from __future__ import annotations
 
