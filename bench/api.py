@@ -12,6 +12,7 @@ import dataclasses
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -221,31 +222,42 @@ def print_table(rows: list[list[str]]) -> None:
             print("| " + " | ".join("-" * w for w in widths) + " |")
 
 
-async def run(scale: Scale, quick: bool, keep: bool) -> None:
+async def generate_fleet(server: Postgres, fleet: Fleet) -> None:
+    async with await psycopg.AsyncConnection.connect(server.url, autocommit=True) as conn:
+        await conn.execute("ALTER SYSTEM SET shared_buffers = '1GB'")
+        await conn.execute("ALTER SYSTEM SET max_wal_size = '8GB'")
+    server.stop()
+    server.start()
+    print(
+        f"generating {fleet.devices:,} vehicles and {fleet.devices:,} meters, {fleet.days} days"
+        f" of history (devices 1-{fleet.few}: {fleet.long_days} days,"
+        f" {fleet.few + 1}-{2 * fleet.few}: 1 day) ...",
+        flush=True,
+    )
+    made = await generate(server.url, fleet)
+    print(
+        f"history: {made['vehicle_rows']:,.0f} vehicle + {made['meter_rows']:,.0f} meter rows;"
+        f" one reading a minute over the last {fleet.dense_days} days (every window asked"
+        f" for lies there), one every {fleet.sparse_every} minutes before that;"
+        f" {made['database_bytes'] / 1e9:.1f} GB; generated in {made['generate_s']:.0f} s,"
+        f" vacuumed in {made['vacuum_s']:.0f} s",
+        flush=True,
+    )
+
+
+async def run(scale: Scale, quick: bool, keep: bool, reuse: Path | None) -> None:
     fleet = Fleet(devices=scale.devices, days=7)
-    server = Postgres()
+    server = Postgres() if reuse is None else Postgres.existing(reuse)
     broker = Mosquitto()
     try:
-        async with await psycopg.AsyncConnection.connect(server.url, autocommit=True) as conn:
-            await conn.execute("ALTER SYSTEM SET shared_buffers = '1GB'")
-            await conn.execute("ALTER SYSTEM SET max_wal_size = '8GB'")
-        server.stop()
-        server.start()
-        print(
-            f"generating {fleet.devices:,} vehicles and {fleet.devices:,} meters, {fleet.days} days"
-            f" of history (devices 1-{fleet.few}: {fleet.long_days} days,"
-            f" {fleet.few + 1}-{2 * fleet.few}: 1 day) ...",
-            flush=True,
-        )
-        made = await generate(server.url, fleet)
-        print(
-            f"history: {made['vehicle_rows']:,.0f} vehicle + {made['meter_rows']:,.0f} meter rows;"
-            f" one reading a minute over the last {fleet.dense_days} days (every window asked"
-            f" for lies there), one every {fleet.sparse_every} minutes before that;"
-            f" {made['database_bytes'] / 1e9:.1f} GB; generated in {made['generate_s']:.0f} s,"
-            f" vacuumed in {made['vacuum_s']:.0f} s",
-            flush=True,
-        )
+        if reuse is not None:
+            server.start()
+            print(
+                f"reusing the data set kept in {reuse} (its readings end when it was generated)",
+                flush=True,
+            )
+        else:
+            await generate_fleet(server, fleet)
         settings = ApiSettings.from_env({}).replace(
             database_url=server.url, mqtt=MqttAddress.parse(broker.url), log_level="WARNING"
         )
@@ -271,11 +283,11 @@ async def run(scale: Scale, quick: bool, keep: bool) -> None:
             await runner.cleanup()
     finally:
         broker.close()
-        if keep:
+        if keep or reuse is not None:
             server.stop()
             print(
-                f"kept (stopped), to iterate on plans: pg_ctl -D {server.datadir} start"
-                f" (port {server.port})"
+                f"kept (stopped) in {server.root}: measure again with --reuse {server.root};"
+                f" to iterate on plans: pg_ctl -D {server.datadir} start (port {server.port})"
             )
         else:
             server.close()
@@ -312,8 +324,15 @@ def main() -> None:
         action="store_true",
         help="keep the generated cluster (stopped) instead of deleting it, to iterate on plans",
     )
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        metavar="DIR",
+        help="measure on a data set kept by --keep (the folder it printed, above data/) instead"
+        " of generating one; it stays kept",
+    )
     args = parser.parse_args()
-    asyncio.run(run(QUICK if args.quick else FULL, args.quick, args.keep))
+    asyncio.run(run(QUICK if args.quick else FULL, args.quick, args.keep, args.reuse))
 
 
 if __name__ == "__main__":

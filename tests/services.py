@@ -10,6 +10,7 @@ import contextlib
 import glob
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -78,6 +79,20 @@ class Postgres:
             )
         self.start()
         self._run_psql("CREATE DATABASE fleetgate")
+
+    @classmethod
+    def existing(cls, root: Path) -> Postgres:
+        """A cluster made earlier by this class and kept (stopped) in ``root``; not started."""
+        server = cls.__new__(cls)
+        server.bindir = _postgres_bin()
+        server.root = root
+        server.datadir = root / "data"
+        ports = re.findall(
+            r"^port = (\d+)$", (server.datadir / "postgresql.conf").read_text(), re.M
+        )
+        server.port = int(ports[-1])
+        server._as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        return server
 
     @property
     def url(self) -> str:
