@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
-from typing import Final
+from typing import Any, Final
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -50,11 +52,33 @@ async def _configure(conn: psycopg.AsyncConnection[object]) -> None:
     await conn.commit()  # else the pool sees the connection left in a transaction
 
 
+class _CheckUnlessFresh:
+    """The pool's liveness check (a round trip), skipped for a connection returned to the pool
+    less than ``fresh_s`` ago: a busy API then pays no extra round trip per request, and after
+    a database restart at most the connections used within that moment fail once (503)."""
+
+    def __init__(self, fresh_s: float) -> None:
+        self._fresh_s = fresh_s
+        self._returned: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def returned(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._returned[conn] = time.monotonic()
+
+    async def check(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        returned = self._returned.get(conn)
+        if returned is None or time.monotonic() - returned >= self._fresh_s:
+            await AsyncConnectionPool.check_connection(conn)
+
+
 @asynccontextmanager
 async def open_pool(
-    conninfo: str, size: int, name: str = "fleetgate"
+    conninfo: str, size: int, name: str = "fleetgate", *, fresh_s: float = 0.0
 ) -> AsyncIterator[AsyncConnectionPool]:
-    """A pool whose connections carry the staging tables; checked, so a restart costs no error."""
+    """A pool whose connections carry the staging tables; checked before use, so a restart
+    costs no error (unless the connection was returned less than ``fresh_s`` ago)."""
+    checker = _CheckUnlessFresh(fresh_s)
     pool: AsyncConnectionPool = AsyncConnectionPool(
         conninfo,
         min_size=size,
@@ -62,7 +86,8 @@ async def open_pool(
         open=False,
         name=name,
         configure=_configure,
-        check=AsyncConnectionPool.check_connection,
+        check=checker.check,
+        reset=checker.returned,
         timeout=5.0,
         reconnect_timeout=0,  # keep trying for ever: the database may be down for a while
     )

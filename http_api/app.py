@@ -24,7 +24,11 @@ logger = logging.getLogger(__name__)
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     await apply_schema(settings.database_url)  # so that the API also works on its own
-    async with open_pool(settings.database_url, settings.db_pool_size, "fleetgate-api") as pool:
+    # A dashboard's request should not wait for a liveness round trip on a connection that
+    # answered a moment ago; after a database restart such a request gets a 503 to retry.
+    async with open_pool(
+        settings.database_url, settings.db_pool_size, "fleetgate-api", fresh_s=1.0
+    ) as pool:
         app[POOL] = pool
         yield
 

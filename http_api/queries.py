@@ -88,16 +88,19 @@ RETURNING l.link_id
 """
 
 
-async def _one(pool: AsyncConnectionPool, sql: str, params: Any) -> Row | None:
-    async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql, params)
-        return await cur.fetchone()
-
-
 async def _all(pool: AsyncConnectionPool, sql: str, params: Any) -> list[Row]:
+    """The rows of one read-only statement, in one round trip: BEGIN, the statement and COMMIT
+    sent together (otherwise three)."""
     async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql, params)
+        async with conn.pipeline():
+            await cur.execute(sql, params)
+            await conn.execute(b"COMMIT")
         return await cur.fetchall()
+
+
+async def _one(pool: AsyncConnectionPool, sql: str, params: Any) -> Row | None:
+    rows = await _all(pool, sql, params)
+    return rows[0] if rows else None
 
 
 async def find_token(pool: AsyncConnectionPool, token_hash: bytes) -> str | None:

@@ -136,6 +136,8 @@ async def vehicle_sums(
             await cursors[0].execute(b"SELECT 1 FROM vehicle WHERE name = %(name)s", params)
             for cur, (stream, grouping) in zip(cursors[1:], statements, strict=True):
                 await cur.execute(_sql(stream, grouping), params, prepare=True)
+            # Ended here, in the same round trip, not by the pool on return (one more).
+            await conn.execute(b"COMMIT")
         if await cursors[0].fetchone() is None:
             return None
         return [await cur.fetchall() for cur in cursors[1:]]
