@@ -105,19 +105,26 @@ def random_window(rng: random.Random) -> tuple[datetime, datetime]:
     return (min(a, b), max(a, b)) if a != b else (a, a + HOUR)
 
 
-async def test_rollup_answers_equal_raw_history_sums(api: Api, database_url: str) -> None:
-    rng = random.Random(20260209)
-    await write_readings(database_url, random_readings(rng), per_batch=397)
-    links = [
-        ("EV-1", "M-1", BASE + timedelta(hours=1, minutes=13, seconds=7.25)),
-        ("EV-2", "M-3", BASE + timedelta(hours=3)),
-        ("EV-1", "M-2", BASE + timedelta(hours=9, minutes=47, seconds=12.5)),
-        ("EV-2", "M-1", BASE + timedelta(hours=15, microseconds=1)),  # M-1 freed at 9:47
-    ]
+# The randomized tests' links: vehicles move between meters, M-1 freed at 9:47 and taken again.
+MOVES: list[tuple[str, str, datetime]] = [
+    ("EV-1", "M-1", BASE + timedelta(hours=1, minutes=13, seconds=7.25)),
+    ("EV-2", "M-3", BASE + timedelta(hours=3)),
+    ("EV-1", "M-2", BASE + timedelta(hours=9, minutes=47, seconds=12.5)),
+    ("EV-2", "M-1", BASE + timedelta(hours=15, microseconds=1)),
+]
+
+
+async def post_links(api: Api, links: list[tuple[str, str, datetime]]) -> None:
     for vehicle, meter, since in links:
         body = {"vehicleId": vehicle, "meterId": meter, "since": iso(since)}
         status, answer = await api.send("POST", "/v1/links", body)
         assert status == 201, answer
+
+
+async def test_rollup_answers_equal_raw_history_sums(api: Api, database_url: str) -> None:
+    rng = random.Random(20260209)
+    await write_readings(database_url, random_readings(rng), per_batch=397)
+    await post_links(api, MOVES)
     windows = [random_window(rng) for _ in range(40)]
     windows.append((BASE - HOUR, NOW))  # everything, one edge exactly on an hour
     for start, end in windows:
@@ -134,7 +141,7 @@ async def test_rollup_answers_equal_raw_history_sums(api: Api, database_url: str
         "/v1/analytics/performance/EV-1", **{"from": iso(BASE), "to": iso(BASE + 20 * HOUR)}
     )
     assert [m["meterId"] for m in whole["meters"]] == ["M-1", "M-2"]
-    assert whole["meters"][0]["to"] == whole["meters"][1]["from"] == iso(links[2][2])
+    assert whole["meters"][0]["to"] == whole["meters"][1]["from"] == iso(MOVES[2][2])
     assert sum(m["readings"] for m in whole["meters"]) == whole["readings"]["ac"]
 
 
@@ -283,16 +290,8 @@ async def test_fleet_pairs_each_vehicle_with_its_own_meter(api: Api, database_ur
 async def test_fleet_figures_equal_the_performance_figures(api: Api, database_url: str) -> None:
     rng = random.Random(20261123)
     await write_readings(database_url, random_readings(rng), per_batch=397)
-    links = [
-        ("EV-1", "M-1", BASE + timedelta(hours=1, minutes=13, seconds=7.25)),
-        ("EV-2", "M-3", BASE + timedelta(hours=3)),
-        ("EV-1", "M-2", BASE + timedelta(hours=9, minutes=47, seconds=12.5)),
-        ("EV-2", "M-1", BASE + timedelta(hours=15, microseconds=1)),
-        ("EV-1", "M-3", BASE + timedelta(hours=20)),  # M-3 taken from EV-2: EV-2 unlinked
-    ]
-    for vehicle, meter, since in links:
-        body = {"vehicleId": vehicle, "meterId": meter, "since": iso(since)}
-        assert (await api.send("POST", "/v1/links", body))[0] == 201
+    # and M-3 taken from EV-2 at 20:00: EV-2 unlinked
+    await post_links(api, [*MOVES, ("EV-1", "M-3", BASE + timedelta(hours=20))])
     windows = [random_window(rng) for _ in range(25)]
     windows += [(BASE - HOUR, NOW), (BASE + 2 * HOUR, BASE + 3 * HOUR)]  # on hours
     compared = 0
