@@ -41,6 +41,29 @@ SELECT DISTINCT s.name FROM meter_stage s
 WHERE NOT EXISTS (SELECT 1 FROM meter m WHERE m.name = s.name)
 ON CONFLICT (name) DO NOTHING
 """
+# Daily rollups from the hour groups of the same statement, for either kind.
+_ROLLED_DAILY: Final = """rolled_daily AS (
+    INSERT INTO {kind}_daily AS d ({device}, day, {energy}, readings)
+    SELECT {device}, date_bin('1 day', hour, '2000-01-01 00:00:00+00') AS day,
+           sum({energy}), sum(readings)
+    FROM hours GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT ({device}, day) DO UPDATE SET
+        {energy} = d.{energy} + EXCLUDED.{energy},
+        readings = d.readings + EXCLUDED.readings
+)"""
+
+
+def _rollup_fragments(kind: str, device: str, energy: str) -> dict[str, str]:
+    """What the two history statements below share, filled in for one kind."""
+    return {
+        "slot_columns": slot_columns(),
+        "slot_pivot": slot_pivot(),
+        "slot_of_ts": SLOT_OF_TS,
+        "slot_additions": slot_additions("h"),
+        "rolled_daily": _ROLLED_DAILY.format(kind=kind, device=device, energy=energy),
+    }
+
+
 # History and its rollups (hourly with 10-minute slots, daily) in one statement: the rollups add
 # up only the rows that were really inserted, so a duplicate never counts twice. Rows are taken
 # in key order so that two gateways updating the same rollup rows lock them in the same order
@@ -72,22 +95,9 @@ WITH inserted AS (
         voltage_min = least(h.voltage_min, EXCLUDED.voltage_min),
         voltage_max = greatest(h.voltage_max, EXCLUDED.voltage_max),
         {slot_additions}
-), rolled_daily AS (
-    INSERT INTO meter_daily AS d (meter_id, day, consumed_ac_mwh, readings)
-    SELECT meter_id, date_bin('1 day', hour, '2000-01-01 00:00:00+00') AS day,
-           sum(consumed_ac_mwh), sum(readings)
-    FROM hours GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (meter_id, day) DO UPDATE SET
-        consumed_ac_mwh = d.consumed_ac_mwh + EXCLUDED.consumed_ac_mwh,
-        readings = d.readings + EXCLUDED.readings
-)
+), {rolled_daily}
 SELECT count(*) FROM inserted
-""".format(
-    slot_columns=slot_columns(),
-    slot_pivot=slot_pivot(),
-    slot_of_ts=SLOT_OF_TS,
-    slot_additions=slot_additions("h"),
-)
+""".format(**_rollup_fragments("meter", "meter_id", "consumed_ac_mwh"))
 # The latest staged reading per device replaces the live one only if it is newer: readings
 # that arrive late after an outage go to history but never turn the live state back.
 _UPDATE_METER_LIVE: Final = """
@@ -133,22 +143,9 @@ WITH inserted AS (
         battery_temp_min = least(h.battery_temp_min, EXCLUDED.battery_temp_min),
         battery_temp_max = greatest(h.battery_temp_max, EXCLUDED.battery_temp_max),
         {slot_additions}
-), rolled_daily AS (
-    INSERT INTO vehicle_daily AS d (vehicle_id, day, delivered_dc_mwh, readings)
-    SELECT vehicle_id, date_bin('1 day', hour, '2000-01-01 00:00:00+00') AS day,
-           sum(delivered_dc_mwh), sum(readings)
-    FROM hours GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (vehicle_id, day) DO UPDATE SET
-        delivered_dc_mwh = d.delivered_dc_mwh + EXCLUDED.delivered_dc_mwh,
-        readings = d.readings + EXCLUDED.readings
-)
+), {rolled_daily}
 SELECT count(*) FROM inserted
-""".format(
-    slot_columns=slot_columns(),
-    slot_pivot=slot_pivot(),
-    slot_of_ts=SLOT_OF_TS,
-    slot_additions=slot_additions("h"),
-)
+""".format(**_rollup_fragments("vehicle", "vehicle_id", "delivered_dc_mwh"))
 _UPDATE_VEHICLE_LIVE: Final = """
 UPDATE vehicle v
 SET ts = s.ts, received_at = s.received_at, soc = s.soc, delivered_dc_mwh = s.delivered_dc_mwh,
