@@ -167,7 +167,7 @@ async def test_demo_runs_the_stack_and_stops_everything_on_sigint(demo: Demo) ->
         assert curl, f"no curl line with a token in:\n{printed}"
         status, body = await asyncio.to_thread(http_get, curl[2], curl[1])
         assert status == 200, body
-        assert isinstance(json.loads(body)["efficiency"], float), body
+        assert isinstance(json.loads(body)["efficiency"], float), f"{body}\n{printed}"
 
     # After replaying the last 24 h, the simulator goes on in real time.
     if has_module("gateway.simulate"):
