@@ -1,6 +1,13 @@
 -- fleetgate schema. Idempotent: the gateway applies it at every start, holding an advisory lock
 -- so that two processes starting at once take turns. Changes go here and nowhere else.
 
+-- The digest (SHA-256) of each version of this file applied to the database: a start that finds
+-- its own version here applies nothing, so it takes no lock that a running writer could need.
+CREATE TABLE IF NOT EXISTS schema_applied (
+    digest      text PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
 -- Hot: one row per device. The row is also the device registry: its integer id is what the
 -- history tables store, so a 64-character device name costs 4 bytes per history row.
 CREATE TABLE IF NOT EXISTS meter (

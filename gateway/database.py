@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import time
 import weakref
@@ -17,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 logger = logging.getLogger(__name__)
 
 _SCHEMA_LOCK: Final = 0x666C656574  # "fleet": serialises schema application across processes
+_SCHEMA_ATTEMPTS: Final = 5
 HISTORY_TABLES: Final = {"meter": "meter_reading", "vehicle": "vehicle_reading"}
 
 # Per-connection staging tables for binary COPY. ON COMMIT DELETE ROWS empties them at each
@@ -38,13 +41,38 @@ def schema_sql() -> str:
 
 
 async def apply_schema(conninfo: str) -> None:
-    """Apply ``schema.sql``; processes starting together take turns on an advisory lock."""
+    """Apply ``schema.sql`` unless this very text was applied already (its digest is kept in
+    ``schema_applied``). Processes starting together take turns on an advisory lock; a
+    deadlock with a running writer (the script runs in one transaction) is retried."""
+    script = schema_sql()
+    digest = hashlib.sha256(script.encode()).hexdigest()
+    record = f"\nINSERT INTO schema_applied (digest) VALUES ('{digest}') ON CONFLICT DO NOTHING;"
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
         await conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
         try:
-            await conn.execute(schema_sql().encode())
+            if await _applied(conn, digest):
+                return
+            for attempt in range(1, _SCHEMA_ATTEMPTS + 1):
+                try:
+                    await conn.execute((script + record).encode())
+                except psycopg.errors.DeadlockDetected:
+                    if attempt == _SCHEMA_ATTEMPTS:
+                        raise
+                    logger.warning("schema: deadlock with another session, trying again")
+                    await asyncio.sleep(0.2 * attempt)
+                else:
+                    return
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+
+
+async def _applied(conn: psycopg.AsyncConnection[Any], digest: str) -> bool:
+    cur = await conn.execute("SELECT to_regclass('schema_applied') IS NOT NULL")
+    row = await cur.fetchone()
+    if row is None or not row[0]:
+        return False
+    cur = await conn.execute("SELECT FROM schema_applied WHERE digest = %s", (digest,))
+    return await cur.fetchone() is not None
 
 
 async def _configure(conn: psycopg.AsyncConnection[object]) -> None:

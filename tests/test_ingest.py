@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiomqtt
+import psycopg
 
 from gateway.database import apply_schema
 from tests.conftest import StartGateway, count, query, wait_until
@@ -201,6 +202,19 @@ async def test_schema_applies_twice_and_from_two_processes_at_once(database_url:
     await asyncio.gather(*(apply_schema(database_url) for _ in range(4)))
     await apply_schema(database_url)
     assert await count(database_url, "SELECT count(*) FROM meter") == 0
+    assert await count(database_url, "SELECT count(*) FROM schema_applied") == 1
+
+
+async def test_a_start_with_the_schema_in_place_does_not_wait_for_a_running_writer(
+    database_url: str,
+) -> None:
+    """The API, the token command or a second gateway starting while a writer holds its locks
+    (a demo once deadlocked here): the schema is in place already, so nothing is applied."""
+    await apply_schema(database_url)
+    async with await psycopg.AsyncConnection.connect(database_url) as writer:
+        await writer.execute("LOCK TABLE meter, meter_reading, meter_hourly IN EXCLUSIVE MODE")
+        await asyncio.wait_for(apply_schema(database_url), timeout=10)
+        await writer.rollback()
 
 
 async def test_a_thousand_messages_from_many_devices_are_all_stored_once(
