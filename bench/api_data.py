@@ -176,7 +176,10 @@ async def generate(url: str, fleet: Fleet) -> dict[str, float]:
         for kind in ("vehicle", "meter"):
             tasks.create_task(_fill(url, kind, fleet), name=f"fill-{kind}")
     # The daily rollups: schema.sql derives them from the hourly ones when there are none yet
-    # (its step for databases from before them), the same sums the gateway keeps.
+    # (its step for databases from before them), the same sums the gateway keeps. Forgetting
+    # the applied version makes apply_schema run it again.
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute("DELETE FROM schema_applied")
     await apply_schema(url)
     timings["generate_s"] = time.monotonic() - began
     began = time.monotonic()
