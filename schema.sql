@@ -144,14 +144,23 @@ END
 $$;
 
 -- Daily rollups per device (day = UTC midnight), energy and counts only, maintained with the
--- hourly ones from the same inserted rows. The fleet view takes a window's whole days from here
--- and only the hours outside them from the hourly rollups: ~10 rows per device for 24 hours
--- instead of 24.
+-- hourly ones from the same inserted rows, with the same sums per 6-hour quarter of the day
+-- (quarterK: hours 6K to 6K + 5). The fleet view takes a window's whole days from here, the
+-- quarters at its edges from the edge days' rows, and only the hours left over (at most 3 at
+-- each edge) from the hourly rollups.
 CREATE TABLE IF NOT EXISTS meter_daily (
     meter_id        integer NOT NULL,
     day             timestamptz NOT NULL,
     consumed_ac_mwh bigint NOT NULL,
     readings        integer NOT NULL,
+    quarter0_mwh    bigint NOT NULL DEFAULT 0,
+    quarter1_mwh    bigint NOT NULL DEFAULT 0,
+    quarter2_mwh    bigint NOT NULL DEFAULT 0,
+    quarter3_mwh    bigint NOT NULL DEFAULT 0,
+    quarter0_readings integer NOT NULL DEFAULT 0,
+    quarter1_readings integer NOT NULL DEFAULT 0,
+    quarter2_readings integer NOT NULL DEFAULT 0,
+    quarter3_readings integer NOT NULL DEFAULT 0,
     PRIMARY KEY (meter_id, day)
 );
 
@@ -160,19 +169,85 @@ CREATE TABLE IF NOT EXISTS vehicle_daily (
     day              timestamptz NOT NULL,
     delivered_dc_mwh bigint NOT NULL,
     readings         integer NOT NULL,
+    quarter0_mwh    bigint NOT NULL DEFAULT 0,
+    quarter1_mwh    bigint NOT NULL DEFAULT 0,
+    quarter2_mwh    bigint NOT NULL DEFAULT 0,
+    quarter3_mwh    bigint NOT NULL DEFAULT 0,
+    quarter0_readings integer NOT NULL DEFAULT 0,
+    quarter1_readings integer NOT NULL DEFAULT 0,
+    quarter2_readings integer NOT NULL DEFAULT 0,
+    quarter3_readings integer NOT NULL DEFAULT 0,
     PRIMARY KEY (vehicle_id, day)
 );
 
+-- A database from before the quarters: add them and fill them once from the hourly rollups.
+-- Nothing to do on a new database or once they exist.
+DO $$
+DECLARE
+    kind record;
+    columns text := (  -- in the order of CREATE TABLE: energies, then readings
+        SELECT string_agg(format('ADD COLUMN quarter%s_mwh bigint NOT NULL DEFAULT 0', k), ', ')
+               || ', ' || string_agg(format('ADD COLUMN quarter%s_readings integer NOT NULL DEFAULT 0', k), ', ')
+        FROM generate_series(0, 3) k);
+    assignments text := (
+        SELECT string_agg(format('quarter%1$s_mwh = r.e%1$s, quarter%1$s_readings = r.n%1$s', k), ', ')
+        FROM generate_series(0, 3) k);
+BEGIN
+    FOR kind IN SELECT * FROM (VALUES ('meter', 'meter_id', 'consumed_ac_mwh'),
+                                      ('vehicle', 'vehicle_id', 'delivered_dc_mwh'))
+                              AS k (name, device, energy) LOOP
+        CONTINUE WHEN EXISTS (
+            SELECT 1 FROM information_schema.columns
+            WHERE table_schema = current_schema() AND table_name = kind.name || '_daily'
+              AND column_name = 'quarter0_mwh');
+        EXECUTE format('ALTER TABLE %I %s', kind.name || '_daily', columns);
+        EXECUTE format(
+            'UPDATE %1$I d SET %2$s FROM ('
+            '  SELECT %3$I AS device, date_bin(''1 day'', hour, ''2000-01-01 00:00:00+00'') AS day, %4$s'
+            '  FROM (SELECT *, mod(floor(date_part(''epoch'', hour))::bigint, 86400) / 21600 AS quarter'
+            '        FROM %5$I) x'
+            '  GROUP BY 1, 2) r'
+            ' WHERE d.%3$I = r.device AND d.day = r.day',
+            kind.name || '_daily', assignments, kind.device,
+            (SELECT string_agg(format('coalesce(sum(%2$I) FILTER (WHERE quarter = %1$s), 0) AS e%1$s,'
+                                      ' coalesce(sum(readings) FILTER (WHERE quarter = %1$s), 0) AS n%1$s',
+                                      k, kind.energy), ', ')
+             FROM generate_series(0, 3) k),
+            kind.name || '_hourly');
+    END LOOP;
+END
+$$;
+
 -- A database from before the daily rollups: derive them once from the hourly ones (the same
--- rows summed by day). Nothing to do on a new database or once they exist.
-INSERT INTO meter_daily (meter_id, day, consumed_ac_mwh, readings)
+-- rows summed by day and quarter). Nothing to do on a new database or once they exist.
+INSERT INTO meter_daily
 SELECT meter_id, date_bin('1 day', hour, '2000-01-01 00:00:00+00'), sum(consumed_ac_mwh),
-       sum(readings)
-FROM meter_hourly WHERE NOT EXISTS (SELECT 1 FROM meter_daily) GROUP BY 1, 2;
-INSERT INTO vehicle_daily (vehicle_id, day, delivered_dc_mwh, readings)
+       sum(readings),
+       coalesce(sum(consumed_ac_mwh) FILTER (WHERE quarter = 0), 0),
+       coalesce(sum(consumed_ac_mwh) FILTER (WHERE quarter = 1), 0),
+       coalesce(sum(consumed_ac_mwh) FILTER (WHERE quarter = 2), 0),
+       coalesce(sum(consumed_ac_mwh) FILTER (WHERE quarter = 3), 0),
+       coalesce(sum(readings) FILTER (WHERE quarter = 0), 0),
+       coalesce(sum(readings) FILTER (WHERE quarter = 1), 0),
+       coalesce(sum(readings) FILTER (WHERE quarter = 2), 0),
+       coalesce(sum(readings) FILTER (WHERE quarter = 3), 0)
+FROM (SELECT *, mod(floor(date_part('epoch', hour))::bigint, 86400) / 21600 AS quarter
+      FROM meter_hourly) h
+WHERE NOT EXISTS (SELECT 1 FROM meter_daily) GROUP BY 1, 2;
+INSERT INTO vehicle_daily
 SELECT vehicle_id, date_bin('1 day', hour, '2000-01-01 00:00:00+00'), sum(delivered_dc_mwh),
-       sum(readings)
-FROM vehicle_hourly WHERE NOT EXISTS (SELECT 1 FROM vehicle_daily) GROUP BY 1, 2;
+       sum(readings),
+       coalesce(sum(delivered_dc_mwh) FILTER (WHERE quarter = 0), 0),
+       coalesce(sum(delivered_dc_mwh) FILTER (WHERE quarter = 1), 0),
+       coalesce(sum(delivered_dc_mwh) FILTER (WHERE quarter = 2), 0),
+       coalesce(sum(delivered_dc_mwh) FILTER (WHERE quarter = 3), 0),
+       coalesce(sum(readings) FILTER (WHERE quarter = 0), 0),
+       coalesce(sum(readings) FILTER (WHERE quarter = 1), 0),
+       coalesce(sum(readings) FILTER (WHERE quarter = 2), 0),
+       coalesce(sum(readings) FILTER (WHERE quarter = 3), 0)
+FROM (SELECT *, mod(floor(date_part('epoch', hour))::bigint, 86400) / 21600 AS quarter
+      FROM vehicle_hourly) h
+WHERE NOT EXISTS (SELECT 1 FROM vehicle_daily) GROUP BY 1, 2;
 
 -- Everything that could not be stored as a reading, with the reason, so nothing is lost unseen.
 CREATE TABLE IF NOT EXISTS dead_letter (

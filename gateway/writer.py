@@ -14,7 +14,16 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.batch import Batch, is_refusal, refused_by_database
 from gateway.database import Partitions
-from gateway.rollup_slots import SLOT_OF_TS, slot_additions, slot_columns, slot_pivot
+from gateway.rollup_slots import (
+    QUARTER_OF_HOUR,
+    QUARTERS,
+    SLOT_OF_TS,
+    additions,
+    part_pivot,
+    quarter_columns,
+    slot_columns,
+    slot_pivot,
+)
 from gateway.waiting import backoff_delay
 
 logger = logging.getLogger(__name__)
@@ -41,33 +50,45 @@ SELECT DISTINCT s.name FROM meter_stage s
 WHERE NOT EXISTS (SELECT 1 FROM meter m WHERE m.name = s.name)
 ON CONFLICT (name) DO NOTHING
 """
-# Daily rollups from the hour groups of the same statement, for either kind.
+# Daily rollups, with their 6-hour quarters, from the hour groups of the same statement, for
+# either kind.
 _ROLLED_DAILY: Final = """rolled_daily AS (
-    INSERT INTO {kind}_daily AS d ({device}, day, {energy}, readings)
+    INSERT INTO {kind}_daily AS d ({device}, day, {energy}, readings, {quarter_columns})
     SELECT {device}, date_bin('1 day', hour, '2000-01-01 00:00:00+00') AS day,
-           sum({energy}), sum(readings)
-    FROM hours GROUP BY 1, 2 ORDER BY 1, 2
+           sum({energy}), sum(readings), {quarter_pivot}
+    FROM (SELECT {device}, hour, {energy}, readings, {quarter_of_hour} AS quarter FROM hours) h
+    GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT ({device}, day) DO UPDATE SET
         {energy} = d.{energy} + EXCLUDED.{energy},
-        readings = d.readings + EXCLUDED.readings
+        readings = d.readings + EXCLUDED.readings,
+        {quarter_additions}
 )"""
 
 
 def _rollup_fragments(kind: str, device: str, energy: str) -> dict[str, str]:
     """What the two history statements below share, filled in for one kind."""
+    daily = {
+        "kind": kind,
+        "device": device,
+        "energy": energy,
+        "quarter_columns": quarter_columns(),
+        "quarter_pivot": part_pivot("quarter", QUARTERS, energy),
+        "quarter_of_hour": QUARTER_OF_HOUR,
+        "quarter_additions": additions("d", quarter_columns()),
+    }
     return {
         "slot_columns": slot_columns(),
         "slot_pivot": slot_pivot(),
         "slot_of_ts": SLOT_OF_TS,
-        "slot_additions": slot_additions("h"),
-        "rolled_daily": _ROLLED_DAILY.format(kind=kind, device=device, energy=energy),
+        "slot_additions": additions("h", slot_columns()),
+        "rolled_daily": _ROLLED_DAILY.format(**daily),
     }
 
 
-# History and its rollups (hourly with 10-minute slots, daily) in one statement: the rollups add
-# up only the rows that were really inserted, so a duplicate never counts twice. Rows are taken
-# in key order so that two gateways updating the same rollup rows lock them in the same order
-# (no deadlock).
+# History and its rollups (hourly with 10-minute slots, daily with 6-hour quarters) in one
+# statement: the rollups add up only the rows that were really inserted, so a duplicate never
+# counts twice. Rows are taken in key order so that two gateways updating the same rollup rows
+# lock them in the same order (no deadlock).
 _INSERT_METER_HISTORY: Final = """
 WITH inserted AS (
     INSERT INTO meter_reading (ts, consumed_ac_mwh, meter_id, voltage)

@@ -13,16 +13,16 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.rollup_slots import SLOTS
+from gateway.rollup_slots import QUARTERS, SLOTS
 from http_api.rollup_queries import BY_IDS, ORIGIN, build, segments
 from http_api.window_pieces import split_sql, window_pieces
 
 # The fleet view: every vehicle at once, set-based, energies and counts only (temperatures are
 # asked for the returned page alone, by build_fleet_page). A device's sums over the window come
-# from the coarsest rollups that fit (http_api/window_pieces.py): whole days, then hours, then
-# 10-minute slots, each added or subtracted, and raw readings only for the minutes at the edges.
-# All are read once for all devices, by day, hour, slot and time. Only link segments cut inside
-# the window (a link begun or ended in it) are read segment by segment.
+# from the coarsest rollups that fit (http_api/window_pieces.py): whole days, then 6-hour
+# quarters, hours and 10-minute slots, each added or subtracted, and raw readings only for the
+# minutes at the edges. All are read once for all devices, by day, hour, slot and time. Only
+# link segments cut inside the window (a link begun or ended in it) are read segment by segment.
 _WINDOW_SUMS: Final = """
 SELECT device_id,
        coalesce(h.energy, 0) + coalesce(q.e1, 0) + coalesce(q.e2, 0)
@@ -35,7 +35,7 @@ SELECT device_id,
        coalesce(q.e2, 0) + coalesce(r.e2, 0) AS tail_energy,
        coalesce(q.n2, 0) + coalesce(r.n2, 0) AS tail_readings
 FROM (
-    -- [r1, r2): whole days, plus or minus hours
+    -- [r1, r2): whole days, plus or minus quarters and hours
     SELECT device_id, sum(energy)::bigint AS energy, sum(readings)::bigint AS readings
     FROM (
         SELECT {device} AS device_id, {energy} AS energy, readings
@@ -50,18 +50,25 @@ FROM (
         SELECT {device}, %(h2sign)s * {energy}, %(h2sign)s * readings
         FROM {hourly}
         WHERE hour >= %(h2lo)s AND hour < %(h2mid)s OR hour >= %(h2mid)s AND hour < %(h2hi)s
+        UNION ALL
+        -- 6-hour quarters next to the whole days: the quarter columns of one daily row a piece
+        SELECT {device}, %(u1sign)s * ({u1_mwh}), %(u1sign)s * ({u1_readings})
+        FROM {daily} WHERE day = %(u1cell)s AND %(u1klo)s < %(u1khi)s
+        UNION ALL
+        SELECT {device}, %(u2sign)s * ({u2_mwh}), %(u2sign)s * ({u2_readings})
+        FROM {daily} WHERE day = %(u2cell)s AND %(u2klo)s < %(u2khi)s
     ) rollups
     GROUP BY 1
 ) h
 FULL JOIN (
     -- 10-minute slots next to [r1, r2): the slot columns of one hourly row per piece
     SELECT {device} AS device_id,
-           %(q1sign)s * sum(CASE WHEN hour = %(q1hour)s THEN {q1_mwh} END)::bigint AS e1,
-           %(q1sign)s * sum(CASE WHEN hour = %(q1hour)s THEN {q1_readings} END) AS n1,
-           %(q2sign)s * sum(CASE WHEN hour = %(q2hour)s THEN {q2_mwh} END)::bigint AS e2,
-           %(q2sign)s * sum(CASE WHEN hour = %(q2hour)s THEN {q2_readings} END) AS n2
+           %(q1sign)s * sum(CASE WHEN hour = %(q1cell)s THEN {q1_mwh} END)::bigint AS e1,
+           %(q1sign)s * sum(CASE WHEN hour = %(q1cell)s THEN {q1_readings} END) AS n1,
+           %(q2sign)s * sum(CASE WHEN hour = %(q2cell)s THEN {q2_mwh} END)::bigint AS e2,
+           %(q2sign)s * sum(CASE WHEN hour = %(q2cell)s THEN {q2_readings} END) AS n2
     FROM {hourly}
-    WHERE hour = %(q1hour)s AND %(q1klo)s < %(q1khi)s OR hour = %(q2hour)s AND %(q2klo)s < %(q2khi)s
+    WHERE hour = %(q1cell)s AND %(q1klo)s < %(q1khi)s OR hour = %(q2cell)s AND %(q2klo)s < %(q2khi)s
     GROUP BY 1
 ) q USING (device_id)
 FULL JOIN (
@@ -82,10 +89,10 @@ FULL JOIN (
 # A link segment cut inside the window, split as the window is (window_pieces.split, here in
 # SQL): hours [r1, r2), 10-minute pieces q1/q2 and raw pieces p1/p2. Its edges are rarely the
 # window's, so it is read by itself, by device.
-def _slot_sum(klo: str, khi: str, column: str) -> str:
-    """The sum of the slot columns slotK_{column} of an hourly row for klo <= K < khi."""
+def _part_sum(klo: str, khi: str, column: str, part: str = "slot", parts: range = SLOTS) -> str:
+    """The sum of the part columns {part}K_{column} of a rollup row for klo <= K < khi."""
     return " + ".join(
-        f"CASE WHEN {klo} <= {k} AND {k} < {khi} THEN slot{k}_{column} ELSE 0 END" for k in SLOTS
+        f"CASE WHEN {klo} <= {k} AND {k} < {khi} THEN {part}{k}_{column} ELSE 0 END" for k in parts
     )
 
 
@@ -98,8 +105,8 @@ def _slot_range(lo: str, hi: str, name: str) -> str:
     )
 
 
-_SLOT_SUMS: Final = {
-    f"{where}{name}_{column}": _slot_sum(
+_PART_SUMS: Final = {
+    f"{where}{name}_{column}": _part_sum(
         f"%({name}klo)s" if where == "" else f"c.{name}klo",
         f"%({name}khi)s" if where == "" else f"c.{name}khi",
         column,
@@ -107,12 +114,16 @@ _SLOT_SUMS: Final = {
     for where in ("", "cut_")
     for name in ("q1", "q2")
     for column in ("mwh", "readings")
+} | {
+    f"{name}_{column}": _part_sum(f"%({name}klo)s", f"%({name}khi)s", column, "quarter", QUARTERS)
+    for name in ("u1", "u2")
+    for column in ("mwh", "readings")
 }
 _SLOTS_UNTIL: Final = (
     f"date_bin('10 minutes', %(now)s::timestamptz, {ORIGIN}) + interval '10 minutes'"
 )
 _CUT_PIECES: Final = f"""
-SELECT b.vehicle_id, b.device_id, b.head_shared, b.tail_shared, b.flipped,
+SELECT b.vehicle_id, b.device_id, b.sign, b.head_shared, b.tail_shared, b.flipped,
        slot.alo AS r1, slot.ahi AS r2,
        slot.p1sign AS q1sign, {_slot_range("slot.p1lo", "slot.p1hi", "q1")},
        slot.p2sign AS q2sign, {_slot_range("slot.p2lo", "slot.p2hi", "q2")},
@@ -121,7 +132,7 @@ FROM (
     -- A segment that begins (ends) with the window takes the window's sums of [f, r1)
     -- ([r2, t)) and is read from r1 (up to r2) only; or, "flipped", when the rest of [r1, r2)
     -- is shorter, as the window less that rest (and less the window's other edge).
-    SELECT l.vehicle_id, l.device_id, x.head_shared, x.tail_shared,
+    SELECT l.vehicle_id, l.device_id, l.sign, x.head_shared, x.tail_shared,
            x.head_flip OR x.tail_flip AS flipped,
            CASE WHEN x.head_flip THEN l.e
                 WHEN x.head_shared OR x.tail_flip THEN %(r1)s::timestamptz
@@ -129,7 +140,7 @@ FROM (
            CASE WHEN x.tail_flip THEN l.s
                 WHEN x.tail_shared OR x.head_flip THEN %(r2)s::timestamptz
                 ELSE l.e END AS e
-    FROM link_seg l, LATERAL (
+    FROM spans l, LATERAL (
         SELECT %(share_edges)s AND l.s = %(f)s AND l.e >= %(r1)s AS head_shared,
                %(share_edges)s AND l.e = %(t)s AND l.s <= %(r2)s AS tail_shared,
                %(share_edges)s AND l.s = %(f)s AND l.e <= %(r2)s
@@ -182,15 +193,48 @@ _LINKED_SUMS: Final = f"""
 SELECT vehicle_id, sum(energy)::bigint AS energy, sum(readings)::bigint AS readings
 FROM (
     SELECT b.vehicle_id, w.energy, w.readings
-    FROM link_seg b JOIN win w ON w.device_id = b.device_id
+    FROM spans b JOIN win w ON w.device_id = b.device_id
     WHERE b.s = %(f)s AND b.e = %(t)s
     UNION ALL
-    SELECT c.vehicle_id, {_cut_segment_sum("energy")}, {_cut_segment_sum("readings")}
+    SELECT c.vehicle_id, c.sign * {_cut_segment_sum("energy")},
+           c.sign * {_cut_segment_sum("readings")}
     FROM cut c LEFT JOIN win w ON w.device_id = c.device_id CROSS JOIN LATERAL (
         SELECT sum(energy) AS energy, sum(readings) AS readings FROM ({{rows}}) r
     ) r
 ) x
 GROUP BY vehicle_id
+"""
+
+
+# What is read for each (vehicle, device) pair: its link segments, each added; or, when fewer,
+# the window added once and the gaps between its segments subtracted. A vehicle moved off a
+# charger and back is one gap instead of two cut segments, and in the vehicle half (where the
+# device is the vehicle itself) a vehicle moved from one meter straight to another has no gap:
+# its DC while linked is its window sums, nothing read segment by segment.
+_SPANS: Final = """
+SELECT vehicle_id, device_id, s, e, 1 AS sign FROM link_seg WHERE s = %(f)s AND e = %(t)s
+UNION ALL
+SELECT vehicle_id, device_id, s, e, 1 FROM gapped WHERE NOT by_gaps
+UNION ALL
+SELECT vehicle_id, device_id, %(f)s, %(t)s, 1 FROM gapped WHERE by_gaps AND first
+UNION ALL
+SELECT vehicle_id, device_id, before, s, -1 FROM gapped WHERE by_gaps AND before < s
+UNION ALL
+SELECT vehicle_id, device_id, e, %(t)s, -1 FROM gapped WHERE by_gaps AND last AND e < %(t)s
+"""
+# Per cut segment: the gap before it, whether it is its pair's first or last, and whether its
+# pair is read by gaps (a segment equal to the window is alone in its pair and not cut).
+_GAPPED: Final = """
+SELECT *, sum((before < s)::int + (last AND e < %(t)s)::int)
+              OVER (PARTITION BY vehicle_id, device_id) < count(*)
+              OVER (PARTITION BY vehicle_id, device_id) AS by_gaps
+FROM (
+    SELECT vehicle_id, device_id, s, e,
+           coalesce(lag(e) OVER pair, %(f)s) AS before,
+           lag(e) OVER pair IS NULL AS first, lead(s) OVER pair IS NULL AS last
+    FROM link_seg WHERE NOT (s = %(f)s AND e = %(t)s)
+    WINDOW pair AS (PARTITION BY vehicle_id, device_id ORDER BY s)
+) cut_seg
 """
 
 
@@ -214,10 +258,12 @@ def _fleet_half(kind: Literal["vehicle", "meter"]) -> str:
         "daily": f"{kind}_daily",
         "hourly": f"{kind}_hourly",
         "history": f"{kind}_reading",
-    } | _SLOT_SUMS
+    } | _PART_SUMS
     return f"""
 WITH win AS ({_WINDOW_SUMS.format(**device, **tables)}),
 link_seg AS ({_FLEET_LINKS.format(device=device["device"])}),
+gapped AS ({_GAPPED}),
+spans AS ({_SPANS}),
 cut AS ({_CUT_PIECES}),
 linked AS ({_LINKED_SUMS.format(rows=_CUT_ROWS.format(**device, **tables))})
 """

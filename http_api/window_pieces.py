@@ -1,13 +1,14 @@
 """How the fleet view reads a window: from the coarsest rollups that fit, and only the rest from
 finer ones, down to raw history for the minutes at its very edges.
 
-Level by level (raw readings -> 10-minute slots of the hourly rollups -> hours -> days), a span
+Level by level (raw readings -> 10-minute slots of the hourly rollups -> hours -> 6-hour
+quarters of the daily rollups -> days), a span
 [lo, hi) is split into an aligned span [L, H) on the next level's boundaries and two signed
 pieces read at this level: at each edge, either the span's part of the edge cell is added, or
 the whole cell is taken from the coarser level and the part outside the span subtracted,
 whichever reads fewer rows. Energy is integer mWh, so adding and subtracting is exact. For a
-24-hour window this reads per device at most ~5 minutes of readings, one hourly row's slots and
-12 hours at each edge, and whole days.
+24-hour window this reads per device at most ~5 minutes of readings, one hourly row's slots, 3
+hourly rows and one daily row's quarters at each edge, and whole days.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Final
 
 SLOT: Final = timedelta(minutes=10)
 HOUR: Final = timedelta(hours=1)
+QUARTER: Final = timedelta(hours=6)
 DAY: Final = timedelta(days=1)
 ORIGIN: Final = datetime(2000, 1, 1, tzinfo=UTC)  # as the gateway's date_bin
 
@@ -48,15 +50,15 @@ class Piece:
             f"{name}mid": self.lo + (self.hi - self.lo) / 2,
         }
 
-    def slot_params(self, name: str) -> dict[str, Any]:
-        """A piece of 10-minute slots inside one hour: that hour's rollup row and the slots
-        klo <= K < khi of it."""
-        hour = floor_to(self.lo, HOUR)
-        klo = (self.lo - hour) // SLOT
+    def part_params(self, name: str, whole: timedelta, part: timedelta) -> dict[str, Any]:
+        """A piece of parts (10-minute slots, 6-hour quarters) inside one whole (hour, day):
+        that whole's rollup row {name}cell and its parts klo <= K < khi."""
+        cell = floor_to(self.lo, whole)
+        klo = (self.lo - cell) // part
         return self.params(name) | {
-            f"{name}hour": hour,
+            f"{name}cell": cell,
             f"{name}klo": klo,
-            f"{name}khi": klo + (self.hi - self.lo) // SLOT,
+            f"{name}khi": klo + (self.hi - self.lo) // part,
         }
 
 
@@ -104,29 +106,33 @@ def split(lo: datetime, hi: datetime, unit: timedelta, rows_until: datetime) -> 
 
 def window_pieces(start: datetime, end: datetime, now: datetime) -> dict[str, Any]:
     """The parameters of the fleet's window sums: raw pieces p1/p2, 10-minute pieces q1/q2,
-    hourly pieces h1/h2, whole days [d_lo, d_hi); [r1, r2) is what lies on whole hours, and
-    [hf, hc) the whole hours around the window (which bound every raw read)."""
+    hourly pieces h1/h2, quarter pieces u1/u2, whole days [d_lo, d_hi); [r1, r2) is what lies
+    on whole hours, and [hf, hc) the whole hours around the window (which bound every raw
+    read)."""
     start, end = start.astimezone(UTC), end.astimezone(UTC)
     raw = split(start, end, SLOT, now)
     slots = split(raw.aligned_lo, raw.aligned_hi, HOUR, floor_to(now, SLOT) + SLOT)
-    hours = split(slots.aligned_lo, slots.aligned_hi, DAY, floor_to(now, HOUR) + HOUR)
+    hours = split(slots.aligned_lo, slots.aligned_hi, QUARTER, floor_to(now, HOUR) + HOUR)
+    quarters = split(hours.aligned_lo, hours.aligned_hi, DAY, floor_to(now, QUARTER) + QUARTER)
     return {
         "hf": floor_to(start, HOUR),
         "hc": ceil_to(end, HOUR),
         "r1": slots.aligned_lo,
         "r2": slots.aligned_hi,
-        "d_lo": hours.aligned_lo,
-        "d_hi": hours.aligned_hi,
+        "d_lo": quarters.aligned_lo,
+        "d_hi": quarters.aligned_hi,
         # [start, r1) is exactly p1 + q1 and [r2, end) is q2 + p2, unless a level split inside
         # one cell: then link segments cut inside the window cannot share them.
         "share_edges": not (raw.inside or slots.inside),
     } | (
         raw.head.params("p1")
         | raw.tail.params("p2")
-        | slots.head.slot_params("q1")
-        | slots.tail.slot_params("q2")
+        | slots.head.part_params("q1", HOUR, SLOT)
+        | slots.tail.part_params("q2", HOUR, SLOT)
         | hours.head.params("h1")
         | hours.tail.params("h2")
+        | quarters.head.part_params("u1", DAY, QUARTER)
+        | quarters.tail.part_params("u2", DAY, QUARTER)
     )
 
 

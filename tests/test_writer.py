@@ -5,14 +5,14 @@ from __future__ import annotations
 import dataclasses
 import random
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 
 from gateway.batch import Batch, Received
 from gateway.database import Partitions, apply_schema, open_pool
 from gateway.readings import Limits, decode_message
-from gateway.rollup_slots import SLOTS
+from gateway.rollup_slots import QUARTERS, SLOTS
 from gateway.writer import BatchWriter, WriteResult
 from tests.conftest import query
 
@@ -120,36 +120,48 @@ async def test_rollups_equal_the_sums_of_history_despite_duplicates_and_disorder
     )
     assert len(daily) >= 3
     assert daily == daily_from_history
-    assert await _slots(database_url) == await _slots_from_history(database_url)
+    assert await _parts(database_url, "slot") == await _parts_from_history(database_url, "slot")
+    quarters = await _parts(database_url, "quarter")
+    assert quarters == await _parts_from_history(database_url, "quarter")
+    assert len(quarters) > 8
 
 
-async def _slots(database_url: str) -> list[tuple[Any, ...]]:
-    """(slot start, energy, readings) of every non-empty 10-minute slot of the hourly rollups."""
+_PARTS: Final = {  # table, row start, parts, part length
+    "slot": ("vehicle_hourly", "hour", SLOTS, "10 minutes"),
+    "quarter": ("vehicle_daily", "day", QUARTERS, "6 hours"),
+}
+
+
+async def _parts(database_url: str, part: str) -> list[tuple[Any, ...]]:
+    """(part start, energy, readings) of every non-empty 10-minute slot of the hourly rollups
+    or 6-hour quarter of the daily ones."""
+    table, start, parts, length = _PARTS[part]
     return await query(
         database_url,
         f"""
-        SELECT hour + k * interval '10 minutes', e, n
-        FROM vehicle_hourly,
-             unnest(array[{", ".join(f"slot{k}_mwh" for k in SLOTS)}],
-                    array[{", ".join(f"slot{k}_readings" for k in SLOTS)}])
+        SELECT {start} + k * interval '{length}', e, n
+        FROM {table},
+             unnest(array[{", ".join(f"{part}{k}_mwh" for k in parts)}],
+                    array[{", ".join(f"{part}{k}_readings" for k in parts)}])
                  WITH ORDINALITY AS s(e, n, k1), LATERAL (SELECT k1 - 1 AS k) k
         WHERE n > 0 ORDER BY 1""",
     )
 
 
-async def _slots_from_history(database_url: str) -> list[tuple[Any, ...]]:
+async def _parts_from_history(database_url: str, part: str) -> list[tuple[Any, ...]]:
+    length = _PARTS[part][3]
     rows = await query(
         database_url,
-        """
-        SELECT date_bin('10 minutes', ts, '2000-01-01 00:00:00+00'), sum(delivered_dc_mwh),
+        f"""
+        SELECT date_bin('{length}', ts, '2000-01-01 00:00:00+00'), sum(delivered_dc_mwh),
                count(*)
         FROM vehicle_reading GROUP BY 1 ORDER BY 1""",
     )
-    assert len(rows) > 50
+    assert len(rows) > 8
     return rows
 
 
-async def test_a_database_from_before_daily_rollups_and_slots_gets_them(
+async def test_a_database_from_before_daily_rollups_slots_and_quarters_gets_them(
     database_url: str,
 ) -> None:
     hours = [NOW - timedelta(hours=h, minutes=7) for h in range(0, 50, 3)]
@@ -165,8 +177,17 @@ async def test_a_database_from_before_daily_rollups_and_slots_gets_them(
     drop = ", ".join(f"DROP COLUMN slot{k}_mwh, DROP COLUMN slot{k}_readings" for k in SLOTS)
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await conn.execute(f"ALTER TABLE vehicle_hourly {drop}".encode())
-        await conn.execute("UPDATE schema_applied SET digest = 'an older schema.sql'")
+        await conn.execute("DELETE FROM schema_applied")  # applied before the digests were kept
     for _ in range(2):  # derived once; the second start changes nothing
         await apply_schema(database_url)
         assert await query(database_url, "SELECT * FROM vehicle_daily ORDER BY day") == expected
         assert await query(database_url, "SELECT * FROM vehicle_hourly ORDER BY hour") == hourly
+    # And one from before the daily rollups' quarters:
+    drop = ", ".join(
+        f"DROP COLUMN quarter{k}_mwh, DROP COLUMN quarter{k}_readings" for k in QUARTERS
+    )
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute(f"ALTER TABLE vehicle_daily {drop}".encode())
+        await conn.execute("DELETE FROM schema_applied")  # applied before the digests were kept
+    await apply_schema(database_url)
+    assert await query(database_url, "SELECT * FROM vehicle_daily ORDER BY day") == expected
