@@ -2,13 +2,13 @@
 finer ones, down to raw history for the minutes at its very edges.
 
 Level by level (raw readings -> 10-minute slots of the hourly rollups -> hours -> 6-hour
-quarters of the daily rollups -> days), a span
-[lo, hi) is split into an aligned span [L, H) on the next level's boundaries and two signed
-pieces read at this level: at each edge, either the span's part of the edge cell is added, or
-the whole cell is taken from the coarser level and the part outside the span subtracted,
-whichever reads fewer rows. Energy is integer mWh, so adding and subtracting is exact. For a
-24-hour window this reads per device at most ~5 minutes of readings, one hourly row's slots, 3
-hourly rows and one daily row's quarters at each edge, and whole days.
+quarters of the daily rollups -> days), a span [lo, hi) is split into an aligned span [L, H) on
+the next level's boundaries and two signed pieces read at this level: at each edge, either the
+span's part of the edge cell is added, or the whole cell is taken from the coarser level and
+the part outside the span subtracted, whichever reads fewer rows. Energy is integer mWh, so
+adding and subtracting is exact. For a 24-hour window this reads per device at most ~5 minutes
+of readings, one hourly row's slots, 3 hourly rows and one daily row's quarters at each edge,
+and whole days.
 """
 
 from __future__ import annotations
