@@ -144,23 +144,14 @@ END
 $$;
 
 -- Daily rollups per device (day = UTC midnight), energy and counts only, maintained with the
--- hourly ones from the same inserted rows, with the same sums per 6-hour quarter of the day
--- (quarterK: hours 6K to 6K + 5). The fleet view takes a window's whole days from here, the
--- quarters at its edges from the edge days' rows, and only the hours left over (at most 3 at
--- each edge) from the hourly rollups.
+-- hourly ones from the same inserted rows, with the same sums for each hour of the day (hourK:
+-- hour K, columns added below). The fleet view takes a window's whole days from here and the
+-- hours at its edges from the two edge days' rows: one row a device at each edge.
 CREATE TABLE IF NOT EXISTS meter_daily (
     meter_id        integer NOT NULL,
     day             timestamptz NOT NULL,
     consumed_ac_mwh bigint NOT NULL,
     readings        integer NOT NULL,
-    quarter0_mwh    bigint NOT NULL DEFAULT 0,
-    quarter1_mwh    bigint NOT NULL DEFAULT 0,
-    quarter2_mwh    bigint NOT NULL DEFAULT 0,
-    quarter3_mwh    bigint NOT NULL DEFAULT 0,
-    quarter0_readings integer NOT NULL DEFAULT 0,
-    quarter1_readings integer NOT NULL DEFAULT 0,
-    quarter2_readings integer NOT NULL DEFAULT 0,
-    quarter3_readings integer NOT NULL DEFAULT 0,
     PRIMARY KEY (meter_id, day)
 );
 
@@ -169,85 +160,66 @@ CREATE TABLE IF NOT EXISTS vehicle_daily (
     day              timestamptz NOT NULL,
     delivered_dc_mwh bigint NOT NULL,
     readings         integer NOT NULL,
-    quarter0_mwh    bigint NOT NULL DEFAULT 0,
-    quarter1_mwh    bigint NOT NULL DEFAULT 0,
-    quarter2_mwh    bigint NOT NULL DEFAULT 0,
-    quarter3_mwh    bigint NOT NULL DEFAULT 0,
-    quarter0_readings integer NOT NULL DEFAULT 0,
-    quarter1_readings integer NOT NULL DEFAULT 0,
-    quarter2_readings integer NOT NULL DEFAULT 0,
-    quarter3_readings integer NOT NULL DEFAULT 0,
     PRIMARY KEY (vehicle_id, day)
 );
 
--- A database from before the quarters: add them and fill them once from the hourly rollups.
--- Nothing to do on a new database or once they exist.
+-- The hour columns (hourK_mwh bigint, then hourK_readings integer, K = 0..23), added here on a
+-- new database as on one from before them (whose 6-hour quarter columns they replace): existing
+-- daily rows are filled once from the hourly rollups. Then, on a database from before the daily
+-- rollups, these are derived once from the hourly ones. Nothing to do once they exist.
 DO $$
 DECLARE
     kind record;
-    columns text := (  -- in the order of CREATE TABLE: energies, then readings
-        SELECT string_agg(format('ADD COLUMN quarter%s_mwh bigint NOT NULL DEFAULT 0', k), ', ')
-               || ', ' || string_agg(format('ADD COLUMN quarter%s_readings integer NOT NULL DEFAULT 0', k), ', ')
+    columns text := (
+        SELECT string_agg(format('ADD COLUMN hour%s_mwh bigint NOT NULL DEFAULT 0', k), ', ')
+               || ', ' || string_agg(format('ADD COLUMN hour%s_readings integer NOT NULL DEFAULT 0', k), ', ')
+        FROM generate_series(0, 23) k);
+    quarters text := (
+        SELECT string_agg(format('DROP COLUMN IF EXISTS quarter%1$s_mwh,'
+                                 ' DROP COLUMN IF EXISTS quarter%1$s_readings', k), ', ')
         FROM generate_series(0, 3) k);
+    names text := (
+        SELECT string_agg(format('hour%s_mwh', k), ', ') || ', '
+               || string_agg(format('hour%s_readings', k), ', ')
+        FROM generate_series(0, 23) k);
     assignments text := (
-        SELECT string_agg(format('quarter%1$s_mwh = r.e%1$s, quarter%1$s_readings = r.n%1$s', k), ', ')
-        FROM generate_series(0, 3) k);
+        SELECT string_agg(format('hour%1$s_mwh = r.hour%1$s_mwh,'
+                                 ' hour%1$s_readings = r.hour%1$s_readings', k), ', ')
+        FROM generate_series(0, 23) k);
+    by_day text;
 BEGIN
     FOR kind IN SELECT * FROM (VALUES ('meter', 'meter_id', 'consumed_ac_mwh'),
                                       ('vehicle', 'vehicle_id', 'delivered_dc_mwh'))
                               AS k (name, device, energy) LOOP
-        CONTINUE WHEN EXISTS (
+        -- the hourly rollups summed by device and day, with the hour columns
+        by_day := format(
+            'SELECT %1$I AS device, date_bin(''1 day'', hour, ''2000-01-01 00:00:00+00'') AS day,'
+            '       sum(%2$I) AS energy, sum(readings) AS readings, %3$s'
+            '  FROM (SELECT *, mod(floor(date_part(''epoch'', hour))::bigint, 86400) / 3600'
+            '               AS hour_of_day FROM %4$I) h'
+            '  GROUP BY 1, 2',
+            kind.device, kind.energy,
+            (SELECT string_agg(format('coalesce(sum(%2$I) FILTER (WHERE hour_of_day = %1$s), 0)'
+                                      ' AS hour%1$s_mwh', k, kind.energy), ', ') || ', '
+                    || string_agg(format('coalesce(sum(readings) FILTER (WHERE hour_of_day = %1$s),'
+                                         ' 0) AS hour%1$s_readings', k), ', ')
+             FROM generate_series(0, 23) k),
+            kind.name || '_hourly');
+        IF NOT EXISTS (
             SELECT 1 FROM information_schema.columns
             WHERE table_schema = current_schema() AND table_name = kind.name || '_daily'
-              AND column_name = 'quarter0_mwh');
-        EXECUTE format('ALTER TABLE %I %s', kind.name || '_daily', columns);
-        EXECUTE format(
-            'UPDATE %1$I d SET %2$s FROM ('
-            '  SELECT %3$I AS device, date_bin(''1 day'', hour, ''2000-01-01 00:00:00+00'') AS day, %4$s'
-            '  FROM (SELECT *, mod(floor(date_part(''epoch'', hour))::bigint, 86400) / 21600 AS quarter'
-            '        FROM %5$I) x'
-            '  GROUP BY 1, 2) r'
-            ' WHERE d.%3$I = r.device AND d.day = r.day',
-            kind.name || '_daily', assignments, kind.device,
-            (SELECT string_agg(format('coalesce(sum(%2$I) FILTER (WHERE quarter = %1$s), 0) AS e%1$s,'
-                                      ' coalesce(sum(readings) FILTER (WHERE quarter = %1$s), 0) AS n%1$s',
-                                      k, kind.energy), ', ')
-             FROM generate_series(0, 3) k),
-            kind.name || '_hourly');
+              AND column_name = 'hour0_mwh') THEN
+            EXECUTE format('ALTER TABLE %I %s, %s', kind.name || '_daily', columns, quarters);
+            EXECUTE format('UPDATE %1$I d SET %2$s FROM (%3$s) r'
+                           ' WHERE d.%4$I = r.device AND d.day = r.day',
+                           kind.name || '_daily', assignments, by_day, kind.device);
+        END IF;
+        EXECUTE format('INSERT INTO %1$I (%2$I, day, %3$I, readings, %4$s)'
+                       ' SELECT * FROM (%5$s) r WHERE NOT EXISTS (SELECT 1 FROM %1$I)',
+                       kind.name || '_daily', kind.device, kind.energy, names, by_day);
     END LOOP;
 END
 $$;
-
--- A database from before the daily rollups: derive them once from the hourly ones (the same
--- rows summed by day and quarter). Nothing to do on a new database or once they exist.
-INSERT INTO meter_daily
-SELECT meter_id, date_bin('1 day', hour, '2000-01-01 00:00:00+00'), sum(consumed_ac_mwh),
-       sum(readings),
-       coalesce(sum(consumed_ac_mwh) FILTER (WHERE quarter = 0), 0),
-       coalesce(sum(consumed_ac_mwh) FILTER (WHERE quarter = 1), 0),
-       coalesce(sum(consumed_ac_mwh) FILTER (WHERE quarter = 2), 0),
-       coalesce(sum(consumed_ac_mwh) FILTER (WHERE quarter = 3), 0),
-       coalesce(sum(readings) FILTER (WHERE quarter = 0), 0),
-       coalesce(sum(readings) FILTER (WHERE quarter = 1), 0),
-       coalesce(sum(readings) FILTER (WHERE quarter = 2), 0),
-       coalesce(sum(readings) FILTER (WHERE quarter = 3), 0)
-FROM (SELECT *, mod(floor(date_part('epoch', hour))::bigint, 86400) / 21600 AS quarter
-      FROM meter_hourly) h
-WHERE NOT EXISTS (SELECT 1 FROM meter_daily) GROUP BY 1, 2;
-INSERT INTO vehicle_daily
-SELECT vehicle_id, date_bin('1 day', hour, '2000-01-01 00:00:00+00'), sum(delivered_dc_mwh),
-       sum(readings),
-       coalesce(sum(delivered_dc_mwh) FILTER (WHERE quarter = 0), 0),
-       coalesce(sum(delivered_dc_mwh) FILTER (WHERE quarter = 1), 0),
-       coalesce(sum(delivered_dc_mwh) FILTER (WHERE quarter = 2), 0),
-       coalesce(sum(delivered_dc_mwh) FILTER (WHERE quarter = 3), 0),
-       coalesce(sum(readings) FILTER (WHERE quarter = 0), 0),
-       coalesce(sum(readings) FILTER (WHERE quarter = 1), 0),
-       coalesce(sum(readings) FILTER (WHERE quarter = 2), 0),
-       coalesce(sum(readings) FILTER (WHERE quarter = 3), 0)
-FROM (SELECT *, mod(floor(date_part('epoch', hour))::bigint, 86400) / 21600 AS quarter
-      FROM vehicle_hourly) h
-WHERE NOT EXISTS (SELECT 1 FROM vehicle_daily) GROUP BY 1, 2;
 
 -- Everything that could not be stored as a reading, with the reason, so nothing is lost unseen.
 CREATE TABLE IF NOT EXISTS dead_letter (

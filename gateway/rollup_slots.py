@@ -4,8 +4,7 @@ declares the columns.
 
 - the 10-minute slots of the hourly rollups (slotK_mwh, slotK_readings: minutes 10K to 10K + 9
   of the hour);
-- the 6-hour quarters of the daily rollups (quarterK_mwh, quarterK_readings: hours 6K to 6K + 5
-  of the UTC day).
+- the hours of the daily rollups (hourK_mwh, hourK_readings: hour K of the UTC day).
 """
 
 from __future__ import annotations
@@ -13,13 +12,13 @@ from __future__ import annotations
 from typing import Final
 
 SLOTS: Final = range(6)
-QUARTERS: Final = range(4)
+HOURS: Final = range(24)
 # The slot of a reading: from its epoch seconds, so that no session time zone (some are offset
 # by 30 or 45 minutes) changes which 10 minutes of the UTC hour it falls in. date_part gives a
 # double (exact to the microsecond for these dates); extract() a numeric, several times slower.
 SLOT_OF_TS: Final = "mod(floor(date_part('epoch', ts))::bigint, 3600) / 600"
-# The quarter of the UTC day of an hourly row, likewise.
-QUARTER_OF_HOUR: Final = "mod(floor(date_part('epoch', hour))::bigint, 86400) / 21600"
+# The hour of the UTC day of an hourly row, likewise.
+HOUR_OF_DAY: Final = "mod(floor(date_part('epoch', hour))::bigint, 86400) / 3600"
 
 
 def part_columns(part: str, parts: range) -> str:
@@ -31,8 +30,8 @@ def slot_columns() -> str:
     return part_columns("slot", SLOTS)
 
 
-def quarter_columns() -> str:
-    return part_columns("quarter", QUARTERS)
+def hour_columns() -> str:
+    return part_columns("hour", HOURS)
 
 
 def slot_sums(energy: str) -> str:
@@ -44,13 +43,14 @@ def slot_sums(energy: str) -> str:
     )
 
 
-def part_pivot(part: str, parts: range, energy: str = "energy") -> str:
-    """Part columns from rows already summed by part (columns {part}, ``energy`` and readings),
-    in the order and with the names of part_columns()."""
+def part_pivot(part: str, parts: range, energy: str = "energy", key: str = "") -> str:
+    """Part columns from rows already summed by part (columns ``key``, by default named as the
+    part, ``energy`` and readings), in the order and with the names of part_columns()."""
+    key = key or part
     return ", ".join(
-        [f"coalesce(sum({energy}) FILTER (WHERE {part} = {k}), 0) AS {part}{k}_mwh" for k in parts]
+        [f"coalesce(sum({energy}) FILTER (WHERE {key} = {k}), 0) AS {part}{k}_mwh" for k in parts]
         + [
-            f"coalesce(sum(readings) FILTER (WHERE {part} = {k}), 0) AS {part}{k}_readings"
+            f"coalesce(sum(readings) FILTER (WHERE {key} = {k}), 0) AS {part}{k}_readings"
             for k in parts
         ]
     )

@@ -15,12 +15,12 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from gateway.batch import Batch, is_refusal, refused_by_database
 from gateway.database import Partitions
 from gateway.rollup_slots import (
-    QUARTER_OF_HOUR,
-    QUARTERS,
+    HOUR_OF_DAY,
+    HOURS,
     SLOT_OF_TS,
     additions,
+    hour_columns,
     part_pivot,
-    quarter_columns,
     slot_columns,
     slot_pivot,
 )
@@ -50,18 +50,18 @@ SELECT DISTINCT s.name FROM meter_stage s
 WHERE NOT EXISTS (SELECT 1 FROM meter m WHERE m.name = s.name)
 ON CONFLICT (name) DO NOTHING
 """
-# Daily rollups, with their 6-hour quarters, from the hour groups of the same statement, for
-# either kind.
+# Daily rollups, with each hour's sums, from the hour groups of the same statement, for either
+# kind.
 _ROLLED_DAILY: Final = """rolled_daily AS (
-    INSERT INTO {kind}_daily AS d ({device}, day, {energy}, readings, {quarter_columns})
+    INSERT INTO {kind}_daily AS d ({device}, day, {energy}, readings, {hour_columns})
     SELECT {device}, date_bin('1 day', hour, '2000-01-01 00:00:00+00') AS day,
-           sum({energy}), sum(readings), {quarter_pivot}
-    FROM (SELECT {device}, hour, {energy}, readings, {quarter_of_hour} AS quarter FROM hours) h
+           sum({energy}), sum(readings), {hour_pivot}
+    FROM (SELECT {device}, hour, {energy}, readings, {hour_of_day} AS hour_of_day FROM hours) h
     GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT ({device}, day) DO UPDATE SET
         {energy} = d.{energy} + EXCLUDED.{energy},
         readings = d.readings + EXCLUDED.readings,
-        {quarter_additions}
+        {hour_additions}
 )"""
 
 
@@ -71,10 +71,10 @@ def _rollup_fragments(kind: str, device: str, energy: str) -> dict[str, str]:
         "kind": kind,
         "device": device,
         "energy": energy,
-        "quarter_columns": quarter_columns(),
-        "quarter_pivot": part_pivot("quarter", QUARTERS, energy),
-        "quarter_of_hour": QUARTER_OF_HOUR,
-        "quarter_additions": additions("d", quarter_columns()),
+        "hour_columns": hour_columns(),
+        "hour_pivot": part_pivot("hour", HOURS, energy, key="hour_of_day"),
+        "hour_of_day": HOUR_OF_DAY,
+        "hour_additions": additions("d", hour_columns()),
     }
     return {
         "slot_columns": slot_columns(),
@@ -85,7 +85,7 @@ def _rollup_fragments(kind: str, device: str, energy: str) -> dict[str, str]:
     }
 
 
-# History and its rollups (hourly with 10-minute slots, daily with 6-hour quarters) in one
+# History and its rollups (hourly with 10-minute slots, daily with each hour's sums) in one
 # statement: the rollups add up only the rows that were really inserted, so a duplicate never
 # counts twice. Rows are taken in key order so that two gateways updating the same rollup rows
 # lock them in the same order (no deadlock).

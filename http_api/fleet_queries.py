@@ -13,76 +13,49 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.rollup_slots import QUARTERS, SLOTS
+from gateway.rollup_slots import HOURS, SLOTS
 from http_api.rollup_queries import BY_IDS, ORIGIN, build, segments
 from http_api.window_pieces import split_sql, window_pieces
 
 # The fleet view: every vehicle at once, set-based, energies and counts only (temperatures are
 # asked for the returned page alone, by build_fleet_page). A device's sums over the window come
-# from the coarsest rollups that fit (http_api/window_pieces.py): whole days, then 6-hour
-# quarters, hours and 10-minute slots, each added or subtracted, and raw readings only for the
-# minutes at the edges. All are read once for all devices, by day, hour, slot and time. Only
-# link segments cut inside the window (a link begun or ended in it) are read segment by segment.
+# from the coarsest rollups that fit (http_api/window_pieces.py): whole days, the hour columns
+# of one daily row and the 10-minute slot columns of one hourly row at each edge, and raw
+# readings only for the minutes at the very edges. All are read once for all devices, by day,
+# hour and time, and summed in one pass. Only link segments cut inside the window (a link begun
+# or ended in it) are read segment by segment.
 _WINDOW_SUMS: Final = """
-SELECT device_id,
-       coalesce(h.energy, 0) + coalesce(q.e1, 0) + coalesce(q.e2, 0)
-           + coalesce(r.e1, 0) + coalesce(r.e2, 0) AS energy,
-       coalesce(h.readings, 0) + coalesce(q.n1, 0) + coalesce(q.n2, 0)
-           + coalesce(r.n1, 0) + coalesce(r.n2, 0) AS readings,
+SELECT device_id, sum(energy)::bigint AS energy, sum(readings)::bigint AS readings,
        -- [f, r1) and [r2, t): what a link segment cut inside the window shares with it
-       coalesce(q.e1, 0) + coalesce(r.e1, 0) AS head_energy,
-       coalesce(q.n1, 0) + coalesce(r.n1, 0) AS head_readings,
-       coalesce(q.e2, 0) + coalesce(r.e2, 0) AS tail_energy,
-       coalesce(q.n2, 0) + coalesce(r.n2, 0) AS tail_readings
+       sum(head_energy)::bigint AS head_energy, sum(head_readings)::bigint AS head_readings,
+       sum(tail_energy)::bigint AS tail_energy, sum(tail_readings)::bigint AS tail_readings
 FROM (
-    -- [r1, r2): whole days, plus or minus quarters and hours
-    SELECT device_id, sum(energy)::bigint AS energy, sum(readings)::bigint AS readings
-    FROM (
-        SELECT {device} AS device_id, {energy} AS energy, readings
-        FROM {daily} WHERE day >= %(d_lo)s AND day < %(d_hi)s
-        UNION ALL
-        -- Each range in two halves, so that the planner cannot take a plain index scan: a
-        -- bitmap heap scan reads these rows in page order (~3 times faster for 100k rows).
-        SELECT {device}, %(h1sign)s * {energy}, %(h1sign)s * readings
-        FROM {hourly}
-        WHERE hour >= %(h1lo)s AND hour < %(h1mid)s OR hour >= %(h1mid)s AND hour < %(h1hi)s
-        UNION ALL
-        SELECT {device}, %(h2sign)s * {energy}, %(h2sign)s * readings
-        FROM {hourly}
-        WHERE hour >= %(h2lo)s AND hour < %(h2mid)s OR hour >= %(h2mid)s AND hour < %(h2hi)s
-        UNION ALL
-        -- 6-hour quarters next to the whole days: the quarter columns of one daily row a piece
-        SELECT {device}, %(u1sign)s * ({u1_mwh}), %(u1sign)s * ({u1_readings})
-        FROM {daily} WHERE day = %(u1cell)s AND %(u1klo)s < %(u1khi)s
-        UNION ALL
-        SELECT {device}, %(u2sign)s * ({u2_mwh}), %(u2sign)s * ({u2_readings})
-        FROM {daily} WHERE day = %(u2cell)s AND %(u2klo)s < %(u2khi)s
-    ) rollups
-    GROUP BY 1
-) h
-FULL JOIN (
-    -- 10-minute slots next to [r1, r2): the slot columns of one hourly row per piece
-    SELECT {device} AS device_id,
-           %(q1sign)s * sum(CASE WHEN hour = %(q1cell)s THEN {q1_mwh} END)::bigint AS e1,
-           %(q1sign)s * sum(CASE WHEN hour = %(q1cell)s THEN {q1_readings} END) AS n1,
-           %(q2sign)s * sum(CASE WHEN hour = %(q2cell)s THEN {q2_mwh} END)::bigint AS e2,
-           %(q2sign)s * sum(CASE WHEN hour = %(q2cell)s THEN {q2_readings} END) AS n2
-    FROM {hourly}
-    WHERE hour = %(q1cell)s AND %(q1klo)s < %(q1khi)s OR hour = %(q2cell)s AND %(q2klo)s < %(q2khi)s
-    GROUP BY 1
-) q USING (device_id)
-FULL JOIN (
+    SELECT {device} AS device_id, {energy} AS energy, readings,
+           0 AS head_energy, 0 AS head_readings, 0 AS tail_energy, 0 AS tail_readings
+    FROM {daily} WHERE day >= %(d_lo)s AND day < %(d_hi)s
+    UNION ALL
+    SELECT {device}, {u1_mwh}, {u1_readings}, 0, 0, 0, 0
+    FROM {daily} WHERE day = %(u1cell)s AND %(u1klo)s < %(u1khi)s
+    UNION ALL
+    SELECT {device}, {u2_mwh}, {u2_readings}, 0, 0, 0, 0
+    FROM {daily} WHERE day = %(u2cell)s AND %(u2klo)s < %(u2khi)s
+    UNION ALL
+    SELECT {device}, {q1_mwh}, {q1_readings}, {q1_mwh}, {q1_readings}, 0, 0
+    FROM {hourly} WHERE hour = %(q1cell)s AND %(q1klo)s < %(q1khi)s
+    UNION ALL
+    SELECT {device}, {q2_mwh}, {q2_readings}, 0, 0, {q2_mwh}, {q2_readings}
+    FROM {hourly} WHERE hour = %(q2cell)s AND %(q2klo)s < %(q2khi)s
+    UNION ALL
     -- raw readings: the minutes at the window's edges
-    SELECT {device} AS device_id,
-           %(p1sign)s * (sum({energy}) FILTER (WHERE ts < %(p1hi)s))::bigint AS e1,
-           %(p1sign)s * count(*) FILTER (WHERE ts < %(p1hi)s) AS n1,
-           %(p2sign)s * (sum({energy}) FILTER (WHERE ts >= %(p1hi)s))::bigint AS e2,
-           %(p2sign)s * count(*) FILTER (WHERE ts >= %(p1hi)s) AS n2
+    SELECT {device}, %(p1sign)s * {energy}, %(p1sign)s, %(p1sign)s * {energy}, %(p1sign)s, 0, 0
     FROM {history}
-    WHERE ts >= %(hf)s AND ts < %(hc)s
-      AND (ts >= %(p1lo)s AND ts < %(p1hi)s OR ts >= %(p2lo)s AND ts < %(p2hi)s)
-    GROUP BY 1
-) r USING (device_id)
+    WHERE ts >= %(hf)s AND ts < %(hc)s AND ts >= %(p1lo)s AND ts < %(p1hi)s
+    UNION ALL
+    SELECT {device}, %(p2sign)s * {energy}, %(p2sign)s, 0, 0, %(p2sign)s * {energy}, %(p2sign)s
+    FROM {history}
+    WHERE ts >= %(hf)s AND ts < %(hc)s AND ts >= %(p2lo)s AND ts < %(p2hi)s
+) pieces
+GROUP BY 1
 """
 
 
@@ -115,7 +88,7 @@ _PART_SUMS: Final = {
     for name in ("q1", "q2")
     for column in ("mwh", "readings")
 } | {
-    f"{name}_{column}": _part_sum(f"%({name}klo)s", f"%({name}khi)s", column, "quarter", QUARTERS)
+    f"{name}_{column}": _part_sum(f"%({name}klo)s", f"%({name}khi)s", column, "hour", HOURS)
     for name in ("u1", "u2")
     for column in ("mwh", "readings")
 }

@@ -1,14 +1,14 @@
 """How the fleet view reads a window: from the coarsest rollups that fit, and only the rest from
 finer ones, down to raw history for the minutes at its very edges.
 
-Level by level (raw readings -> 10-minute slots of the hourly rollups -> hours -> 6-hour
-quarters of the daily rollups -> days), a span [lo, hi) is split into an aligned span [L, H) on
-the next level's boundaries and two signed pieces read at this level: at each edge, either the
-span's part of the edge cell is added, or the whole cell is taken from the coarser level and
-the part outside the span subtracted, whichever reads fewer rows. Energy is integer mWh, so
-adding and subtracting is exact. For a 24-hour window this reads per device at most ~5 minutes
-of readings, one hourly row's slots, 3 hourly rows and one daily row's quarters at each edge,
-and whole days.
+Raw readings are read for the minutes at each edge up to a 10-minute boundary: either the
+window's part of that 10 minutes is added, or the whole 10 minutes is taken from the coarser
+level and the part outside the window subtracted, whichever reads fewer readings (energy is
+integer mWh, so adding and subtracting is exact). The rest lies on 10-minute boundaries: its
+part of the edge hours is read from the 10-minute slot columns of one hourly row at each edge,
+its part of the edge days from the hour columns of one daily row at each edge, and the days in
+between from the daily rows whole. For a 24-hour window that is per device at most ~5 minutes
+of readings, one hourly row and one daily row at each edge.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any, Final
 
 SLOT: Final = timedelta(minutes=10)
 HOUR: Final = timedelta(hours=1)
-QUARTER: Final = timedelta(hours=6)
 DAY: Final = timedelta(days=1)
 ORIGIN: Final = datetime(2000, 1, 1, tzinfo=UTC)  # as the gateway's date_bin
 
@@ -42,16 +41,10 @@ class Piece:
     hi: datetime
 
     def params(self, name: str) -> dict[str, Any]:
-        # mid: the SQL reads a range as two halves, so that the planner takes a bitmap scan.
-        return {
-            f"{name}sign": self.sign,
-            f"{name}lo": self.lo,
-            f"{name}hi": self.hi,
-            f"{name}mid": self.lo + (self.hi - self.lo) / 2,
-        }
+        return {f"{name}sign": self.sign, f"{name}lo": self.lo, f"{name}hi": self.hi}
 
     def part_params(self, name: str, whole: timedelta, part: timedelta) -> dict[str, Any]:
-        """A piece of parts (10-minute slots, 6-hour quarters) inside one whole (hour, day):
+        """A piece of parts (10-minute slots, hours) inside one whole (hour, day):
         that whole's rollup row {name}cell and its parts klo <= K < khi."""
         cell = floor_to(self.lo, whole)
         klo = (self.lo - cell) // part
@@ -104,35 +97,45 @@ def split(lo: datetime, hi: datetime, unit: timedelta, rows_until: datetime) -> 
     return Split(aligned_lo, aligned_hi, head, tail, inside=False)
 
 
+def parts(lo: datetime, hi: datetime, whole: timedelta) -> Split:
+    """Split [lo, hi) (on the boundaries of the parts kept in a ``whole``'s rollup row) onto
+    ``whole`` boundaries: the edge pieces are always added, as a piece of one row costs that
+    row whichever parts it sums."""
+    if hi <= lo:
+        return Split(lo, lo, Piece(1, lo, lo), Piece(1, lo, lo), inside=False)
+    after = ceil_to(lo, whole)
+    if hi <= after:  # inside one whole: one piece, and nothing aligned
+        return Split(hi, hi, Piece(1, lo, hi), Piece(1, hi, hi), inside=False)
+    last = floor_to(hi, whole)
+    return Split(after, last, Piece(1, lo, after), Piece(1, last, hi), inside=False)
+
+
 def window_pieces(start: datetime, end: datetime, now: datetime) -> dict[str, Any]:
-    """The parameters of the fleet's window sums: raw pieces p1/p2, 10-minute pieces q1/q2,
-    hourly pieces h1/h2, quarter pieces u1/u2, whole days [d_lo, d_hi); [r1, r2) is what lies
-    on whole hours, and [hf, hc) the whole hours around the window (which bound every raw
-    read)."""
+    """The parameters of the fleet's window sums: raw pieces p1/p2, 10-minute pieces q1/q2 (of
+    one hourly row each), hour pieces u1/u2 (of one daily row each), whole days [d_lo, d_hi);
+    [r1, r2) is what lies on whole hours, and [hf, hc) the whole hours around the window
+    (which bound every raw read)."""
     start, end = start.astimezone(UTC), end.astimezone(UTC)
     raw = split(start, end, SLOT, now)
-    slots = split(raw.aligned_lo, raw.aligned_hi, HOUR, floor_to(now, SLOT) + SLOT)
-    hours = split(slots.aligned_lo, slots.aligned_hi, QUARTER, floor_to(now, HOUR) + HOUR)
-    quarters = split(hours.aligned_lo, hours.aligned_hi, DAY, floor_to(now, QUARTER) + QUARTER)
+    slots = parts(raw.aligned_lo, raw.aligned_hi, HOUR)
+    hours = parts(slots.aligned_lo, slots.aligned_hi, DAY)
     return {
         "hf": floor_to(start, HOUR),
         "hc": ceil_to(end, HOUR),
         "r1": slots.aligned_lo,
         "r2": slots.aligned_hi,
-        "d_lo": quarters.aligned_lo,
-        "d_hi": quarters.aligned_hi,
-        # [start, r1) is exactly p1 + q1 and [r2, end) is q2 + p2, unless a level split inside
-        # one cell: then link segments cut inside the window cannot share them.
-        "share_edges": not (raw.inside or slots.inside),
+        "d_lo": hours.aligned_lo,
+        "d_hi": hours.aligned_hi,
+        # [start, r1) is exactly p1 + q1 and [r2, end) is q2 + p2, unless the raw level split
+        # inside one 10 minutes: then link segments cut inside the window cannot share them.
+        "share_edges": not raw.inside,
     } | (
         raw.head.params("p1")
         | raw.tail.params("p2")
         | slots.head.part_params("q1", HOUR, SLOT)
         | slots.tail.part_params("q2", HOUR, SLOT)
-        | hours.head.params("h1")
-        | hours.tail.params("h2")
-        | quarters.head.part_params("u1", DAY, QUARTER)
-        | quarters.tail.part_params("u2", DAY, QUARTER)
+        | hours.head.part_params("u1", DAY, HOUR)
+        | hours.tail.part_params("u2", DAY, HOUR)
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from http_api.window_pieces import QUARTER, SLOT, floor_to, split, split_sql, window_pieces
+from http_api.window_pieces import DAY, SLOT, floor_to, split, split_sql, window_pieces
 from tests.conftest import query
 from tests.http_helpers import Api, iso, meter_reading, vehicle_reading, write_readings
 
@@ -371,28 +371,28 @@ async def test_fleet_figures_equal_the_performance_figures(api: Api, database_ur
 def _coefficient(p: dict[str, Any], at: datetime) -> int:
     """How many times the fleet's pieces count a reading taken at ``at``."""
     n = 0
-    for name, unit in (("p", None), ("q", SLOT), ("h", HOUR), ("u", QUARTER)):
+    for name, unit in (("p", None), ("q", SLOT), ("u", HOUR)):
         cell = at if unit is None else floor_to(at, unit)
         for piece in (f"{name}1", f"{name}2"):
             n += p[f"{piece}sign"] if p[f"{piece}lo"] <= cell < p[f"{piece}hi"] else 0
-    return n + (1 if p["d_lo"] <= floor_to(at, timedelta(days=1)) < p["d_hi"] else 0)
+    return n + (1 if p["d_lo"] <= floor_to(at, DAY) < p["d_hi"] else 0)
 
 
 def test_fleet_window_pieces_count_every_reading_once_and_read_little() -> None:
-    """Days, quarters, hours, 10-minute slots and raw minutes, added and subtracted: a reading
+    """Days, hours of a daily row, 10-minute slots of an hourly row and raw minutes: a reading
     inside the window is counted exactly once, one outside never; raw pieces are at most 5
-    minutes, slot pieces 30 minutes, hourly pieces 3 hours, quarter pieces 12 hours."""
+    minutes, a slot piece lies in one hourly row and an hour piece in one daily row."""
     rng = random.Random(11)
     origin = datetime(2026, 3, 1, tzinfo=UTC)
     for _ in range(3000):
         start = origin + timedelta(seconds=rng.uniform(0, 4 * 86400))
         if rng.random() < 0.3:
-            start = floor_to(start, rng.choice([SLOT, HOUR, timedelta(days=1)]))
+            start = floor_to(start, rng.choice([SLOT, HOUR, DAY]))
         end = start + timedelta(
             seconds=rng.choice([rng.uniform(1, 900), rng.uniform(1, 3 * 86400)])
         )
         if rng.random() < 0.3:
-            end = floor_to(end, rng.choice([SLOT, HOUR])) + SLOT
+            end = floor_to(end, rng.choice([SLOT, HOUR, DAY])) + SLOT
         now = end + timedelta(seconds=rng.uniform(-600, 600))
         p = window_pieces(start, end, now)
         probes = [start, end, start - MICRO, end - MICRO, p["r1"], p["r2"], p["r1"] - MICRO]
@@ -401,17 +401,19 @@ def test_fleet_window_pieces_count_every_reading_once_and_read_little() -> None:
         probes += [end + timedelta(seconds=rng.uniform(0, 86400)) for _ in range(5)]
         for at in probes:
             assert _coefficient(p, at) == (1 if start <= at < end else 0), (start, end, now, at)
-        rows_until = {"p": now, "q": floor_to(now, SLOT) + SLOT, "h": floor_to(now, HOUR) + HOUR}
-        rows_until["u"] = floor_to(now, QUARTER) + QUARTER
-        for name, longest in (("p", 5 * 60), ("q", 30 * 60), ("h", 3 * 3600), ("u", 12 * 3600)):
-            for side in "12":  # what is read: the future has no rows yet
-                span = min(p[f"{name}{side}hi"], rows_until[name]) - p[f"{name}{side}lo"]
-                assert span.total_seconds() <= longest or span <= end - start, (start, end, p)
+        for side in "12":  # what is read: the future has no rows yet
+            span = min(p[f"p{side}hi"], now) - p[f"p{side}lo"]
+            assert span.total_seconds() <= 5 * 60 or span <= end - start, (start, end, p)
+            for name, whole in (("q", HOUR), ("u", DAY)):
+                lo, hi = p[f"{name}{side}lo"], p[f"{name}{side}hi"]
+                assert p[f"{name}{side}sign"] == 1, (start, end, p)
+                assert lo <= hi, (start, end, p)
+                assert floor_to(lo, whole) == p[f"{name}{side}cell"], (start, end, p)
+                assert hi <= p[f"{name}{side}cell"] + whole, (start, end, p)
         if p["share_edges"]:  # [start, r1) is p1 + q1: what a cut link segment takes
             head = {k: v for k, v in p.items() if k[:2] in ("p1", "q1")}
             empty = {"p2sign": 1, "p2lo": start, "p2hi": start, "q2sign": 1, "q2lo": start}
-            empty |= {"q2hi": start, "h1sign": 1, "h1lo": start, "h1hi": start, "h2sign": 1}
-            empty |= {"h2lo": start, "h2hi": start, "d_lo": start, "d_hi": start}
+            empty |= {"q2hi": start, "d_lo": start, "d_hi": start}
             empty |= {f"u{side}{k}": start for side in "12" for k in ("lo", "hi")}
             empty |= {"u1sign": 1, "u2sign": 1}
             for at in [start, p["r1"] - MICRO, start + (p["r1"] - start) * rng.random()]:
@@ -426,10 +428,19 @@ def test_fleet_window_pieces_examples() -> None:
     # 10:47 to 12:40, now 12:40: 3 raw minutes and a slot to 11:00; the tail is on a slot.
     p = window_pieces(at(10, 47), at(12, 40), at(12, 40))
     assert (p["p1sign"], p["p1lo"], p["p1hi"]) == (1, at(10, 47), at(10, 50))
-    assert (p["q1sign"], p["q1lo"], p["q1hi"]) == (1, at(10, 50), at(11))
-    assert (p["r1"], p["r2"]) == (at(11), at(13))  # the last hour whole ...
-    assert (p["q2sign"], p["q2lo"], p["q2hi"]) == (-1, at(12, 40), at(13))  # ... less the future
+    assert (p["q1cell"], p["q1klo"], p["q1khi"]) == (at(10), 5, 6)  # slot 5 of 10:00's row
+    assert (p["r1"], p["r2"]) == (at(11), at(12))
+    assert (p["u1cell"], p["u1klo"], p["u1khi"]) == (at(0), 11, 12)  # hour 11 of the day's row
+    assert (p["q2cell"], p["q2klo"], p["q2khi"]) == (at(12), 0, 4)  # slots 0-3 of 12:00's row
     assert p["p2lo"] == p["p2hi"]
+    assert p["d_lo"] == p["d_hi"]
+    # 23:52 to 00:31 the next day, now later: one hourly row's slots at each edge, no hours.
+    p = window_pieces(at(23, 52), at(23, 52) + timedelta(minutes=39), at(23) + DAY)
+    assert (p["p1sign"], p["p1lo"], p["p1hi"]) == (-1, at(23, 50), at(23, 52))
+    assert (p["q1cell"], p["q1klo"], p["q1khi"]) == (at(23), 5, 6)
+    assert (p["q2cell"], p["q2klo"], p["q2khi"]) == (at(0) + DAY, 0, 3)
+    assert p["u1klo"] == p["u1khi"]
+    assert p["u2klo"] == p["u2khi"]
     # 10:12 to 10:14, inside one slot: 2 raw minutes rather than the slot less 8.
     p = window_pieces(at(10, 12), at(10, 14), at(12))
     assert (p["p1sign"], p["p1lo"], p["p1hi"]) == (1, at(10, 12), at(10, 14))

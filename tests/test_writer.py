@@ -12,7 +12,7 @@ import psycopg
 from gateway.batch import Batch, Received
 from gateway.database import Partitions, apply_schema, open_pool
 from gateway.readings import Limits, decode_message
-from gateway.rollup_slots import QUARTERS, SLOTS
+from gateway.rollup_slots import HOURS, SLOTS
 from gateway.writer import BatchWriter, WriteResult
 from tests.conftest import query
 
@@ -121,20 +121,20 @@ async def test_rollups_equal_the_sums_of_history_despite_duplicates_and_disorder
     assert len(daily) >= 3
     assert daily == daily_from_history
     assert await _parts(database_url, "slot") == await _parts_from_history(database_url, "slot")
-    quarters = await _parts(database_url, "quarter")
-    assert quarters == await _parts_from_history(database_url, "quarter")
-    assert len(quarters) > 8
+    day_hours = await _parts(database_url, "hour")
+    assert day_hours == await _parts_from_history(database_url, "hour")
+    assert len(day_hours) > 8
 
 
 _PARTS: Final = {  # table, row start, parts, part length
     "slot": ("vehicle_hourly", "hour", SLOTS, "10 minutes"),
-    "quarter": ("vehicle_daily", "day", QUARTERS, "6 hours"),
+    "hour": ("vehicle_daily", "day", HOURS, "1 hour"),
 }
 
 
 async def _parts(database_url: str, part: str) -> list[tuple[Any, ...]]:
     """(part start, energy, readings) of every non-empty 10-minute slot of the hourly rollups
-    or 6-hour quarter of the daily ones."""
+    or hour of the daily ones."""
     table, start, parts, length = _PARTS[part]
     return await query(
         database_url,
@@ -161,7 +161,7 @@ async def _parts_from_history(database_url: str, part: str) -> list[tuple[Any, .
     return rows
 
 
-async def test_a_database_from_before_daily_rollups_slots_and_quarters_gets_them(
+async def test_a_database_from_before_daily_rollups_slots_and_day_hours_gets_them(
     database_url: str,
 ) -> None:
     hours = [NOW - timedelta(hours=h, minutes=7) for h in range(0, 50, 3)]
@@ -182,12 +182,15 @@ async def test_a_database_from_before_daily_rollups_slots_and_quarters_gets_them
         await apply_schema(database_url)
         assert await query(database_url, "SELECT * FROM vehicle_daily ORDER BY day") == expected
         assert await query(database_url, "SELECT * FROM vehicle_hourly ORDER BY hour") == hourly
-    # And one from before the daily rollups' quarters:
-    drop = ", ".join(
-        f"DROP COLUMN quarter{k}_mwh, DROP COLUMN quarter{k}_readings" for k in QUARTERS
+    # And one from before the daily rollups' hour columns, with the 6-hour quarters they replace:
+    drop = ", ".join(f"DROP COLUMN hour{k}_mwh, DROP COLUMN hour{k}_readings" for k in HOURS)
+    quarters = ", ".join(
+        f"ADD COLUMN quarter{k}_mwh bigint NOT NULL DEFAULT 0,"
+        f" ADD COLUMN quarter{k}_readings integer NOT NULL DEFAULT 0"
+        for k in range(4)
     )
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        await conn.execute(f"ALTER TABLE vehicle_daily {drop}".encode())
+        await conn.execute(f"ALTER TABLE vehicle_daily {drop}, {quarters}".encode())
         await conn.execute("DELETE FROM schema_applied")  # applied before the digests were kept
     await apply_schema(database_url)
     assert await query(database_url, "SELECT * FROM vehicle_daily ORDER BY day") == expected
