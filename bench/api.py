@@ -99,7 +99,7 @@ class Bench:
             now = datetime.now(UTC)
             window = (now - timedelta(hours=24), now)
         page = FleetPage(window, self.settings, self.settings.efficiency_good, 100)
-        _, page_rows = await fleet_sums(self.pool, window, page.pick)
+        page_rows = await fleet_sums(self.pool, window, page.pick)
         page.add_page(page_rows)
 
     async def status_sql(self, kind: str, name: str) -> None:

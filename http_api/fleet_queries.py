@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeAlias
 
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
@@ -273,15 +273,21 @@ SELECT vehicle_id, energy AS ac_mwh, readings AS ac_readings FROM linked
 """
 
 
+# A vehicle's row of the fleet: vehicle_id, name, DC and DC readings over the window, DC and DC
+# readings while linked to a meter.
+VehicleSums: TypeAlias = tuple[int, str, int, int, int, int]
+# AC and AC readings of a linked vehicle's meters over its link segments, by vehicle_id.
+AcSums: TypeAlias = dict[int, tuple[int, int]]
+
+
 async def fleet_sums(
     pool: AsyncConnectionPool,
     window: tuple[datetime, datetime],
-    page: Callable[[list[dict[str, Any]]], Collection[int]],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Per vehicle (every vehicle): energies and counts over the window, DC and DC while linked
-    with the vehicle_id and name, AC under ac_mwh and ac_readings (0 without a link); then, in
-    the same snapshot, build_fleet_page for the vehicles ``page`` picks from those rows (by
-    vehicle_id)."""
+    page: Callable[[list[VehicleSums], AcSums], Collection[int]],
+) -> list[dict[str, Any]]:
+    """Every vehicle's sums over the window, given to ``page``; then, in the same snapshot,
+    build_fleet_page's rows for the vehicles ``page`` picks (by vehicle_id). Rows come as plain
+    tuples: for 10,000 vehicles, dicts cost ~15 ms more in Python."""
     params = {"f": window[0], "t": window[1], "vehicle": None}
     now = datetime.now(UTC)
     params |= window_pieces(*window, now) | {"now": now}
@@ -292,28 +298,22 @@ async def fleet_sums(
             await first.execute(b"SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             snapshot_cur = await first.execute(b"SELECT pg_export_snapshot()")
         [(snapshot,)] = await snapshot_cur.fetchall()
-        halves = await asyncio.gather(
+        vehicles, meters = await asyncio.gather(
             _run_half(first, build_fleet_vehicles(), params, None),
             _run_half(second, build_fleet_meters(), params, snapshot),
         )
-        vehicles, meters = halves
-        ac = {row["vehicle_id"]: row for row in meters}
-        for row in vehicles:
-            linked = ac.get(row["vehicle_id"])
-            row["ac_mwh"] = 0 if linked is None else linked["ac_mwh"]
-            row["ac_readings"] = 0 if linked is None else linked["ac_readings"]
-        ids = list(page(vehicles))
+        ids = list(page(vehicles, {vehicle_id: (ac, n) for vehicle_id, ac, n in meters}))
         if not ids:
-            return vehicles, []
+            return []
         async with first.cursor(row_factory=dict_row) as cur:
             await cur.execute(build_fleet_page().encode(), params | {"ids": ids}, prepare=False)
-            return vehicles, await cur.fetchall()
+            return await cur.fetchall()
 
 
 async def _run_half(
     conn: AsyncConnection[Any], statement: str, params: dict[str, Any], snapshot: str | None
-) -> list[dict[str, Any]]:
-    async with conn.cursor(row_factory=dict_row) as cur:
+) -> list[Any]:
+    async with conn.cursor(binary=True) as cur:
         async with conn.pipeline():
             if snapshot is not None:
                 await conn.execute(b"SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")

@@ -19,7 +19,7 @@ from http_api.analytics import (
     window_body,
 )
 from http_api.errors import InvalidParameterError, NotFoundError
-from http_api.fleet_queries import fleet_sums
+from http_api.fleet_queries import AcSums, VehicleSums, fleet_sums
 from http_api.keys import POOL, SETTINGS
 from http_api.render import iso, json, kwh
 from http_api.rollup_queries import Grouping, Stream, vehicle_sums
@@ -125,18 +125,19 @@ class FleetPage:
         self.after: tuple[float, str] | None = None
         self.vehicles = self.total_ac = self.total_dc = self.matched_ac = self.matched_dc = 0
         self.statuses: defaultdict[str, int] = defaultdict(int)
-        self.ranked: list[tuple[float, str, dict[str, Any]]] = []
+        self.ranked: list[tuple[float, str, tuple[int, int, int, int, int]]] = []
         self.page: dict[int, tuple[float, str, Figures]] = {}  # by vehicle_id, in rank order
 
-    def pick(self, rows: list[dict[str, Any]]) -> list[int]:
+    def pick(self, vehicles: list[VehicleSums], ac_sums: AcSums) -> list[int]:
         below, after = self.below, self.after
-        for row in rows:
+        no_ac = (0, 0)
+        for vehicle_id, name, dc, _, dc_linked, dc_linked_readings in vehicles:
+            ac, ac_readings = ac_sums.get(vehicle_id, no_ac)
             self.vehicles += 1
-            ac, dc_linked = int(row["ac_mwh"]), int(row["dc_linked_mwh"])
             self.total_ac += ac
-            self.total_dc += int(row["dc_mwh"])
+            self.total_dc += dc
             # As Figures.efficiency, inline: this runs for every vehicle of the fleet.
-            if ac <= 0 or not row["dc_linked_readings"]:
+            if ac <= 0 or not dc_linked_readings:
                 self.statuses["noData"] += 1
                 continue
             efficiency = dc_linked / ac
@@ -145,18 +146,21 @@ class FleetPage:
             # over all AC (AC of unlinked meters, DC of unlinked vehicles would skew it).
             self.matched_dc += dc_linked
             self.matched_ac += ac
-            if efficiency < below and (after is None or (efficiency, row["name"]) > after):
-                self.ranked.append((efficiency, row["name"], row))
+            if efficiency < below and (after is None or (efficiency, name) > after):
+                self.ranked.append(
+                    (efficiency, name, (vehicle_id, ac, ac_readings, dc_linked, dc_linked_readings))
+                )
         self.ranked.sort(key=lambda item: (item[0], item[1]))
-        for efficiency, name, row in self.ranked[: self.limit]:
+        for efficiency, name, (vehicle_id, *sums) in self.ranked[: self.limit]:
+            ac, ac_readings, dc_linked, dc_linked_readings = sums
             figures = Figures(
-                ac_mwh=int(row["ac_mwh"]),
-                ac_readings=int(row["ac_readings"]),
-                dc_linked_mwh=int(row["dc_linked_mwh"]),
-                dc_linked_readings=int(row["dc_linked_readings"]),
+                ac_mwh=ac,
+                ac_readings=ac_readings,
+                dc_linked_mwh=dc_linked,
+                dc_linked_readings=dc_linked_readings,
                 seconds=self.seconds,
             )
-            self.page[int(row["vehicle_id"])] = (efficiency, name, figures)
+            self.page[vehicle_id] = (efficiency, name, figures)
         return list(self.page)
 
     def add_page(self, rows: list[dict[str, Any]]) -> None:
@@ -174,7 +178,7 @@ async def fleet(request: web.Request) -> web.Response:
     limit = params.integer(request.query, "limit", 100, 1, 1000)
     fleet = FleetPage(window, settings, below, limit)
     fleet.after = _fleet_cursor(params.decode_cursor(request.query))
-    _, page_rows = await fleet_sums(request.app[POOL], window, fleet.pick)
+    page_rows = await fleet_sums(request.app[POOL], window, fleet.pick)
     fleet.add_page(page_rows)
     page = list(fleet.page.values())
     cursor = None
