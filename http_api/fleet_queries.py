@@ -161,10 +161,20 @@ def _cut_segment_sum(what: str) -> str:
 
 
 # Per vehicle over its link segments: a segment equal to the window takes its device's window
-# sums; a cut one is read by itself, summed inside the loop (one row out per segment).
+# sums; a cut one is read by itself, summed inside the loop (one row out per segment). Most
+# vehicles have one link segment, equal to the window and alone: their row needs no grouping.
+_WHOLE: Final = """
+FROM link_seg b JOIN win w ON w.device_id = b.device_id
+WHERE b.s = %(f)s AND b.e = %(t)s
+  AND {no} EXISTS (SELECT 1 FROM gapped g WHERE g.vehicle_id = b.vehicle_id)
+"""
 _LINKED_SUMS: Final = f"""
-SELECT vehicle_id, sum(energy)::bigint AS energy, sum(readings)::bigint AS readings
+SELECT b.vehicle_id, w.energy, w.readings {_WHOLE.format(no="NOT")}
+UNION ALL
+SELECT vehicle_id, sum(energy)::bigint, sum(readings)::bigint
 FROM (
+    SELECT b.vehicle_id, w.energy, w.readings {_WHOLE.format(no="")}
+    UNION ALL
     SELECT b.vehicle_id, w.energy, w.readings
     FROM spans b JOIN win w ON w.device_id = b.device_id
     WHERE b.s = %(f)s AND b.e = %(t)s
@@ -177,17 +187,14 @@ FROM (
 ) x
 GROUP BY vehicle_id
 """
-
-
 # What is read for each (vehicle, device) pair: its link segments, each added; or, when fewer,
 # the window added once and the gaps between its segments subtracted. A vehicle moved off a
 # charger and back is one gap instead of two cut segments, and in the vehicle half (where the
 # device is the vehicle itself) a vehicle moved from one meter straight to another has no gap:
-# its DC while linked is its window sums, nothing read segment by segment.
+# its DC while linked is its window sums, nothing read segment by segment. (Segments equal to
+# the window are read by _LINKED_SUMS directly.)
 _SPANS: Final = """
-SELECT vehicle_id, device_id, s, e, 1 AS sign FROM link_seg WHERE s = %(f)s AND e = %(t)s
-UNION ALL
-SELECT vehicle_id, device_id, s, e, 1 FROM gapped WHERE NOT by_gaps
+SELECT vehicle_id, device_id, s, e, 1 AS sign FROM gapped WHERE NOT by_gaps
 UNION ALL
 SELECT vehicle_id, device_id, %(f)s, %(t)s, 1 FROM gapped WHERE by_gaps AND first
 UNION ALL
