@@ -78,20 +78,41 @@ def _slot_range(lo: str, hi: str, name: str) -> str:
     )
 
 
-_PART_SUMS: Final = {
-    f"{where}{name}_{column}": _part_sum(
-        f"%({name}klo)s" if where == "" else f"c.{name}klo",
-        f"%({name}khi)s" if where == "" else f"c.{name}khi",
-        column,
-    )
-    for where in ("", "cut_")
+# A cut segment's 10-minute pieces, whose slots differ row by row.
+_CUT_PART_SUMS: Final = {
+    f"cut_{name}_{column}": _part_sum(f"c.{name}klo", f"c.{name}khi", column)
     for name in ("q1", "q2")
     for column in ("mwh", "readings")
-} | {
-    f"{name}_{column}": _part_sum(f"%({name}klo)s", f"%({name}khi)s", column, "hour", HOURS)
-    for name in ("u1", "u2")
-    for column in ("mwh", "readings")
 }
+
+
+def _window_part_sum(chosen: range, columns: list[str], total: str) -> str:
+    """The window's piece of one rollup row, the sum of its part ``columns`` at the ``chosen``
+    positions, written out: those columns, or the row's ``total`` less the others when that is
+    fewer terms. (With a CASE for every part, the 20,000 daily rows of a half cost ~8 ms more.)"""
+    inside = [column for k, column in enumerate(columns) if k in chosen]
+    outside = [column for k, column in enumerate(columns) if k not in chosen]
+    if not inside:
+        return "0"
+    if len(outside) + 1 < len(inside):
+        return f"{total} - ({' + '.join(outside)})" if outside else total
+    return " + ".join(inside)
+
+
+def _window_part_sums(params: dict[str, Any], energy: str) -> dict[str, str]:
+    """u1_mwh, u1_readings, ..., q2_readings for the window's pieces in ``params``."""
+    pieces = (("u1", "hour", HOURS), ("u2", "hour", HOURS), ("q1", "slot", SLOTS))
+    return {
+        f"{name}_{column}": _window_part_sum(
+            range(params[f"{name}klo"], params[f"{name}khi"]),
+            [f"{part}{k}_{column}" for k in parts],
+            total,
+        )
+        for name, part, parts in (*pieces, ("q2", "slot", SLOTS))
+        for column, total in (("mwh", energy), ("readings", "readings"))
+    }
+
+
 _SLOTS_UNTIL: Final = (
     f"date_bin('10 minutes', %(now)s::timestamptz, {ORIGIN}) + interval '10 minutes'"
 )
@@ -229,16 +250,18 @@ WHERE valid_from < %(t)s AND (valid_to IS NULL OR valid_to > %(f)s)
 """
 
 
-def _fleet_half(kind: Literal["vehicle", "meter"]) -> str:
+def _fleet_half(kind: Literal["vehicle", "meter"], params: dict[str, Any]) -> str:
+    """The CTEs of one half for the window of ``params`` (window_pieces), whose part sums are
+    written into the SQL."""
     if kind == "vehicle":
         device = {"device": "vehicle_id", "energy": "delivered_dc_mwh"}
     else:
         device = {"device": "meter_id", "energy": "consumed_ac_mwh"}
-    tables = {
-        "daily": f"{kind}_daily",
-        "hourly": f"{kind}_hourly",
-        "history": f"{kind}_reading",
-    } | _PART_SUMS
+    tables = (
+        {"daily": f"{kind}_daily", "hourly": f"{kind}_hourly", "history": f"{kind}_reading"}
+        | _CUT_PART_SUMS
+        | _window_part_sums(params, device["energy"])
+    )
     return f"""
 WITH win AS ({_WINDOW_SUMS.format(**device, **tables)}),
 link_seg AS ({_FLEET_LINKS.format(device=device["device"])}),
@@ -249,9 +272,9 @@ linked AS ({_LINKED_SUMS.format(rows=_CUT_ROWS.format(**device, **tables))})
 """
 
 
-def build_fleet_vehicles() -> str:
+def build_fleet_vehicles(params: dict[str, Any]) -> str:
     """Per vehicle (every vehicle): DC over the window and over its link segments."""
-    return f"""{_fleet_half("vehicle")}
+    return f"""{_fleet_half("vehicle", params)}
 SELECT v.vehicle_id, v.name,
        coalesce(w.energy, 0) AS dc_mwh, coalesce(w.readings, 0) AS dc_readings,
        coalesce(l.energy, 0) AS dc_linked_mwh, coalesce(l.readings, 0) AS dc_linked_readings
@@ -273,9 +296,9 @@ FROM dc LEFT JOIN seconds USING (vehicle_id)
 """
 
 
-def build_fleet_meters() -> str:
+def build_fleet_meters(params: dict[str, Any]) -> str:
     """Per linked vehicle: AC of its meters over its link segments."""
-    return f"""{_fleet_half("meter")}
+    return f"""{_fleet_half("meter", params)}
 SELECT vehicle_id, energy AS ac_mwh, readings AS ac_readings FROM linked
 """
 
@@ -306,8 +329,8 @@ async def fleet_sums(
             snapshot_cur = await first.execute(b"SELECT pg_export_snapshot()")
         [(snapshot,)] = await snapshot_cur.fetchall()
         vehicles, meters = await asyncio.gather(
-            _run_half(first, build_fleet_vehicles(), params, None),
-            _run_half(second, build_fleet_meters(), params, snapshot),
+            _run_half(first, build_fleet_vehicles(params), params, None),
+            _run_half(second, build_fleet_meters(params), params, snapshot),
         )
         ids = list(page(vehicles, {vehicle_id: (ac, n) for vehicle_id, ac, n in meters}))
         if not ids:

@@ -125,33 +125,41 @@ class FleetPage:
         self.after: tuple[float, str] | None = None
         self.vehicles = self.total_ac = self.total_dc = self.matched_ac = self.matched_dc = 0
         self.statuses: defaultdict[str, int] = defaultdict(int)
-        self.ranked: list[tuple[float, str, tuple[int, int, int, int, int]]] = []
+        self.ranked: list[tuple[float, str, int, int, int, int, int]] = []
         self.page: dict[int, tuple[float, str, Figures]] = {}  # by vehicle_id, in rank order
 
     def pick(self, vehicles: list[VehicleSums], ac_sums: AcSums) -> list[int]:
-        below, after = self.below, self.after
+        # This runs for every vehicle of the fleet: sums in locals, as Figures.efficiency inline.
+        below, after, settings, statuses = self.below, self.after, self.settings, self.statuses
+        ranked = self.ranked
+        total_ac = total_dc = matched_ac = matched_dc = no_data = 0
         no_ac = (0, 0)
         for vehicle_id, name, dc, _, dc_linked, dc_linked_readings in vehicles:
             ac, ac_readings = ac_sums.get(vehicle_id, no_ac)
-            self.vehicles += 1
-            self.total_ac += ac
-            self.total_dc += dc
-            # As Figures.efficiency, inline: this runs for every vehicle of the fleet.
+            total_ac += ac
+            total_dc += dc
             if ac <= 0 or not dc_linked_readings:
-                self.statuses["noData"] += 1
+                no_data += 1
                 continue
             efficiency = dc_linked / ac
-            self.statuses[status_of(efficiency, self.settings)] += 1
+            statuses[status_of(efficiency, settings)] += 1
             # Fleet efficiency pairs each vehicle's DC with its own meters' AC, never all DC
             # over all AC (AC of unlinked meters, DC of unlinked vehicles would skew it).
-            self.matched_dc += dc_linked
-            self.matched_ac += ac
+            matched_dc += dc_linked
+            matched_ac += ac
             if efficiency < below and (after is None or (efficiency, name) > after):
-                self.ranked.append(
-                    (efficiency, name, (vehicle_id, ac, ac_readings, dc_linked, dc_linked_readings))
+                ranked.append(
+                    (efficiency, name, vehicle_id, ac, ac_readings, dc_linked, dc_linked_readings)
                 )
-        self.ranked.sort(key=lambda item: (item[0], item[1]))
-        for efficiency, name, (vehicle_id, *sums) in self.ranked[: self.limit]:
+        if no_data:
+            statuses["noData"] += no_data
+        self.vehicles += len(vehicles)
+        self.total_ac += total_ac
+        self.total_dc += total_dc
+        self.matched_ac += matched_ac
+        self.matched_dc += matched_dc
+        ranked.sort()  # by efficiency, then name (names are unique)
+        for efficiency, name, vehicle_id, *sums in ranked[: self.limit]:
             ac, ac_readings, dc_linked, dc_linked_readings = sums
             figures = Figures(
                 ac_mwh=ac,
