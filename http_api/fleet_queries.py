@@ -335,9 +335,21 @@ async def fleet_sums(
         ids = list(page(vehicles, {vehicle_id: (ac, n) for vehicle_id, ac, n in meters}))
         if not ids:
             return []
-        async with first.cursor(row_factory=dict_row) as cur:
-            await cur.execute(build_fleet_page().encode(), params | {"ids": ids}, prepare=False)
-            return await cur.fetchall()
+        # The page's vehicles in two parts, one on each connection (both in the snapshot).
+        middle = len(ids) // 2
+        parts = await asyncio.gather(
+            _page_rows(first, params | {"ids": ids[:middle]}),
+            _page_rows(second, params | {"ids": ids[middle:]}),
+        )
+        return parts[0] + parts[1]
+
+
+async def _page_rows(conn: AsyncConnection[Any], params: dict[str, Any]) -> list[dict[str, Any]]:
+    if not params["ids"]:
+        return []
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(build_fleet_page().encode(), params, prepare=False)
+        return await cur.fetchall()
 
 
 async def _run_half(
