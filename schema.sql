@@ -307,6 +307,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS vehicle_link_open_meter_idx
     ON vehicle_link (meter_id) WHERE valid_to IS NULL;
 CREATE INDEX IF NOT EXISTS vehicle_link_vehicle_idx ON vehicle_link (vehicle_id, valid_from);
 CREATE INDEX IF NOT EXISTS vehicle_link_meter_idx ON vehicle_link (meter_id, valid_from);
+-- The fleet view's links that hold in its window: the open ones and those ended inside it,
+-- without reading every link ever made (a year of re-linking one vehicle in ten a day is
+-- ~365,000 rows: 40 ms a scan).
+CREATE INDEX IF NOT EXISTS vehicle_link_valid_to_idx ON vehicle_link (valid_to);
 
 -- Bearer tokens of the HTTP API. Only the SHA-256 of a token is kept: a leaked table grants
 -- nothing. 'write' implies 'read'.

@@ -106,8 +106,15 @@ SELECT format('M-%%s', lpad(d::text, 5, '0')), %(start)s, %(now)s, %(now)s, 1200
 FROM generate_series(1, %(devices)s) d ORDER BY d""",
 )
 # Every vehicle linked to its meter since before its history; one in ten moved off and back onto
-# it five hours ago, so those have two linked segments inside the default window.
+# it five hours ago, so those have two linked segments inside the default window. Before that, a
+# year of link history (one in ten vehicles re-linked a day, as now), which every request passes
+# over.
 _LINKS: Final = (
+    """
+INSERT INTO vehicle_link (vehicle_id, meter_id, valid_from, valid_to)
+SELECT d, d, %(start)s::timestamptz - (day + 1) * interval '1 day',
+       %(start)s::timestamptz - day * interval '1 day' - interval '1 hour'
+FROM generate_series(1, 365) day, generate_series(1 + day %% 10, %(devices)s, 10) d""",
     """
 INSERT INTO vehicle_link (vehicle_id, meter_id, valid_from, valid_to)
 SELECT d, d, %(start)s, CASE WHEN d %% 10 = 0 THEN %(moved)s END
