@@ -44,13 +44,15 @@ def slot_sums(energy: str) -> str:
 
 
 def part_pivot(part: str, parts: range, energy: str = "energy", key: str = "") -> str:
-    """Part columns from rows already summed by part (columns ``key``, by default named as the
-    part, ``energy`` and readings), in the order and with the names of part_columns()."""
+    """Part columns from rows already summed by part, one row per part (columns ``key``, by
+    default named as the part, ``energy`` and readings), in the order and with the names of
+    part_columns(). With one row per part, max() is that row's value: a plain comparison
+    where sum() keeps a 128-bit state per part (48 of them per daily row)."""
     key = key or part
     return ", ".join(
-        [f"coalesce(sum({energy}) FILTER (WHERE {key} = {k}), 0) AS {part}{k}_mwh" for k in parts]
+        [f"coalesce(max({energy}) FILTER (WHERE {key} = {k}), 0) AS {part}{k}_mwh" for k in parts]
         + [
-            f"coalesce(sum(readings) FILTER (WHERE {key} = {k}), 0) AS {part}{k}_readings"
+            f"coalesce(max(readings) FILTER (WHERE {key} = {k}), 0) AS {part}{k}_readings"
             for k in parts
         ]
     )

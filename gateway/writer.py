@@ -55,7 +55,7 @@ ON CONFLICT (name) DO NOTHING
 _ROLLED_DAILY: Final = """rolled_daily AS (
     INSERT INTO {kind}_daily AS d ({device}, day, {energy}, readings, {hour_columns})
     SELECT {device}, date_bin('1 day', hour, '2000-01-01 00:00:00+00') AS day,
-           sum({energy}), sum(readings), {hour_pivot}
+           sum({energy})::bigint, sum(readings)::int, {hour_pivot}
     FROM (SELECT {device}, hour, {energy}, readings, {hour_of_day} AS hour_of_day FROM hours) h
     GROUP BY 1, 2 ORDER BY 1, 2
     ON CONFLICT ({device}, day) DO UPDATE SET
@@ -99,11 +99,11 @@ WITH inserted AS (
 ), slots AS (
     -- by slot first: an array of readings gives a few slots, and the pivot below reads those
     SELECT meter_id, date_bin('1 hour', ts, '2000-01-01 00:00:00+00') AS hour,
-           {slot_of_ts} AS slot, sum(consumed_ac_mwh) AS energy, count(*)::int AS readings,
+           {slot_of_ts} AS slot, sum(consumed_ac_mwh)::bigint AS energy, count(*)::int AS readings,
            min(voltage) AS voltage_min, max(voltage) AS voltage_max
     FROM inserted GROUP BY 1, 2, 3
 ), hours AS (
-    SELECT meter_id, hour, sum(energy) AS consumed_ac_mwh, sum(readings) AS readings,
+    SELECT meter_id, hour, sum(energy)::bigint AS consumed_ac_mwh, sum(readings)::int AS readings,
            min(voltage_min) AS voltage_min, max(voltage_max) AS voltage_max, {slot_pivot}
     FROM slots GROUP BY 1, 2
 ), rolled AS (
@@ -143,14 +143,15 @@ WITH inserted AS (
     RETURNING vehicle_id, ts, delivered_dc_mwh, battery_temp
 ), slots AS (
     SELECT vehicle_id, date_bin('1 hour', ts, '2000-01-01 00:00:00+00') AS hour,
-           {slot_of_ts} AS slot, sum(delivered_dc_mwh) AS energy, count(*)::int AS readings,
+           {slot_of_ts} AS slot, sum(delivered_dc_mwh)::bigint AS energy, count(*)::int AS readings,
            sum(battery_temp::double precision) AS battery_temp_sum,
            min(battery_temp) AS battery_temp_min, max(battery_temp) AS battery_temp_max
     FROM inserted GROUP BY 1, 2, 3
 ), hours AS (
-    SELECT vehicle_id, hour, sum(energy) AS delivered_dc_mwh, sum(readings) AS readings,
-           sum(battery_temp_sum) AS battery_temp_sum, min(battery_temp_min) AS battery_temp_min,
-           max(battery_temp_max) AS battery_temp_max, {slot_pivot}
+    SELECT vehicle_id, hour, sum(energy)::bigint AS delivered_dc_mwh,
+           sum(readings)::int AS readings, sum(battery_temp_sum) AS battery_temp_sum,
+           min(battery_temp_min) AS battery_temp_min, max(battery_temp_max) AS battery_temp_max,
+           {slot_pivot}
     FROM slots GROUP BY 1, 2
 ), rolled AS (
     INSERT INTO vehicle_hourly AS h (vehicle_id, hour, delivered_dc_mwh, readings,
