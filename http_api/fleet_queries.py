@@ -275,8 +275,7 @@ linked AS ({_LINKED_SUMS.format(rows=_CUT_ROWS.format(**device, **tables))})
 def build_fleet_vehicles(params: dict[str, Any]) -> str:
     """Per vehicle (every vehicle): DC over the window and over its link segments."""
     return f"""{_fleet_half("vehicle", params)}
-SELECT v.vehicle_id, v.name,
-       coalesce(w.energy, 0) AS dc_mwh, coalesce(w.readings, 0) AS dc_readings,
+SELECT v.vehicle_id, coalesce(w.energy, 0) AS dc_mwh,
        coalesce(l.energy, 0) AS dc_linked_mwh, coalesce(l.readings, 0) AS dc_linked_readings
 FROM vehicle v LEFT JOIN win w ON w.device_id = v.vehicle_id LEFT JOIN linked l USING (vehicle_id)
 """
@@ -297,17 +296,21 @@ FROM dc LEFT JOIN seconds USING (vehicle_id)
 
 
 def build_fleet_meters(params: dict[str, Any]) -> str:
-    """Per linked vehicle: AC of its meters over its link segments."""
+    """Per linked vehicle: its name and the AC of its meters over its link segments. (The names
+    are asked here, not in the vehicle half, which has more to do; only vehicles with AC are
+    ranked.)"""
     return f"""{_fleet_half("meter", params)}
-SELECT vehicle_id, energy AS ac_mwh, readings AS ac_readings FROM linked
+SELECT l.vehicle_id, v.name, l.energy AS ac_mwh, l.readings AS ac_readings
+FROM linked l JOIN vehicle v USING (vehicle_id)
 """
 
 
-# A vehicle's row of the fleet: vehicle_id, name, DC and DC readings over the window, DC and DC
-# readings while linked to a meter.
-VehicleSums: TypeAlias = tuple[int, str, int, int, int, int]
-# AC and AC readings of a linked vehicle's meters over its link segments, by vehicle_id.
-AcSums: TypeAlias = dict[int, tuple[int, int]]
+# A vehicle's row of the fleet: vehicle_id, DC over the window, DC and DC readings while linked
+# to a meter.
+VehicleSums: TypeAlias = tuple[int, int, int, int]
+# By vehicle_id, for linked vehicles: the vehicle's name, and AC and AC readings of its meters
+# over its link segments.
+AcSums: TypeAlias = dict[int, tuple[str, int, int]]
 
 
 async def fleet_sums(
@@ -332,7 +335,7 @@ async def fleet_sums(
             _run_half(first, build_fleet_vehicles(params), params, None),
             _run_half(second, build_fleet_meters(params), params, snapshot),
         )
-        ids = list(page(vehicles, {vehicle_id: (ac, n) for vehicle_id, ac, n in meters}))
+        ids = list(page(vehicles, {row[0]: row[1:] for row in meters}))
         if not ids:
             return []
         # The page's vehicles in two parts, one on each connection (both in the snapshot).

@@ -133,9 +133,9 @@ class FleetPage:
         below, after, settings, statuses = self.below, self.after, self.settings, self.statuses
         ranked = self.ranked
         total_ac = total_dc = matched_ac = matched_dc = no_data = 0
-        no_ac = (0, 0)
-        for vehicle_id, name, dc, _, dc_linked, dc_linked_readings in vehicles:
-            ac, ac_readings = ac_sums.get(vehicle_id, no_ac)
+        no_ac = ("", 0, 0)
+        for vehicle_id, dc, dc_linked, dc_linked_readings in vehicles:
+            name, ac, ac_readings = ac_sums.get(vehicle_id, no_ac)
             total_ac += ac
             total_dc += dc
             if ac <= 0 or not dc_linked_readings:
