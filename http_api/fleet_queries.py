@@ -1,6 +1,7 @@
-"""The fleet view's SQL: every vehicle's energies over a window at once, set-based, from daily
-and hourly rollups, the hourly rollups' 10-minute slots and a few raw minutes at the edges
-(http_api/window_pieces.py); temperatures only for the page of vehicles returned."""
+"""The fleet view's SQL: every vehicle's energies over a window at once, set-based, from the
+daily rollups (whole, and their hour columns), the hourly rollups' 10-minute slots and a few raw
+minutes at the edges (http_api/window_pieces.py); temperatures only for the page of vehicles
+returned."""
 
 from __future__ import annotations
 
@@ -59,9 +60,10 @@ GROUP BY 1
 """
 
 
-# A link segment cut inside the window, split as the window is (window_pieces.split, here in
-# SQL): hours [r1, r2), 10-minute pieces q1/q2 and raw pieces p1/p2. Its edges are rarely the
-# window's, so it is read by itself, by device.
+# A link segment cut inside the window, split level by level (window_pieces.split, here in SQL):
+# whole hours [r1, r2) from the hourly rollups, 10-minute pieces q1/q2 and raw pieces p1/p2,
+# each added or subtracted. Its edges are rarely the window's, so it is read by itself, by
+# device.
 def _part_sum(klo: str, khi: str, column: str, part: str = "slot", parts: range = SLOTS) -> str:
     """The sum of the part columns {part}K_{column} of a rollup row for klo <= K < khi."""
     return " + ".join(
