@@ -311,6 +311,10 @@ CREATE INDEX IF NOT EXISTS vehicle_link_meter_idx ON vehicle_link (meter_id, val
 -- without reading every link ever made (a year of re-linking one vehicle in ten a day is
 -- ~365,000 rows: 40 ms a scan).
 CREATE INDEX IF NOT EXISTS vehicle_link_valid_to_idx ON vehicle_link (valid_to);
+-- One vehicle's links that hold in a window (performance, trend, the fleet view's page): those
+-- ending after its start, not every link the vehicle ever had.
+CREATE INDEX IF NOT EXISTS vehicle_link_vehicle_end_idx
+    ON vehicle_link (vehicle_id, (coalesce(valid_to, 'infinity')));
 
 -- Bearer tokens of the HTTP API. Only the SHA-256 of a token is kept: a leaked table grants
 -- nothing. 'write' implies 'read'.

@@ -30,14 +30,15 @@ SELECT v.vehicle_id, v.vehicle_id AS device_id, NULL::text AS device_name,
        %(f)s::timestamptz AS s, %(t)s::timestamptz AS e
 FROM vehicle v WHERE {who}
 """
-# The parts of the window during which a link held; device_id is the meter or the vehicle.
+# The parts of the window during which a link held; device_id is the meter or the vehicle. (The
+# end as coalesce(): vehicle_link_vehicle_end_idx finds the links ending after f.)
 _LINK_SEGMENTS: Final = """
 SELECT l.vehicle_id, l.{device} AS device_id, {name} AS device_name,
        greatest(l.valid_from, %(f)s::timestamptz) AS s,
        least(coalesce(l.valid_to, 'infinity'), %(t)s::timestamptz) AS e
 FROM vehicle_link l JOIN meter m USING (meter_id)
 WHERE {who}
-  AND l.valid_from < %(t)s AND (l.valid_to IS NULL OR l.valid_to > %(f)s)
+  AND l.valid_from < %(t)s AND coalesce(l.valid_to, 'infinity') > %(f)s
 """
 # [s, h1) and [h2, e) are read raw, whole hours [h1, h2) from the rollup. Without a whole hour
 # inside the segment, h1 = h2 = e and all of it is read raw.
