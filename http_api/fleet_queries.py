@@ -64,10 +64,10 @@ GROUP BY 1
 # whole hours [r1, r2) from the hourly rollups, 10-minute pieces q1/q2 and raw pieces p1/p2,
 # each added or subtracted. Its edges are rarely the window's, so it is read by itself, by
 # device.
-def _part_sum(klo: str, khi: str, column: str, part: str = "slot", parts: range = SLOTS) -> str:
-    """The sum of the part columns {part}K_{column} of a rollup row for klo <= K < khi."""
+def _slot_sum(klo: str, khi: str, column: str) -> str:
+    """The sum of the slot columns slotK_{column} of an hourly row for klo <= K < khi."""
     return " + ".join(
-        f"CASE WHEN {klo} <= {k} AND {k} < {khi} THEN {part}{k}_{column} ELSE 0 END" for k in parts
+        f"CASE WHEN {klo} <= {k} AND {k} < {khi} THEN slot{k}_{column} ELSE 0 END" for k in SLOTS
     )
 
 
@@ -82,7 +82,7 @@ def _slot_range(lo: str, hi: str, name: str) -> str:
 
 # A cut segment's 10-minute pieces, whose slots differ row by row.
 _CUT_PART_SUMS: Final = {
-    f"cut_{name}_{column}": _part_sum(f"c.{name}klo", f"c.{name}khi", column)
+    f"cut_{name}_{column}": _slot_sum(f"c.{name}klo", f"c.{name}khi", column)
     for name in ("q1", "q2")
     for column in ("mwh", "readings")
 }
@@ -103,14 +103,19 @@ def _window_part_sum(chosen: range, columns: list[str], total: str) -> str:
 
 def _window_part_sums(params: dict[str, Any], energy: str) -> dict[str, str]:
     """u1_mwh, u1_readings, ..., q2_readings for the window's pieces in ``params``."""
-    pieces = (("u1", "hour", HOURS), ("u2", "hour", HOURS), ("q1", "slot", SLOTS))
+    pieces = (
+        ("u1", "hour", HOURS),
+        ("u2", "hour", HOURS),
+        ("q1", "slot", SLOTS),
+        ("q2", "slot", SLOTS),
+    )
     return {
         f"{name}_{column}": _window_part_sum(
             range(params[f"{name}klo"], params[f"{name}khi"]),
             [f"{part}{k}_{column}" for k in parts],
             total,
         )
-        for name, part, parts in (*pieces, ("q2", "slot", SLOTS))
+        for name, part, parts in pieces
         for column, total in (("mwh", energy), ("readings", "readings"))
     }
 
@@ -342,18 +347,21 @@ async def fleet_sums(
             return []
         # The page's vehicles in two parts, one on each connection (both in the snapshot).
         middle = len(ids) // 2
+        statement = build_fleet_page().encode()
         parts = await asyncio.gather(
-            _page_rows(first, params | {"ids": ids[:middle]}),
-            _page_rows(second, params | {"ids": ids[middle:]}),
+            _page_rows(first, statement, params | {"ids": ids[:middle]}),
+            _page_rows(second, statement, params | {"ids": ids[middle:]}),
         )
         return parts[0] + parts[1]
 
 
-async def _page_rows(conn: AsyncConnection[Any], params: dict[str, Any]) -> list[dict[str, Any]]:
+async def _page_rows(
+    conn: AsyncConnection[Any], statement: bytes, params: dict[str, Any]
+) -> list[dict[str, Any]]:
     if not params["ids"]:
         return []
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(build_fleet_page().encode(), params, prepare=False)
+        await cur.execute(statement, params, prepare=False)
         return await cur.fetchall()
 
 
