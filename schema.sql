@@ -143,6 +143,13 @@ BEGIN
 END
 $$;
 
+-- The sum of bigints as a bigint, exact, and an error past 9.2e18 (sum(bigint) returns a numeric
+-- and keeps a 128-bit state per group: the fleet view adds ~60,000 rows a half, where that state
+-- cost ~5 ms a column).
+CREATE OR REPLACE AGGREGATE fleetgate_sum(bigint) (
+    SFUNC = int8pl, STYPE = bigint, COMBINEFUNC = int8pl, PARALLEL = SAFE
+);
+
 -- Daily rollups per device (day = UTC midnight), energy and counts only, maintained with the
 -- hourly ones from the same inserted rows, with the same sums for each hour of the day (hourK:
 -- hour K, columns added below). The fleet view takes a window's whole days from here and the

@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from gateway.database import apply_schema
 from http_api.window_pieces import DAY, SLOT, floor_to, split, split_sql, window_pieces
 from tests.conftest import query
 from tests.http_helpers import Api, iso, meter_reading, vehicle_reading, write_readings
@@ -471,3 +472,13 @@ async def test_the_sql_split_chooses_as_the_python_one(database_url: str) -> Non
         want = split(lo, hi, units[unit], now)
         expected = (want.aligned_lo, want.aligned_hi, *dataclasses.astuple(want.head))
         assert got == (*expected, *dataclasses.astuple(want.tail)), (lo, hi, now, unit)
+
+
+async def test_fleet_energy_sums_are_exact_past_double_precision(database_url: str) -> None:
+    """The fleet view adds energies with schema.sql's fleetgate_sum (bigint in, bigint out):
+    exact where a double would round, and an error rather than a wrong total past a bigint."""
+    await apply_schema(database_url)
+    sql = "SELECT fleetgate_sum(x) FROM (VALUES (%s::bigint), (%s::bigint)) v (x)"
+    assert await query(database_url, sql, 2**53 + 1, 2) == [(2**53 + 3,)]
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange):
+        await query(database_url, sql, 2**63 - 1, 1)
