@@ -21,6 +21,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.alert_rules import CHECKS, Observation, Scope, describe, parameters, worse
+from gateway.broker import settle_disconnection
 from gateway.settings import Settings
 from gateway.waiting import backoff_delay, sleep_unless, wait_any
 
@@ -245,6 +246,9 @@ class AlertPublisher:
                 attempt += 1
                 logger.warning("alert publishing paused (%s); retrying in %.1f s", exc, delay)
                 await sleep_unless(stop, delay)
+            finally:
+                # also when the connection dropped while there was nothing to publish
+                settle_disconnection(client)
 
     async def publish_pending(self, client: aiomqtt.Client) -> None:
         while True:

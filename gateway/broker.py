@@ -33,6 +33,16 @@ SUBSCRIPTIONS = ("fleet/#",)
 ALERTS_PREFIX = "fleet/alerts/"
 
 
+def settle_disconnection(client: aiomqtt.Client) -> None:
+    """Mark why ``client``'s connection dropped as seen. aiomqtt keeps it in a future that is
+    awaited only by the message iterator; when the drop surfaces elsewhere (a publish, our own
+    reader), nothing retrieves it and asyncio logs "Future exception was never retrieved" with
+    a traceback. The caller has logged the loss already."""
+    lost = client._disconnected
+    if lost.done() and not lost.cancelled():
+        lost.exception()
+
+
 class Broker:
     """An aiomqtt client on a persistent session whose messages are acknowledged by hand."""
 
@@ -71,6 +81,7 @@ class Broker:
         """Call once a connection is gone: messages it delivered that were not taken yet are
         forgotten (never acknowledged, so the broker sends them again on the next connection)."""
         self.connected = False
+        settle_disconnection(self.client)
         self._reading_fd = None
         self._paused = False
         self._subscribed = False
