@@ -139,7 +139,8 @@ SELECT b.vehicle_id, b.device_id, b.sign, b.head_shared, b.tail_shared, b.flippe
 FROM (
     -- A segment that begins (ends) with the window takes the window's sums of [f, r1)
     -- ([r2, t)) and is read from r1 (up to r2) only; or, "flipped", when the rest of [r1, r2)
-    -- is shorter, as the window less that rest (and less the window's other edge).
+    -- is shorter, as the window less that rest (and less the window's other edge). (What lies
+    -- after now costs nothing to read: r2_rows is r2, or now if earlier.)
     SELECT l.vehicle_id, l.device_id, l.sign, x.head_shared, x.tail_shared,
            x.head_flip OR x.tail_flip AS flipped,
            CASE WHEN x.head_flip THEN l.e
@@ -152,9 +153,9 @@ FROM (
         SELECT %(share_edges)s AND l.s = %(f)s AND l.e >= %(r1)s AS head_shared,
                %(share_edges)s AND l.e = %(t)s AND l.s <= %(r2)s AS tail_shared,
                %(share_edges)s AND l.s = %(f)s AND l.e <= %(r2)s
-                   AND l.e - %(r1)s > %(r2)s - l.e AS head_flip,
+                   AND l.e - %(r1)s > %(r2_rows)s - l.e AS head_flip,
                %(share_edges)s AND l.e = %(t)s AND l.s >= %(r1)s
-                   AND %(r2)s - l.s > l.s - %(r1)s AS tail_flip
+                   AND %(r2_rows)s - l.s > l.s - %(r1)s AS tail_flip
     ) x
     WHERE NOT (l.s = %(f)s AND l.e = %(t)s)
 ) b,

@@ -8,7 +8,8 @@ integer mWh, so adding and subtracting is exact). The rest lies on 10-minute bou
 part of the edge hours is read from the 10-minute slot columns of one hourly row at each edge,
 its part of the edge days from the hour columns of one daily row at each edge, and the days in
 between from the daily rows whole. For a 24-hour window that is per device at most ~5 minutes
-of readings, one hourly row and one daily row at each edge.
+of readings, one hourly row and one daily row at each edge; for a window that ends now, one
+daily row at the end.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ SLOT: Final = timedelta(minutes=10)
 HOUR: Final = timedelta(hours=1)
 DAY: Final = timedelta(days=1)
 ORIGIN: Final = datetime(2000, 1, 1, tzinfo=UTC)  # as the gateway's date_bin
+# A window's end this close to now counts as now: the readings since cost less than a row.
+NOW_SLACK: Final = timedelta(seconds=30)
 
 
 def floor_to(moment: datetime, unit: timedelta) -> datetime:
@@ -113,17 +116,27 @@ def parts(lo: datetime, hi: datetime, whole: timedelta) -> Split:
 def window_pieces(start: datetime, end: datetime, now: datetime) -> dict[str, Any]:
     """The parameters of the fleet's window sums: raw pieces p1/p2, 10-minute pieces q1/q2 (of
     one hourly row each), hour pieces u1/u2 (of one daily row each), whole days [d_lo, d_hi);
-    [r1, r2) is what lies on whole hours, and [hf, hc) the whole hours around the window
-    (which bound every raw read)."""
+    [r1, r2) is what lies on whole hours (r2 may lie past the end, when the tail p2 is
+    subtracted), and [hf, hc) the whole hours around the window (which bound every raw read).
+
+    A window that ends now (the default) ends on its day's boundary instead, less the raw
+    readings after its end: there are none yet but future-dated ones, and the day's daily row,
+    taken whole, replaces the end's hourly row and the day's hour columns (one row a device
+    fewer)."""
     start, end = start.astimezone(UTC), end.astimezone(UTC)
     raw = split(start, end, SLOT, now)
+    day_end = ceil_to(end, DAY)
+    ends_now = min(day_end, now) - end <= NOW_SLACK
+    if ends_now and start < end < day_end and not raw.inside:
+        raw = dataclasses.replace(raw, aligned_hi=day_end, tail=Piece(-1, end, day_end))
     slots = parts(raw.aligned_lo, raw.aligned_hi, HOUR)
     hours = parts(slots.aligned_lo, slots.aligned_hi, DAY)
     return {
         "hf": floor_to(start, HOUR),
-        "hc": ceil_to(end, HOUR),
+        "hc": max(ceil_to(end, HOUR), raw.aligned_hi),
         "r1": slots.aligned_lo,
         "r2": slots.aligned_hi,
+        "r2_rows": min(slots.aligned_hi, now),
         "d_lo": hours.aligned_lo,
         "d_hi": hours.aligned_hi,
         # [start, r1) is exactly p1 + q1 and [r2, end) is q2 + p2, unless the raw level split

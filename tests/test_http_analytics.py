@@ -369,6 +369,45 @@ async def test_fleet_figures_equal_the_performance_figures(api: Api, database_ur
     assert compared > 40
 
 
+async def test_fleet_window_ending_now_leaves_out_readings_dated_later(
+    api: Api, database_url: str
+) -> None:
+    """The default window ends now, and the fleet view then takes the day's daily rows whole
+    less the readings dated after now (future-dated ones, within the allowed skew): those count
+    in neither view, and the fleet's figures equal performance's, also for a vehicle moved to
+    another meter within the window (link segments that end with it)."""
+    now = datetime.now(UTC)
+    readings: list[dict[str, Any]] = []
+    past_dc = 0
+    for minutes in range(1, 120, 7):  # the last two hours, across the hour
+        at = now - timedelta(minutes=minutes, seconds=13)
+        readings += [vehicle_reading("EV-n", at, 1 + minutes / 100), meter_reading("M-n", at, 2)]
+        readings += [vehicle_reading("EV-m", at, 1.5), meter_reading("M-a", at, 1.75)]
+        readings += [meter_reading("M-b", at, 1.625 + minutes / 1000)]
+        past_dc += 1_000_000 + minutes * 10_000  # mWh
+    for minutes in (3, 9, 30):
+        at = now + timedelta(minutes=minutes)
+        readings += [vehicle_reading(vehicle, at, 40.0) for vehicle in ("EV-n", "EV-m")]
+        readings += [meter_reading(meter, at, 0.5) for meter in ("M-n", "M-a", "M-b")]
+    await write_readings(database_url, readings)
+    links = [("EV-n", "M-n", now - 3 * HOUR), ("EV-m", "M-a", now - 3 * HOUR)]
+    await post_links(api, [*links, ("EV-m", "M-b", now - timedelta(minutes=47, seconds=30))])
+    status, fleet = await api.get("/v1/analytics/fleet", below="10")
+    assert status == 200, fleet
+    listed = {v["vehicleId"]: v for v in fleet["vehicles"]}
+    assert round(listed["EV-n"]["totalDc"] * 1e6) == past_dc
+    for vehicle in ("EV-n", "EV-m"):
+        _, one = await api.get(f"/v1/analytics/performance/{vehicle}")
+        got = listed[vehicle]
+        for key, value in one.items():
+            if key == "avgBatteryTemp":  # float sums, added in another order
+                assert got[key] == pytest.approx(value, abs=1e-9), (vehicle, key)
+            elif key == "coverage":  # of two windows that end a few milliseconds apart
+                assert got[key] == pytest.approx(value, rel=1e-3), (vehicle, key)
+            elif key not in ("vehicleId", "window", "meters"):
+                assert got[key] == value, (vehicle, key)
+
+
 def _coefficient(p: dict[str, Any], at: datetime) -> int:
     """How many times the fleet's pieces count a reading taken at ``at``."""
     n = 0
@@ -420,14 +459,31 @@ def test_fleet_window_pieces_count_every_reading_once_and_read_little() -> None:
             for at in [start, p["r1"] - MICRO, start + (p["r1"] - start) * rng.random()]:
                 if start <= at < p["r1"]:
                     assert _coefficient(head | empty, at) == 1, (start, end, at)
+            # and [r2, end) is q2 + p2; past the end when the window ends now (p2 subtracted)
+            tail = {k: v for k, v in p.items() if k[:2] in ("p2", "q2")}
+            none = {
+                f"{piece}{k}": start for piece in ("p1", "q1", "u1", "u2") for k in ("lo", "hi")
+            }
+            none |= {
+                "p1sign": 1,
+                "q1sign": 1,
+                "u1sign": 1,
+                "u2sign": 1,
+                "d_lo": start,
+                "d_hi": start,
+            }
+            probes = [end - MICRO, end, p["r2"] - MICRO, p["r2"], end + (p["r2"] - end) / 2]
+            for at in probes if start < end else []:  # an empty window has no pieces
+                want = 1 if p["r2"] <= at < end else -1 if end <= at < p["r2"] else 0
+                assert _coefficient(tail | none, at) == want, (start, end, now, at)
 
 
 def test_fleet_window_pieces_examples() -> None:
     def at(h: int, m: int = 0) -> datetime:
         return datetime(2026, 1, 1, h, m, tzinfo=UTC)
 
-    # 10:47 to 12:40, now 12:40: 3 raw minutes and a slot to 11:00; the tail is on a slot.
-    p = window_pieces(at(10, 47), at(12, 40), at(12, 40))
+    # 10:47 to 12:40, now 13:00: 3 raw minutes and a slot to 11:00; the tail is on a slot.
+    p = window_pieces(at(10, 47), at(12, 40), at(13))
     assert (p["p1sign"], p["p1lo"], p["p1hi"]) == (1, at(10, 47), at(10, 50))
     assert (p["q1cell"], p["q1klo"], p["q1khi"]) == (at(10), 5, 6)  # slot 5 of 10:00's row
     assert (p["r1"], p["r2"]) == (at(11), at(12))
@@ -435,6 +491,17 @@ def test_fleet_window_pieces_examples() -> None:
     assert (p["q2cell"], p["q2klo"], p["q2khi"]) == (at(12), 0, 4)  # slots 0-3 of 12:00's row
     assert p["p2lo"] == p["p2hi"]
     assert p["d_lo"] == p["d_hi"]
+    # The same, ending now at 12:40:30: the day's row whole, less what is dated after 12:40:30
+    # (nothing but future-dated readings), instead of the slots of 12:00's row and raw minutes.
+    end = at(12, 40) + timedelta(seconds=30)
+    p = window_pieces(at(10, 47), end, end + timedelta(milliseconds=3))
+    assert (p["p1sign"], p["p1lo"], p["p1hi"]) == (1, at(10, 47), at(10, 50))
+    assert (p["q1cell"], p["q1klo"], p["q1khi"]) == (at(10), 5, 6)
+    assert (p["u1cell"], p["u1klo"], p["u1khi"]) == (at(0), 11, 24)  # hours 11-23 of the row
+    assert (p["p2sign"], p["p2lo"], p["p2hi"]) == (-1, end, at(0) + DAY)
+    assert p["q2klo"] == p["q2khi"]
+    assert p["u2klo"] == p["u2khi"]
+    assert (p["r1"], p["r2"], p["hc"]) == (at(11), at(0) + DAY, at(0) + DAY)
     # 23:52 to 00:31 the next day, now later: one hourly row's slots at each edge, no hours.
     p = window_pieces(at(23, 52), at(23, 52) + timedelta(minutes=39), at(23) + DAY)
     assert (p["p1sign"], p["p1lo"], p["p1hi"]) == (-1, at(23, 50), at(23, 52))
