@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from bench.api_data import Fleet, generate
 from bench.api_timing import Plan, explain, percentile, timed
-from bench.harness import loop_ms, machine
+from bench.harness import database_ms, loop_ms, machine
 from gateway.database import open_pool
 from gateway.settings import MqttAddress
 from http_api import queries
@@ -276,8 +276,10 @@ async def run(scale: Scale, quick: bool, keep: bool, reuse: Path | None) -> None
             ):
                 bench = Bench(http, pool, settings)
                 speed_before = loop_ms()
+                database_before = await asyncio.to_thread(database_ms, server.url)
                 rows = await measure(bench, fleet, scale, server.url)
                 speed_after = loop_ms()
+                database_after = await asyncio.to_thread(database_ms, server.url)
                 plans = await history_plans(bench, fleet, server.url)
         finally:
             await runner.cleanup()
@@ -300,7 +302,8 @@ async def run(scale: Scale, quick: bool, keep: bool, reuse: Path | None) -> None
     )
     print(
         f"\nmachine speed (bench.harness.loop_ms, lower is faster): {speed_before:.0f} ms before"
-        f" the requests, {speed_after:.0f} ms after"
+        f" the requests, {speed_after:.0f} ms after; the database's (bench.harness.database_ms):"
+        f" {database_before:.0f} ms before, {database_after:.0f} ms after"
     )
     one_day = percentile(rows[1].http, 0.5)
     thirty = percentile(rows[2].http, 0.5)
