@@ -131,7 +131,15 @@ _SLOTS_UNTIL: Final = (
     f"date_bin('10 minutes', %(now)s::timestamptz, {ORIGIN}) + interval '10 minutes'"
 )
 _CUT_PIECES: Final = f"""
-SELECT b.vehicle_id, b.device_id, b.sign, b.head_shared, b.tail_shared, b.flipped,
+SELECT b.vehicle_id, b.device_id,
+       -- what the segment takes of its device's window sums (whole, head [f, r1), tail [r2, t))
+       -- and with which sign what is read for it counts
+       b.sign * b.flipped::int AS whole,
+       b.sign * CASE WHEN NOT b.flipped THEN b.head_shared::int
+                     WHEN b.head_shared THEN 0 ELSE -1 END AS head,
+       b.sign * CASE WHEN NOT b.flipped THEN b.tail_shared::int
+                     WHEN b.head_shared THEN -1 ELSE 0 END AS tail,
+       CASE WHEN b.flipped THEN -b.sign ELSE b.sign END AS read_sign,
        slot.alo AS r1, slot.ahi AS r2,
        slot.p1sign AS q1sign, {_slot_range("slot.p1lo", "slot.p1hi", "q1")},
        slot.p2sign AS q2sign, {_slot_range("slot.p2lo", "slot.p2hi", "q2")},
@@ -185,10 +193,9 @@ FROM {history} WHERE {device} = c.device_id AND ts >= c.p2lo AND ts < c.p2hi
 
 # Per vehicle over its link segments, each a (vehicle, device) row with what it takes of its
 # device's window sums (whole, head [f, r1), tail [r2, t)) and what was read for it alone: a
-# segment equal to the window takes the whole; a cut one what was read for it, plus the window's
-# edges it shares; or, flipped, the window less what was read and less the window's other edge.
-# One join with the window sums and one grouping for all (each join of 10,000 window sums cost
-# ~2-3 ms a half).
+# segment equal to the window takes the whole, a cut one what _CUT_PIECES gives it. One join
+# with the window sums and one grouping for all (each join of 10,000 window sums cost ~2-3 ms a
+# half).
 _LINKED_SUMS: Final = """
 SELECT x.vehicle_id,
        fleetgate_sum(x.whole * coalesce(w.energy, 0) + x.head * coalesce(w.head_energy, 0)
@@ -203,14 +210,8 @@ FROM (
     SELECT vehicle_id, device_id, 1, 0, 0, 0::bigint, 0::bigint
     FROM spans WHERE s = %(f)s AND e = %(t)s
     UNION ALL
-    SELECT c.vehicle_id, c.device_id,
-           c.sign * c.flipped::int,
-           c.sign * CASE WHEN NOT c.flipped THEN c.head_shared::int
-                         WHEN c.head_shared THEN 0 ELSE -1 END,
-           c.sign * CASE WHEN NOT c.flipped THEN c.tail_shared::int
-                         WHEN c.head_shared THEN -1 ELSE 0 END,
-           CASE WHEN c.flipped THEN -c.sign ELSE c.sign END * coalesce(r.energy, 0),
-           CASE WHEN c.flipped THEN -c.sign ELSE c.sign END * coalesce(r.readings, 0)
+    SELECT c.vehicle_id, c.device_id, c.whole, c.head, c.tail,
+           c.read_sign * coalesce(r.energy, 0), c.read_sign * coalesce(r.readings, 0)
     FROM cut c CROSS JOIN LATERAL (
         SELECT fleetgate_sum(energy) AS energy, sum(readings) AS readings
         FROM ({rows}) r
