@@ -40,30 +40,36 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {model}"
 
 
+def _best_of_three_ms(run: Callable[[], object]) -> float:
+    best = float("inf")
+    for _ in range(3):
+        began = time.perf_counter()
+        run()
+        best = min(best, (time.perf_counter() - began) * 1000)
+    return best
+
+
 def loop_ms() -> float:
     """How fast this (shared, noisy) machine is right now: the best of three runs of the same
     pure-Python loop, in ms (lower is faster). Printed beside figures taken at the same time, so
     that runs can be compared; on the 2-core machine it read 75 ms and 122 ms minutes apart."""
-    best = float("inf")
-    for _ in range(3):
-        began = time.perf_counter()
+
+    def count() -> int:
         total = 0
         for number in range(3_000_000):
             total += number
-        best = min(best, (time.perf_counter() - began) * 1000)
-    return best
+        return total
+
+    return _best_of_three_ms(count)
 
 
 def database_ms(url: str) -> float:
     """loop_ms for the database: the best of three runs of one statement that only counts, in ms
     (lower is faster). The Python loop does not show what slows PostgreSQL alone."""
-    best = float("inf")
     with psycopg.connect(url) as conn:
-        for _ in range(3):
-            began = time.perf_counter()
-            conn.execute("SELECT count(*) FROM generate_series(1, 2000000)").fetchone()
-            best = min(best, (time.perf_counter() - began) * 1000)
-    return best
+        return _best_of_three_ms(
+            lambda: conn.execute("SELECT count(*) FROM generate_series(1, 2000000)").fetchone()
+        )
 
 
 def proc_status_kb(pid: int, field: str) -> int:
