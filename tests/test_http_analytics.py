@@ -339,6 +339,24 @@ async def test_fleet_pairs_each_vehicle_with_its_own_meter(api: Api, database_ur
     assert [v["vehicleId"] for v in strict["vehicles"]] == ["EV-b"]
 
 
+def assert_same_figures(
+    fleet_row: dict[str, Any],
+    performance: dict[str, Any],
+    where: Any,
+    coverage_rel: float | None = None,
+) -> None:
+    """A vehicle's fleet row has exactly its performance figures; the average temperature and
+    the coverage within 1e-9 (float sums, added in another order), or the coverage within
+    ``coverage_rel`` relative."""
+    for key, value in performance.items():
+        if key == "coverage" and coverage_rel is not None:
+            assert fleet_row[key] == pytest.approx(value, rel=coverage_rel), (where, key)
+        elif key in ("avgBatteryTemp", "coverage"):
+            assert fleet_row[key] == pytest.approx(value, abs=1e-9), (where, key)
+        elif key not in ("vehicleId", "window", "meters"):
+            assert fleet_row[key] == value, (where, key)  # exact
+
+
 async def test_fleet_figures_equal_the_performance_figures(api: Api, database_url: str) -> None:
     rng = random.Random(20261123)
     await write_readings(database_url, random_readings(rng), per_batch=397)
@@ -358,12 +376,7 @@ async def test_fleet_figures_equal_the_performance_figures(api: Api, database_ur
             if one["efficiency"] is None:
                 assert vehicle not in listed, (vehicle, start, end)
                 continue
-            got = listed[vehicle]
-            for key, value in one.items():
-                if key in ("avgBatteryTemp", "coverage"):  # float sums, added in another order
-                    assert got[key] == pytest.approx(value, abs=1e-9), (vehicle, start, end, key)
-                elif key not in ("vehicleId", "window", "meters"):
-                    assert got[key] == value, (vehicle, start, end, key)  # exact
+            assert_same_figures(listed[vehicle], one, (vehicle, start, end))
             compared += 1
         assert fleet["totals"]["vehicles"] == 2
     assert compared > 40
@@ -398,14 +411,17 @@ async def test_fleet_window_ending_now_leaves_out_readings_dated_later(
     assert round(listed["EV-n"]["totalDc"] * 1e6) == past_dc
     for vehicle in ("EV-n", "EV-m"):
         _, one = await api.get(f"/v1/analytics/performance/{vehicle}")
-        got = listed[vehicle]
-        for key, value in one.items():
-            if key == "avgBatteryTemp":  # float sums, added in another order
-                assert got[key] == pytest.approx(value, abs=1e-9), (vehicle, key)
-            elif key == "coverage":  # of two windows that end a few milliseconds apart
-                assert got[key] == pytest.approx(value, rel=1e-3), (vehicle, key)
-            elif key not in ("vehicleId", "window", "meters"):
-                assert got[key] == value, (vehicle, key)
+        # coverage: of two windows that end a few milliseconds apart
+        assert_same_figures(listed[vehicle], one, vehicle, coverage_rel=1e-3)
+
+
+def _only(p: dict[str, Any], kept: tuple[str, ...], at: datetime) -> dict[str, Any]:
+    """The window pieces ``p`` with only the pieces named in ``kept``; the others empty."""
+    pieces = {k: v for k, v in p.items() if k[:2] in kept}
+    for name in ("p1", "p2", "q1", "q2", "u1", "u2"):
+        if name not in kept:
+            pieces |= {f"{name}sign": 1, f"{name}lo": at, f"{name}hi": at}
+    return pieces | {"d_lo": at, "d_hi": at}
 
 
 def _coefficient(p: dict[str, Any], at: datetime) -> int:
@@ -451,31 +467,16 @@ def test_fleet_window_pieces_count_every_reading_once_and_read_little() -> None:
                 assert floor_to(lo, whole) == p[f"{name}{side}cell"], (start, end, p)
                 assert hi <= p[f"{name}{side}cell"] + whole, (start, end, p)
         if p["share_edges"]:  # [start, r1) is p1 + q1: what a cut link segment takes
-            head = {k: v for k, v in p.items() if k[:2] in ("p1", "q1")}
-            empty = {"p2sign": 1, "p2lo": start, "p2hi": start, "q2sign": 1, "q2lo": start}
-            empty |= {"q2hi": start, "d_lo": start, "d_hi": start}
-            empty |= {f"u{side}{k}": start for side in "12" for k in ("lo", "hi")}
-            empty |= {"u1sign": 1, "u2sign": 1}
+            head = _only(p, ("p1", "q1"), start)
             for at in [start, p["r1"] - MICRO, start + (p["r1"] - start) * rng.random()]:
                 if start <= at < p["r1"]:
-                    assert _coefficient(head | empty, at) == 1, (start, end, at)
+                    assert _coefficient(head, at) == 1, (start, end, at)
             # and [r2, end) is q2 + p2; past the end when the window ends now (p2 subtracted)
-            tail = {k: v for k, v in p.items() if k[:2] in ("p2", "q2")}
-            none = {
-                f"{piece}{k}": start for piece in ("p1", "q1", "u1", "u2") for k in ("lo", "hi")
-            }
-            none |= {
-                "p1sign": 1,
-                "q1sign": 1,
-                "u1sign": 1,
-                "u2sign": 1,
-                "d_lo": start,
-                "d_hi": start,
-            }
+            tail = _only(p, ("p2", "q2"), start)
             probes = [end - MICRO, end, p["r2"] - MICRO, p["r2"], end + (p["r2"] - end) / 2]
             for at in probes if start < end else []:  # an empty window has no pieces
                 want = 1 if p["r2"] <= at < end else -1 if end <= at < p["r2"] else 0
-                assert _coefficient(tail | none, at) == want, (start, end, now, at)
+                assert _coefficient(tail, at) == want, (start, end, now, at)
 
 
 def test_fleet_window_pieces_examples() -> None:
