@@ -28,6 +28,7 @@ from gateway.settings import MqttAddress
 from http_api import queries
 from http_api.app import create_app
 from http_api.fleet_queries import fleet_sums
+from http_api.garbage_collection import tune_garbage_collection
 from http_api.rollup_queries import build, vehicle_sums
 from http_api.settings import Settings as ApiSettings
 from http_api.tokens import create_token
@@ -263,6 +264,7 @@ async def run(scale: Scale, quick: bool, keep: bool, reuse: Path | None) -> None
         )
         runner = web.AppRunner(create_app(settings))
         await runner.setup()
+        tune_garbage_collection()  # as python -m http_api does
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         try:

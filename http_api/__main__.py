@@ -13,6 +13,7 @@ from aiohttp import web
 
 from gateway.settings import SettingsError
 from http_api.app import create_app
+from http_api.garbage_collection import tune_garbage_collection
 from http_api.settings import Settings, describe_options
 from http_api.tokens import add_token_commands, run_token_command
 
@@ -47,6 +48,7 @@ async def _serve(settings: Settings) -> None:
         create_app(settings), shutdown_timeout=settings.shutdown_timeout_s, access_log=None
     )
     await runner.setup()
+    tune_garbage_collection()
     try:
         site = web.TCPSite(runner, settings.http_host, settings.http_port)
         await site.start()
