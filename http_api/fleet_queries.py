@@ -191,11 +191,12 @@ FROM {history} WHERE {device} = c.device_id AND ts >= c.p2lo AND ts < c.p2hi
 """
 
 
-# Per vehicle over its link segments, each a (vehicle, device) row with what it takes of its
-# device's window sums (whole, head [f, r1), tail [r2, t)) and what was read for it alone: a
-# segment equal to the window takes the whole, a cut one what _CUT_PIECES gives it. One join
-# with the window sums and one grouping for all (each join of 10,000 window sums cost ~2-3 ms a
-# half).
+# Per vehicle with a link segment cut inside the window, over those segments, each a
+# (vehicle, device) row with what it takes of its device's window sums (whole, head [f, r1),
+# tail [r2, t)) and what was read for it alone (_CUT_PIECES). One join with the window sums and
+# one grouping for all (each join of 10,000 window sums cost ~2-3 ms a half). Segments equal to
+# the window, most of them, take their device's window sums as they are: the halves join them
+# with the window sums without grouping (grouping them here as well cost ~10 ms a half).
 _LINKED_SUMS: Final = """
 SELECT x.vehicle_id,
        fleetgate_sum(x.whole * coalesce(w.energy, 0) + x.head * coalesce(w.head_energy, 0)
@@ -205,9 +206,6 @@ SELECT x.vehicle_id,
 FROM (
     SELECT vehicle_id, device_id, 1 AS whole, 0 AS head, 0 AS tail, 0::bigint AS energy,
            0::bigint AS readings
-    FROM link_seg WHERE s = %(f)s AND e = %(t)s
-    UNION ALL
-    SELECT vehicle_id, device_id, 1, 0, 0, 0::bigint, 0::bigint
     FROM spans WHERE s = %(f)s AND e = %(t)s
     UNION ALL
     SELECT c.vehicle_id, c.device_id, c.whole, c.head, c.tail,
@@ -284,11 +282,18 @@ linked AS ({_LINKED_SUMS.format(rows=_CUT_ROWS.format(**device, **tables))})
 
 
 def build_fleet_vehicles(params: dict[str, Any]) -> str:
-    """Per vehicle (every vehicle): DC over the window and over its link segments."""
-    return f"""{_fleet_half("vehicle", params)}
+    """Per vehicle (every vehicle): DC over the window and over its link segments (those equal
+    to the window are its window sums, once each)."""
+    return f"""{_fleet_half("vehicle", params)},
+whole AS (
+    SELECT vehicle_id, count(*) AS n FROM link_seg WHERE s = %(f)s AND e = %(t)s
+    GROUP BY vehicle_id
+)
 SELECT v.vehicle_id, coalesce(w.energy, 0) AS dc_mwh,
-       coalesce(l.energy, 0) AS dc_linked_mwh, coalesce(l.readings, 0) AS dc_linked_readings
-FROM vehicle v LEFT JOIN win w ON w.device_id = v.vehicle_id LEFT JOIN linked l USING (vehicle_id)
+       coalesce(wh.n * w.energy, 0) + coalesce(l.energy, 0) AS dc_linked_mwh,
+       coalesce(wh.n * w.readings, 0) + coalesce(l.readings, 0) AS dc_linked_readings
+FROM vehicle v LEFT JOIN win w ON w.device_id = v.vehicle_id LEFT JOIN whole wh USING (vehicle_id)
+    LEFT JOIN linked l USING (vehicle_id)
 """
 
 
@@ -307,11 +312,16 @@ FROM dc LEFT JOIN seconds USING (vehicle_id)
 
 
 def build_fleet_meters(params: dict[str, Any]) -> str:
-    """Per linked vehicle: its name and the AC of its meters over its link segments. (The names
-    are asked here, not in the vehicle half, which has more to do; only vehicles with AC are
-    ranked.)"""
+    """Per linked vehicle: its name and the AC of its meters over its link segments, in one row
+    for each segment equal to the window (its meter's window sums, if the meter has any) and
+    one for the others together: fleet_sums adds a vehicle's rows. (The names are asked here,
+    not in the vehicle half, which has more to do.)"""
     return f"""{_fleet_half("meter", params)}
-SELECT l.vehicle_id, v.name, l.energy AS ac_mwh, l.readings AS ac_readings
+SELECT x.vehicle_id, v.name, w.energy AS ac_mwh, w.readings AS ac_readings
+FROM link_seg x JOIN win w USING (device_id) JOIN vehicle v USING (vehicle_id)
+WHERE x.s = %(f)s AND x.e = %(t)s
+UNION ALL
+SELECT l.vehicle_id, v.name, l.energy, l.readings
 FROM linked l JOIN vehicle v USING (vehicle_id)
 """
 
@@ -342,11 +352,11 @@ async def fleet_sums(
             await first.execute(b"SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             snapshot_cur = await first.execute(b"SELECT pg_export_snapshot()")
         [(snapshot,)] = await snapshot_cur.fetchall()
-        vehicles, meters = await asyncio.gather(
+        vehicles, ac_sums = await asyncio.gather(
             _run_half(first, build_fleet_vehicles(params), params, None),
-            _run_half(second, build_fleet_meters(params), params, snapshot),
+            _ac_sums(second, build_fleet_meters(params), params, snapshot),
         )
-        ids = list(page(vehicles, {row[0]: row[1:] for row in meters}))
+        ids = list(page(vehicles, ac_sums))
         if not ids:
             return []
         # The page's vehicles in two parts, one on each connection (both in the snapshot).
@@ -357,6 +367,17 @@ async def fleet_sums(
             _page_rows(second, statement, params | {"ids": ids[middle:]}),
         )
         return parts[0] + parts[1]
+
+
+async def _ac_sums(
+    conn: AsyncConnection[Any], statement: str, params: dict[str, Any], snapshot: str
+) -> AcSums:
+    """The meter half's rows, a vehicle's added (while the vehicle half may still run)."""
+    sums: AcSums = {}
+    for vehicle_id, name, energy, readings in await _run_half(conn, statement, params, snapshot):
+        _, energy_before, readings_before = sums.get(vehicle_id, (name, 0, 0))
+        sums[vehicle_id] = (name, energy_before + energy, readings_before + readings)
+    return sums
 
 
 async def _page_rows(
