@@ -9,10 +9,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 # gateway/schema.sql is a link to ../schema.sql: the schema has to be copied beside the packages.
-COPY pyproject.toml README.md schema.sql ./
+COPY pyproject.toml constraints.txt README.md schema.sql ./
 COPY gateway ./gateway
 COPY http_api ./http_api
-RUN pip install . \
+RUN pip install -c constraints.txt . \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin fleetgate
 
 USER fleetgate

@@ -56,7 +56,7 @@ def test_every_service_is_there_with_its_image(services: dict[str, Any]) -> None
 def test_the_dockerfile_installs_the_project_and_runs_unprivileged() -> None:
     dockerfile = (PROJECT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.MULTILINE)
-    assert "pip install ." in dockerfile
+    assert "pip install -c constraints.txt ." in dockerfile
     users = re.findall(r"^USER (\S+)$", dockerfile, re.MULTILINE)
     assert users, "the image must not run as root"
     assert users[-1] not in {"root", "0"}
