@@ -2,10 +2,10 @@
 
 A fleet request holds ~25,000 new container objects at once (a row tuple per vehicle from each
 half, the AC rows by vehicle): with CPython's default first threshold (700) each request ran ~40
-young collections and every ~20 requests a full one that scanned the whole heap, 15-28 ms on the
-request that happened to trigger it (bench.api, 10,000 vehicles). Those objects die with their
-request, and reference counting frees them without the collector: a first threshold above a
-request's peak lets the collector run only for objects that really live on.
+young collections, and every ~20 requests a full one of 14-27 ms landed on the request that
+happened to trigger it (bench.api, 10,000 vehicles). Those objects die with their request, and
+reference counting frees them without the collector: with a first threshold above a request's
+peak, the collector runs for objects that outlive requests (and for reference cycles).
 """
 
 from __future__ import annotations
