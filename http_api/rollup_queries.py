@@ -15,7 +15,10 @@ from typing import Any, Final, Literal, TypeAlias
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-Stream: TypeAlias = Literal["ac_linked", "dc_linked", "dc_window"]
+# ac_linked, dc_linked: a meter's AC, the vehicle's DC, over the vehicle's link segments;
+# dc_linked_cut: DC over those that do not cover the whole window (one that does has the DC of
+# the window, dc_window, which a request reads anyway: reading it again cost ~100 buffers).
+Stream: TypeAlias = Literal["ac_linked", "dc_linked", "dc_linked_cut", "dc_window"]
 Grouping: TypeAlias = Literal["total", "hour", "vehicle", "segment"]
 
 ORIGIN: Final = "timestamptz '2000-01-01 00:00:00+00'"  # as the gateway's date_bin
@@ -38,8 +41,11 @@ SELECT l.vehicle_id, l.{device} AS device_id, {name} AS device_name,
        least(coalesce(l.valid_to, 'infinity'), %(t)s::timestamptz) AS e
 FROM vehicle_link l JOIN meter m USING (meter_id)
 WHERE {who}
-  AND l.valid_from < %(t)s AND coalesce(l.valid_to, 'infinity') > %(f)s
+  AND l.valid_from < %(t)s AND coalesce(l.valid_to, 'infinity') > %(f)s{only_cut}
 """
+# dc_linked_cut: not the segment that covers the whole window
+_ONLY_CUT: Final = """
+  AND NOT (l.valid_from <= %(f)s AND coalesce(l.valid_to, 'infinity') >= %(t)s)"""
 # [s, h1) and [h2, e) are read raw, whole hours [h1, h2) from the rollup. Without a whole hour
 # inside the segment, h1 = h2 = e and all of it is read raw.
 _BOUNDS: Final = f"""
@@ -90,7 +96,10 @@ def segments(stream: Stream, who: str = _BY_ID) -> str:
     if stream == "dc_window":
         return _WINDOW_SEGMENTS.format(who=who.format(alias="v"))
     device = "meter_id" if stream == "ac_linked" else "vehicle_id"
-    return _LINK_SEGMENTS.format(device=device, name="m.name", who=who.format(alias="l"))
+    only_cut = _ONLY_CUT if stream == "dc_linked_cut" else ""
+    return _LINK_SEGMENTS.format(
+        device=device, name="m.name", who=who.format(alias="l"), only_cut=only_cut
+    )
 
 
 def build(

@@ -43,17 +43,24 @@ async def _vehicle_sums(
     return name, sums
 
 
+# DC while linked is read for the link segments that do not cover the whole window; one that
+# does (the usual case) adds the window's DC, which is read anyway (rollup_queries.Stream).
 PERFORMANCE_SQL: Final[tuple[tuple[Stream, Grouping], ...]] = (
     ("dc_window", "total"),
-    ("dc_linked", "total"),
+    ("dc_linked_cut", "total"),
     ("ac_linked", "segment"),
 )
 TREND_SQL: Final[tuple[tuple[Stream, Grouping], ...]] = (
     ("dc_window", "hour"),
-    ("dc_linked", "hour"),
+    ("dc_linked_cut", "hour"),
     ("ac_linked", "hour"),
     ("ac_linked", "segment"),
 )
+
+
+def _covers(segment: dict[str, Any], window: Window) -> bool:
+    """The link segment (an ac_linked "segment" row) is the whole window."""
+    return (segment["s"], segment["e"]) == window
 
 
 async def performance(request: web.Request) -> web.Response:
@@ -65,6 +72,8 @@ async def performance(request: web.Request) -> web.Response:
         figures.add_dc_linked(row)
     meters = []
     for row in ac_linked:
+        if _covers(row, window):
+            figures.add_dc_linked(dc)
         figures.add_ac(row)
         figures.linked_seconds += (row["e"] - row["s"]).total_seconds()
         meters.append(
@@ -99,6 +108,10 @@ async def trend(request: web.Request) -> web.Response:
         if row["hour"] in hours:
             hours[row["hour"]].add_ac(row)
     for segment in segments:
+        if _covers(segment, window):
+            for row in dc:
+                if row["hour"] in hours:
+                    hours[row["hour"]].add_dc_linked(row)
         for hour, figures in hours.items():
             span = (hour, hour + timedelta(hours=1))
             figures.linked_seconds += overlap_seconds(span, (segment["s"], segment["e"]))

@@ -197,26 +197,42 @@ async def test_rollup_answers_equal_raw_history_sums(api: Api, database_url: str
     assert sum(m["readings"] for m in whole["meters"]) == whole["readings"]["ac"]
 
 
+async def _assert_trend_hours_are_raw_sums(
+    api: Api, database_url: str, start: datetime, end: datetime
+) -> list[dict[str, Any]]:
+    status, trend = await api.get(
+        "/v1/analytics/trend/EV-1", **{"from": iso(start), "to": iso(end)}
+    )
+    assert status == 200
+    hours: list[dict[str, Any]] = trend["hours"]
+    first = start.replace(minute=0, second=0, microsecond=0)
+    assert [h["hour"] for h in hours] == [iso(first + k * HOUR) for k in range(len(hours))]
+    assert first + (len(hours) - 1) * HOUR < end <= first + len(hours) * HOUR
+    for hour in hours:
+        at = datetime.fromisoformat(hour["hour"])
+        truth = await raw_truth(database_url, "EV-1", max(start, at), min(end, at + HOUR))
+        assert_same(hour, truth, hour["hour"])
+    return hours
+
+
 async def test_trend_hours_add_up_to_the_window(api: Api, database_url: str) -> None:
     rng = random.Random(7)
     await write_readings(database_url, random_readings(rng))
     since = BASE + timedelta(hours=2, minutes=30)
     body = {"vehicleId": "EV-1", "meterId": "M-1", "since": iso(since)}
     assert (await api.send("POST", "/v1/links", body))[0] == 201
+    # A window the link begins inside of, and one inside the link (its DC while linked is the
+    # window's DC, read once).
     start, end = BASE + timedelta(minutes=17, seconds=3), BASE + timedelta(hours=6, minutes=5)
-    status, trend = await api.get(
-        "/v1/analytics/trend/EV-1", **{"from": iso(start), "to": iso(end)}
-    )
-    assert status == 200
-    hours = trend["hours"]
+    hours = await _assert_trend_hours_are_raw_sums(api, database_url, start, end)
     assert [h["hour"] for h in hours] == [iso(BASE + i * HOUR) for i in range(7)]
-    for hour in hours:
-        at = datetime.fromisoformat(hour["hour"])
-        truth = await raw_truth(database_url, "EV-1", max(start, at), min(end, at + HOUR))
-        assert_same(hour, truth, hour["hour"])
     assert hours[0]["efficiency"] is None  # before the link: no AC, nothing invented
     assert hours[0]["efficiencyStatus"] == "noData"
     assert hours[3]["coverage"]["ac"] is not None
+    start, end = since + timedelta(minutes=41, seconds=7), since + timedelta(hours=9, seconds=1)
+    hours = await _assert_trend_hours_are_raw_sums(api, database_url, start, end)
+    assert all(hour["dcWhileLinked"] == hour["totalDc"] for hour in hours)
+    assert sum(hour["readings"]["dc"] for hour in hours) > 100
 
 
 async def test_no_link_means_no_efficiency(api: Api, database_url: str) -> None:
