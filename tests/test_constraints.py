@@ -4,13 +4,12 @@ each within the range pyproject.toml allows."""
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-PROJECT = Path(__file__).resolve().parent.parent
+from tests.services import PROJECT
 
 
 def _pins() -> dict[str, Version]:
