@@ -1,13 +1,17 @@
 """Device readings: their wire format, and decoding a message into readings and rejects.
 
 Unknown fields are ignored and the reading is kept: devices gain fields with firmware updates,
-and dropping their data for it would lose readings that are otherwise sound.
+and dropping their data for it would lose readings that are otherwise sound. An unknown field may
+nest objects or arrays, but a message nests at most ``MAX_NESTING`` levels in all: deeper JSON is
+refused before it is parsed, since only a hostile or broken sender writes it and parsing it
+recursively could exhaust the stack.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from datetime import datetime, timedelta
 from typing import Annotated, Final, Literal, TypeAlias
 
@@ -16,7 +20,9 @@ from msgspec import Meta
 
 DeviceKind: TypeAlias = Literal["meter", "vehicle"]
 
-DEVICE_ID_PATTERN: Final = r"^[A-Za-z0-9._-]{1,64}$"
+# \A and \Z, not ^ and $: $ also matches before a trailing newline ("EV-1\n").
+DEVICE_ID_PATTERN: Final = r"\A[A-Za-z0-9._-]{1,64}\Z"
+DEVICE_ID_RULE: Final = "1-64 characters of [A-Za-z0-9._-]"
 DeviceId = Annotated[str, Meta(min_length=1, max_length=64, pattern=DEVICE_ID_PATTERN)]
 Energy = Annotated[float, Meta(ge=0, le=1_000_000)]  # kWh of one interval
 Voltage = Annotated[float, Meta(gt=0, le=1_000)]  # single or three phase, any grid
@@ -25,6 +31,12 @@ Celsius = Annotated[float, Meta(ge=-50, le=150)]  # past either end the sensor i
 Timestamp = Annotated[datetime, Meta(tz=True)]
 
 MAX_READINGS_PER_MESSAGE: Final = 10_000
+# An array with more invalid elements than this is refused whole, as one dead letter: past this
+# many, the sender is broken or hostile, and judging every element costs more than the message.
+MAX_INVALID_ELEMENTS: Final = 100
+# Levels of objects and arrays in one message: an array (1) of readings (2), with room for unknown
+# fields that nest a little.
+MAX_NESTING: Final = 8
 KEPT_BYTES_OF_OVERSIZED: Final = 1024
 
 
@@ -60,7 +72,15 @@ _DECODERS: Final[
     "meter": _METER_DECODER,
     "vehicle": _VEHICLE_DECODER,
 }
-_DEVICE_ID_DECODER: Final = msgspec.json.Decoder(DeviceId)
+_ARRAY_DECODERS: Final[
+    dict[str, msgspec.json.Decoder[list[MeterReading]] | msgspec.json.Decoder[list[VehicleReading]]]
+] = {
+    "meter": msgspec.json.Decoder(list[MeterReading]),
+    "vehicle": msgspec.json.Decoder(list[VehicleReading]),
+}
+_DEVICE_ID: Final = re.compile(DEVICE_ID_PATTERN)
+_JSON_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_A_BRACKET: Final = bytes(sorted(set(range(256)) - set(b"[]{}")))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -100,17 +120,48 @@ def parse_topic(topic: str) -> tuple[DeviceKind, str]:
             " or fleet/vehicle/{vehicleId}"
         )
     kind: DeviceKind = "meter" if levels[1] == "meter" else "vehicle"
-    try:
-        device_id = _DEVICE_ID_DECODER.decode(msgspec.json.encode(levels[2]))
-    except msgspec.ValidationError:
+    device_id = levels[2]
+    if not _DEVICE_ID.match(device_id):
         raise ValueError(
-            f"invalid device id {levels[2]!r} in topic: expected 1-64 characters of [A-Za-z0-9._-]"
-        ) from None
+            f"invalid device id {device_id[:80]!r} in topic: expected {DEVICE_ID_RULE}"
+        )
     return kind, device_id
 
 
+def nesting_exceeds(payload: bytes, limit: int = MAX_NESTING) -> bool:
+    """True if the JSON in ``payload`` nests objects and arrays deeper than ``limit`` levels, or
+    has brackets that do not pair up (then it is malformed anyway). Cheap: a payload with no more
+    than ``limit`` brackets is not scanned; others are read at C speed, a level per pass."""
+    if payload.count(b"[") + payload.count(b"{") <= limit:
+        return False
+    if b'"' in payload:
+        payload = _JSON_STRING.sub(b"", payload)  # brackets inside strings do not nest
+    brackets = payload.translate(None, _NOT_A_BRACKET)
+    for _ in range(limit):  # each pass removes the innermost level
+        inner_removed = brackets.replace(b"[]", b"").replace(b"{}", b"")
+        if not inner_removed or inner_removed == brackets:
+            break
+        brackets = inner_removed
+    else:
+        return True
+    return bool(inner_removed)
+
+
 def decode_message(topic: str, payload: bytes, received_at: datetime, limits: Limits) -> Decoded:
-    """Decode one message; never raises for anything a device can send."""
+    """Decode one message; never raises: whatever goes wrong makes the message a dead letter
+    whose reason names the exception, so that one message can never stop ingestion."""
+    try:
+        return _decode_message(topic, payload, received_at, limits)
+    except Exception as exc:  # a reason for the dead letter, not a crash
+        reason = f"could not be decoded ({type(exc).__name__}): {exc}"[:1000]
+        try:
+            kind, device_id = parse_topic(topic)
+        except ValueError:
+            return _rejected(None, None, reason, payload, limits)
+        return _rejected(kind, device_id, reason, payload, limits)
+
+
+def _decode_message(topic: str, payload: bytes, received_at: datetime, limits: Limits) -> Decoded:
     size = len(payload)
     try:
         kind, device_id = parse_topic(topic)
@@ -120,6 +171,12 @@ def decode_message(topic: str, payload: bytes, received_at: datetime, limits: Li
         reason = (
             f"payload of {size} bytes exceeds the {limits.max_payload_bytes}-byte limit"
             f" (first {KEPT_BYTES_OF_OVERSIZED} bytes kept)"
+        )
+        return _rejected(kind, device_id, reason, payload, limits)
+    if nesting_exceeds(payload):
+        reason = (
+            f"malformed JSON: nested deeper than {MAX_NESTING} levels of objects and arrays"
+            " (or unbalanced brackets)"
         )
         return _rejected(kind, device_id, reason, payload, limits)
     if payload.lstrip()[:1] == b"[":
@@ -136,6 +193,13 @@ def decode_message(topic: str, payload: bytes, received_at: datetime, limits: Li
 def _decode_array(
     kind: DeviceKind, device_id: str, payload: bytes, received_at: datetime, limits: Limits
 ) -> Decoded:
+    try:  # the usual case, every element sound: one typed decode
+        typed: list[Reading] = list(_ARRAY_DECODERS[kind].decode(payload))
+        if 1 <= len(typed) <= MAX_READINGS_PER_MESSAGE:
+            checked = [_checked(reading, kind, device_id, received_at, limits) for reading in typed]
+            return Decoded(kind, device_id, checked, [])
+    except ValueError:
+        pass
     try:
         elements = _ARRAY_DECODER.decode(payload)
     except ValueError as exc:
@@ -143,11 +207,20 @@ def _decode_array(
     readings: list[Reading] = []
     rejects: list[Reject] = []
     count = len(elements)
+    first_problem = ""
     for index, element in enumerate(elements):
         raw = bytes(element)
         try:
             readings.append(_decode_one(kind, device_id, raw, received_at, limits))
         except ValueError as exc:
+            if len(rejects) == MAX_INVALID_ELEMENTS:
+                reason = (
+                    f"array of readings: more than {MAX_INVALID_ELEMENTS} of its {count} elements"
+                    f" are invalid, so it was refused whole; the first, {first_problem}"
+                )
+                return _rejected(kind, device_id, reason, payload, limits)
+            problem = f"element {index}: {_reason(exc)}"
+            first_problem = first_problem or problem
             reason = f"element {index} of {count} (the others were kept if valid): {_reason(exc)}"
             rejects.append(Reject(reason, raw, len(raw), kind, device_id))
     return Decoded(kind, device_id, readings, rejects)
@@ -156,7 +229,13 @@ def _decode_array(
 def _decode_one(
     kind: DeviceKind, device_id: str, raw: bytes, received_at: datetime, limits: Limits
 ) -> Reading:
-    reading = _DECODERS[kind].decode(raw)
+    return _checked(_DECODERS[kind].decode(raw), kind, device_id, received_at, limits)
+
+
+def _checked(
+    reading: Reading, kind: DeviceKind, device_id: str, received_at: datetime, limits: Limits
+) -> Reading:
+    """``reading`` if it passes what the type cannot say; ``ValueError`` naming what fails."""
     for name in ("kwh_consumed_ac", "voltage", "soc", "kwh_delivered_dc", "battery_temp"):
         value = getattr(reading, name, 0.0)
         if not math.isfinite(value):  # 1e999 decodes to inf without tripping a bound
