@@ -243,6 +243,24 @@ CREATE INDEX IF NOT EXISTS dead_letter_received_at_idx ON dead_letter (received_
 CREATE INDEX IF NOT EXISTS dead_letter_device_idx
     ON dead_letter (device_kind, device_name, received_at);
 
+-- Dead letters past a device's cap (DEAD_LETTERS_PER_DEVICE a minute, DEAD_LETTERS_PER_MINUTE in
+-- all): counted, one row per device and minute, with the first of them as a sample. Device kind
+-- and name are '' for dead letters of devices past the number tracked one by one, and for topics
+-- that name no device.
+CREATE TABLE IF NOT EXISTS dead_letter_overflow (
+    window_start     timestamptz NOT NULL,
+    device_kind      text NOT NULL,
+    device_name      text NOT NULL,
+    dead_letters     bigint NOT NULL,          -- how many were counted instead of kept
+    last_received_at timestamptz NOT NULL,
+    sample_reason    text NOT NULL,
+    sample_payload   bytea NOT NULL,
+    sample_bytes     integer NOT NULL,
+    PRIMARY KEY (device_kind, device_name, window_start)
+);
+CREATE INDEX IF NOT EXISTS dead_letter_overflow_received_idx
+    ON dead_letter_overflow (last_received_at);
+
 -- Alerts for field engineers: at most one active alert per (device, rule), raised and cleared by
 -- the gateway, kept afterwards as history. The active alerts are the evaluation state: a restarted
 -- gateway neither raises an active alert again nor forgets to clear it.

@@ -263,9 +263,16 @@ CHECKS: Final[Sequence[Check]] = (
         "badPayloads",
         """
         WITH counts AS (
-            SELECT device_kind, device_name, count(*) AS n FROM dead_letter
-            WHERE received_at > %(now)s - %(bp_window)s
-              AND device_kind IS NOT NULL AND device_name IS NOT NULL
+            SELECT device_kind, device_name, sum(n) AS n FROM (
+                SELECT device_kind, device_name, count(*) AS n FROM dead_letter
+                WHERE received_at > %(now)s - %(bp_window)s
+                  AND device_kind IS NOT NULL AND device_name IS NOT NULL
+                GROUP BY 1, 2
+                UNION ALL  -- those past the cap, counted per minute
+                SELECT device_kind, device_name, sum(dead_letters) FROM dead_letter_overflow
+                WHERE last_received_at > %(now)s - %(bp_window)s AND device_name <> ''
+                GROUP BY 1, 2
+            ) kept_and_counted
             GROUP BY 1, 2
         )
         SELECT d.device_kind, d.device_name, coalesce(c.n, 0)

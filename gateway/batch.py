@@ -6,6 +6,7 @@ import dataclasses
 import time
 from datetime import UTC, date, datetime
 
+from gateway.dead_letter_cap import Suppressed
 from gateway.readings import Decoded, MeterReading, Reject
 
 
@@ -21,6 +22,12 @@ class Received:
     qos: int
     connection: int  # which broker connection delivered it: acks go back only on that one
     decoded: Decoded
+    suppressed: Suppressed | None = None  # its dead letters past the cap, counted
+
+    @property
+    def items(self) -> int:
+        """What it costs to hold and write: its readings and its dead letters."""
+        return len(self.decoded.readings) + len(self.decoded.rejects) + 1
 
 
 MeterRow = tuple[str, datetime, int, float, datetime]
@@ -34,6 +41,18 @@ def to_mwh(kwh: float) -> int:
 
 
 DeadLetterRow = tuple[datetime, str, str | None, str | None, str, bytes, int]
+# window start, device kind, device name, count, last received, sample reason, payload, its size
+OverflowRow = tuple[datetime, str, str, int, datetime, str, bytes, int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchLimits:
+    """When a batch is full: whichever bound is reached first (a batch may pass the items and
+    bytes bounds by its last message)."""
+
+    messages: int
+    items: int
+    payload_bytes: int
 
 
 @dataclasses.dataclass(slots=True)
@@ -42,30 +61,46 @@ class Batch:
 
     messages: list[Received] = dataclasses.field(default_factory=list)
     started_monotonic: float = 0.0
+    items: int = 0
+    payload_bytes: int = 0
 
     def add(self, message: Received) -> None:
         if not self.messages:
             self.started_monotonic = time.monotonic()
         self.messages.append(message)
+        self.items += message.items
+        self.payload_bytes += len(message.payload)
 
     def __len__(self) -> int:
         return len(self.messages)
 
-    def is_full(self, max_messages: int) -> bool:
-        return len(self.messages) >= max_messages
+    def is_full(self, limits: BatchLimits) -> bool:
+        return (
+            len(self.messages) >= limits.messages
+            or self.items >= limits.items
+            or self.payload_bytes >= limits.payload_bytes
+        )
 
     def age_s(self, now_monotonic: float) -> float:
         return now_monotonic - self.started_monotonic if self.messages else 0.0
 
     def split(self) -> list[Batch]:
         """One batch per message, to find the message the database refuses."""
-        return [Batch([message], message.received_monotonic) for message in self.messages]
+        return [
+            Batch([message], message.received_monotonic, message.items, len(message.payload))
+            for message in self.messages
+        ]
 
-    def rows(self) -> tuple[list[MeterRow], list[VehicleRow], list[DeadLetterRow]]:
+    def rows(
+        self,
+    ) -> tuple[list[MeterRow], list[VehicleRow], list[DeadLetterRow], list[OverflowRow]]:
         meters: list[MeterRow] = []
         vehicles: list[VehicleRow] = []
         dead: list[DeadLetterRow] = []
+        overflow: dict[tuple[datetime, str, str], OverflowRow] = {}
         for message in self.messages:
+            if message.suppressed is not None:
+                _count_overflow(overflow, message.suppressed, message.received_at)
             decoded = message.decoded
             name = decoded.device_id
             for reading in decoded.readings:
@@ -92,7 +127,7 @@ class Batch:
                         )
                     )
             dead.extend(_dead_letter_row(message, reject) for reject in decoded.rejects)
-        return meters, vehicles, dead
+        return meters, vehicles, dead, sorted(overflow.values())  # in key order: no deadlock
 
     def reading_days(self) -> set[tuple[str, date]]:
         """(kind, UTC day) pairs the readings fall in: the partitions they need."""
@@ -116,6 +151,25 @@ def _dead_letter_row(message: Received, reject: Reject) -> DeadLetterRow:
     )
 
 
+def _count_overflow(
+    rows: dict[tuple[datetime, str, str], OverflowRow], suppressed: Suppressed, at: datetime
+) -> None:
+    key = (suppressed.window_start, suppressed.device_kind, suppressed.device_name)
+    row = rows.get(key)
+    if row is None:
+        sample = suppressed.sample
+        rows[key] = (
+            *key,
+            suppressed.count,
+            at,
+            _storable(sample.reason),
+            sample.payload,
+            sample.payload_bytes,
+        )
+    else:
+        rows[key] = (*key, row[3] + suppressed.count, max(row[4], at), *row[5:])
+
+
 def refused_by_database(message: Received, error: str) -> Received:
     """The same message turned into a dead letter, when the database will not take its readings.
     Its text is made storable (PostgreSQL text cannot hold NUL), so the dead letter always is."""
@@ -128,7 +182,9 @@ def refused_by_database(message: Received, error: str) -> Received:
         None if decoded.device_id is None else _storable(decoded.device_id),
     )
     refused = dataclasses.replace(decoded, readings=[], rejects=[reject])
-    return dataclasses.replace(message, topic=_storable(message.topic), decoded=refused)
+    return dataclasses.replace(
+        message, topic=_storable(message.topic), decoded=refused, suppressed=None
+    )
 
 
 def is_refusal(message: Received) -> bool:

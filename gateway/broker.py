@@ -11,8 +11,8 @@ It also bounds what waits in aiomqtt's unbounded queue. The broker's in-flight w
 that, but Mosquitto 2.0.11 stops honouring ``max_inflight_messages`` once acknowledgements
 arrive while messages are queued (measured: with a window of 2,000, all 20,000 queued messages
 were sent): a 1,000,000-message backlog then piles up in the gateway. So the gateway stops
-reading its socket above a high-water mark and resumes below a low one; TCP backpressure keeps
-the rest in the broker.
+reading its socket above a high-water mark, of messages or of payload bytes, and resumes below
+a low one; TCP backpressure keeps the rest in the broker.
 """
 
 from __future__ import annotations
@@ -46,9 +46,11 @@ def settle_disconnection(client: aiomqtt.Client) -> None:
 class Broker:
     """An aiomqtt client on a persistent session whose messages are acknowledged by hand."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, max_queued_bytes: int) -> None:
         self._high_water = 4 * settings.batch_size  # above the in-flight window when it holds
         self._low_water = 2 * settings.batch_size
+        self._max_queued_bytes = max_queued_bytes
+        self._queued_bytes = 0  # payload bytes in aiomqtt's queue
         self._reading_fd: int | None = None  # the socket our reader is registered on
         self._paused = False
         self._subscribed = False
@@ -64,6 +66,8 @@ class Broker:
         )
         self._paho: Any = self.client._client
         self._paho.manual_ack_set(True)
+        self._aiomqtt_on_message: Any = self._paho.on_message
+        self._paho.on_message = self._on_message
         self._aiomqtt_socket_open: Any = self._paho.on_socket_open
         self._paho.on_socket_open = self._on_socket_open
         self._queue: asyncio.Queue[aiomqtt.Message] = self.client._queue
@@ -89,6 +93,7 @@ class Broker:
         while not self._queue.empty():
             self._queue.get_nowait()
             dropped += 1
+        self._queued_bytes = 0
         if dropped:
             logger.info(
                 "%d messages not taken before the connection dropped will be redelivered", dropped
@@ -105,16 +110,44 @@ class Broker:
     async def next_message(self) -> aiomqtt.Message:
         """Wait for the next message; raises ``aiomqtt.MqttError`` when the connection drops."""
         iterator = self.client.messages.__aiter__()
-        return await iterator.__anext__()
+        return self._taken(await iterator.__anext__())
 
-    def take_ready(self, limit: int) -> list[aiomqtt.Message]:
-        """Messages already received, without waiting (cheaper than a loop turn per message)."""
-        taken: list[aiomqtt.Message] = []
-        while len(taken) < limit and not self._queue.empty():
-            taken.append(self._queue.get_nowait())
-        if self._paused and self._queue.qsize() < self._low_water:
+    def take_ready(self) -> aiomqtt.Message | None:
+        """A message already received, without waiting (cheaper than a loop turn per message)."""
+        if self._queue.empty():
+            if self._paused:
+                self._resume_reading()
+            return None
+        message = self._taken(self._queue.get_nowait())
+        if (
+            self._paused
+            and self._queue.qsize() < self._low_water
+            and self._queued_bytes < self._max_queued_bytes // 2
+        ):
             self._resume_reading()
-        return taken
+        return message
+
+    def _taken(self, message: aiomqtt.Message) -> aiomqtt.Message:
+        self._queued_bytes -= _size(message.payload)
+        return message
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        self._queued_bytes += _size(message.payload)
+        try:
+            self._aiomqtt_on_message(client, userdata, message)
+        except Exception as exc:  # a topic aiomqtt cannot represent: keep it as a dead letter
+            raw_topic = repr(getattr(message, "_topic", b""))[:200]
+            logger.warning("message on an undecodable topic %s: %s", raw_topic, exc)
+            self._queue.put_nowait(
+                aiomqtt.Message(
+                    f"undecodable topic {raw_topic}".replace("+", "?").replace("#", "?"),
+                    message.payload,
+                    message.qos,
+                    message.retain,
+                    message.mid,
+                    None,
+                )
+            )
 
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
         # aiomqtt registers its reader (from paho's thread, via the loop); ours replaces it
@@ -134,7 +167,14 @@ class Broker:
         """aiomqtt's reader, plus the pause: paho reads and queues until the high-water mark."""
         # Not before SUBACK is read: the consumer takes messages only once subscribed.
         fd = self._reading_fd
-        if self._subscribed and fd is not None and self._queue.qsize() >= self._high_water:
+        if (
+            self._subscribed
+            and fd is not None
+            and (
+                self._queue.qsize() >= self._high_water
+                or self._queued_bytes >= self._max_queued_bytes
+            )
+        ):
             self.client._loop.remove_reader(fd)
             self._paused = True
             return
@@ -158,3 +198,7 @@ class Broker:
             return False
         self._paho.ack(mid, qos)
         return True
+
+
+def _size(payload: object) -> int:
+    return len(payload) if isinstance(payload, bytes | bytearray) else 0

@@ -40,17 +40,18 @@ def schema_sql() -> str:
     return resources.files("gateway").joinpath("schema.sql").read_text(encoding="utf-8")
 
 
-async def apply_schema(conninfo: str) -> None:
+async def apply_schema(conninfo: str, *, force: bool = False) -> None:
     """Apply ``schema.sql`` unless this very text was applied already (its digest is kept in
-    ``schema_applied``). Processes starting together take turns on an advisory lock; a
-    deadlock with a running writer (the script runs in one transaction) is retried."""
+    ``schema_applied``), or ``force``d (to repair a schema changed under us). Processes starting
+    together take turns on an advisory lock; a deadlock with a running writer (the script runs
+    in one transaction) is retried."""
     script = schema_sql()
     digest = hashlib.sha256(script.encode()).hexdigest()
     record = f"\nINSERT INTO schema_applied (digest) VALUES ('{digest}') ON CONFLICT DO NOTHING;"
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
         await conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
         try:
-            if await _applied(conn, digest):
+            if not force and await _applied(conn, digest):
                 return
             for attempt in range(1, _SCHEMA_ATTEMPTS + 1):
                 try:

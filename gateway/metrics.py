@@ -34,6 +34,18 @@ class Metrics:
             "Messages or array elements kept as dead letters",
             registry=self.registry,
         )
+        self.dead_letters_counted = Counter(
+            "fleetgate_dead_letters_counted",
+            "Dead letters past the cap (per device and minute, or in all): counted in "
+            "dead_letter_overflow with a sample instead of kept whole",
+            registry=self.registry,
+        )
+        self.permanent_errors = Counter(
+            "fleetgate_database_permanent_errors",
+            "Batches the database refused for a reason no retry fixes by itself (a missing table, "
+            "a revoked right); the batch is kept and retried after re-applying the schema",
+            registry=self.registry,
+        )
         self.acks_skipped = Counter(
             "fleetgate_acks_skipped",
             "Committed messages whose connection had dropped: the broker redelivers them",
@@ -59,6 +71,7 @@ class Metrics:
         self.readings.inc(result.inserted)
         self.duplicates.inc(result.duplicates)
         self.dead_letters.inc(result.dead_letters)
+        self.dead_letters_counted.inc(result.dead_letters_counted)
         self.acks_skipped.inc(acks_skipped)
         self.batch_seconds.observe(seconds)
         self.commit_lag_seconds.observe(oldest_lag_s)
@@ -85,13 +98,15 @@ class Summary:
             t = self.total
             logger.info(
                 "committed %d messages in %d batches (%.0f/s): %d readings stored, "
-                "%d duplicates, %d dead letters; max receive-to-commit %.0f ms",
+                "%d duplicates, %d dead letters (%d more counted past the cap); "
+                "max receive-to-commit %.0f ms",
                 t.messages,
                 self.batches,
                 t.messages / elapsed,
                 t.inserted,
                 t.duplicates,
                 t.dead_letters,
+                t.dead_letters_counted,
                 self.max_lag_s * 1000,
             )
         self.since = time.monotonic()

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 
 import aiomqtt
 import psycopg
-from prometheus_client import start_http_server
 
 from gateway.alerts import AlertEvaluator, AlertPublisher
-from gateway.batch import Batch, Received
+from gateway.batch import Batch, BatchLimits, Received
 from gateway.broker import ALERTS_PREFIX, Broker
 from gateway.database import Partitions, apply_schema, open_pool
+from gateway.dead_letter_cap import DeadLetterCap
 from gateway.metrics import Metrics
+from gateway.monitoring import HealthReport, serve_monitoring
 from gateway.readings import Limits, decode_message
 from gateway.settings import Settings
 from gateway.waiting import backoff_delay, sleep_unless
@@ -30,6 +33,10 @@ class ShutdownTimeoutError(Exception):
     """Work taken before SIGTERM could not be committed in time; the broker will redeliver it."""
 
 
+class TaskDiedError(Exception):
+    """A background task of the gateway failed or ended while the gateway was running."""
+
+
 class Gateway:
     """One gateway process's work, run by :meth:`run` until ``stop`` is set."""
 
@@ -37,7 +44,17 @@ class Gateway:
         self.settings = settings
         self.stop = stop
         self.metrics = metrics or Metrics()
-        self.broker = Broker(settings)
+        # The bytes budget: a quarter waiting in the client, a quarter in each of three batches
+        # (filling, queued, committing); the readings budget: a third in each batch.
+        self.broker = Broker(settings, max_queued_bytes=settings.max_bytes_in_flight // 4)
+        self._batch_limits = BatchLimits(
+            messages=settings.batch_size,
+            items=max(1, settings.max_readings_in_flight // 3),
+            payload_bytes=max(1, settings.max_bytes_in_flight // 4),
+        )
+        self._dead_letter_cap = DeadLetterCap(
+            settings.dead_letters_per_device, settings.dead_letters_per_minute
+        )
         self._limits = Limits(
             max_payload_bytes=settings.max_payload_bytes,
             max_future_skew=timedelta(seconds=settings.max_future_skew_s),
@@ -49,45 +66,104 @@ class Gateway:
         self.subscribed = asyncio.Event()
         self.alerts: AlertEvaluator | None = None
         self.alert_publisher: AlertPublisher | None = None
+        self.writer: BatchWriter | None = None
+        self.failure: TaskDiedError | None = None  # why the gateway stopped by itself
+        self._run_task: asyncio.Task[object] | None = None
 
     async def run(self) -> None:
+        """Run until ``stop`` is set. If a background task fails or ends on its own, the
+        gateway stops as on SIGTERM (what was taken is committed) and raises TaskDiedError:
+        never alive but idle."""
         await self._wait_for_database()
         if self.stop.is_set():
             return
-        if self.settings.metrics_port:
-            start_http_server(
-                self.settings.metrics_port,
-                self.settings.metrics_host,
-                registry=self.metrics.registry,
-            )
+        async with contextlib.AsyncExitStack() as resources:
+            if self.settings.metrics_port:
+                await resources.enter_async_context(
+                    serve_monitoring(
+                        self.settings.metrics_host,
+                        self.settings.metrics_port,
+                        self.metrics.registry,
+                        self.health,
+                    )
+                )
+            await self._run_tasks()
+        logger.info("gateway stopped")
+        if self.failure is not None:
+            raise self.failure
+
+    def health(self) -> HealthReport:
+        failing = self.writer.failing if self.writer else None
+        return HealthReport(
+            broker_connected=self.subscribed.is_set() and self.broker.connected,
+            database_error=None if failing is None else f"{type(failing).__name__}: {failing}",
+        )
+
+    async def _run_tasks(self) -> None:
+        self._run_task = asyncio.current_task()
         alerts = self.settings.alerts_enabled
         pool_size = self.settings.db_pool_size + (2 if alerts else 0)
         async with open_pool(self.settings.database_url, pool_size) as pool:
             partitions = Partitions(pool)
-            writer = BatchWriter(
-                pool, partitions, self.settings.retry_max_delay_s, self._acknowledge
+            self.writer = writer = BatchWriter(
+                pool,
+                partitions,
+                self.settings.retry_max_delay_s,
+                self._acknowledge,
+                on_permanent_error=self._repair_schema,
             )
             if alerts:
                 self.alerts = AlertEvaluator(pool, self.settings)
                 self.alert_publisher = AlertPublisher(pool, self.settings, self.alerts.changed)
+            work: dict[str, Awaitable[None]] = {
+                "consume": self._consume(),
+                "write": self._write(writer),
+                "partitions": self._maintain_partitions(partitions),
+                "stats": self._log_stats(),
+            }
+            if self.alerts and self.alert_publisher:
+                work["alert-rules"] = self.alerts.run(self.stop)
+                work["alert-publisher"] = self.alert_publisher.run(self.stop)
             try:
                 async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(self._consume(), name="consume")
-                    tasks.create_task(self._write(writer), name="write")
-                    tasks.create_task(self._maintain_partitions(partitions), name="partitions")
-                    tasks.create_task(self._log_stats(), name="stats")
+                    for name, job in work.items():
+                        tasks.create_task(self._supervised(name, job), name=name)
                     tasks.create_task(self._enforce_shutdown_deadline(), name="deadline")
-                    if self.alerts and self.alert_publisher:
-                        tasks.create_task(self.alerts.run(self.stop), name="alert-rules")
-                        tasks.create_task(
-                            self.alert_publisher.run(self.stop), name="alert-publisher"
-                        )
             except* ShutdownTimeoutError:
                 logger.error(  # noqa: TRY400 - the reason is the deadline, no traceback helps
                     "shutdown deadline passed with a batch uncommitted; it was not "
                     "acknowledged, so the broker will deliver it again"
                 )
-        logger.info("gateway stopped")
+
+    async def _supervised(self, name: str, job: Awaitable[None]) -> None:
+        """Run one background task; if it fails, is cancelled or ends while the gateway runs,
+        record why and stop the gateway, so that the others drain and the process exits."""
+        try:
+            await job
+        except asyncio.CancelledError:
+            if self.stop.is_set() or self._cancelled_from_outside():
+                raise  # shutting down, or the gateway itself is cancelled
+            self._fail(name, TaskDiedError(f"task {name!r} was cancelled while running"))
+        except Exception as exc:
+            logger.exception("task %r failed", name)
+            self._fail(name, TaskDiedError(f"task {name!r} failed: {type(exc).__name__}: {exc}"))
+        else:
+            if not self.stop.is_set():
+                self._fail(name, TaskDiedError(f"task {name!r} ended while the gateway ran"))
+
+    def _cancelled_from_outside(self) -> bool:
+        return self._run_task is not None and self._run_task.cancelling() > 0
+
+    def _fail(self, name: str, error: TaskDiedError) -> None:
+        logger.error("%s; stopping the gateway (what was taken is committed first)", error)
+        if self.failure is None:
+            self.failure = error
+        self.stop.set()
+
+    async def _repair_schema(self) -> None:
+        self.metrics.permanent_errors.inc()
+        await apply_schema(self.settings.database_url, force=True)
+        logger.info("schema re-applied")
 
     async def _wait_for_database(self) -> None:
         """Apply the schema, waiting for the database to come up if it is not yet."""
@@ -97,6 +173,10 @@ class Gateway:
                 await apply_schema(self.settings.database_url)
             except psycopg.OperationalError as exc:
                 logger.warning("database unreachable, retrying: %s", exc)
+            except psycopg.Error as exc:
+                logger.error(  # noqa: TRY400 - the database's message says it all
+                    "could not apply the schema (%s: %s); retrying", type(exc).__name__, exc
+                )
             else:
                 logger.info("schema applied")
                 return
@@ -147,7 +227,7 @@ class Gateway:
         await self._batches.join()
 
     async def _fill_batches(self) -> None:
-        size = self.settings.batch_size
+        limits = self._batch_limits
         max_age_s = self.settings.batch_age_ms / 1000
         batch = Batch()
         stop_waiting = asyncio.ensure_future(self.stop.wait())
@@ -161,9 +241,12 @@ class Gateway:
                     if waiting not in done:
                         waiting.cancel()
                         break
-                    self._take([waiting.result()], batch)  # raises MqttError on disconnect
-                self._take(self.broker.take_ready(size - len(batch)), batch)
-                if batch.is_full(size) or batch.age_s(time.monotonic()) >= max_age_s:
+                    first = waiting.result()  # raises MqttError on disconnect
+                    self._take(first, batch, datetime.now(UTC), time.monotonic())
+                now, now_monotonic = datetime.now(UTC), time.monotonic()
+                while not batch.is_full(limits) and (message := self.broker.take_ready()):
+                    self._take(message, batch, now, now_monotonic)
+                if batch.is_full(limits) or batch.age_s(time.monotonic()) >= max_age_s:
                     await self._batches.put(batch)
                     batch = Batch()
                 elif self.broker.lost_connection():
@@ -175,32 +258,34 @@ class Gateway:
             if batch:  # written whatever happens; acknowledged only if still connected
                 await self._batches.put(batch)
 
-    def _take(self, messages: list[aiomqtt.Message], batch: Batch) -> None:
-        now = datetime.now(UTC)
-        now_monotonic = time.monotonic()
-        for message in messages:
-            topic = message.topic.value
-            if topic.startswith(ALERTS_PREFIX):  # our own output, not telemetry
-                self.broker.ack(message.mid, message.qos, self.broker.connection)
-                continue
-            payload = (
-                message.payload
-                if isinstance(message.payload, bytes)
-                else bytes(str(message.payload), "utf-8")
+    def _take(
+        self, message: aiomqtt.Message, batch: Batch, now: datetime, now_monotonic: float
+    ) -> None:
+        topic = message.topic.value
+        if topic.startswith(ALERTS_PREFIX):  # our own output, not telemetry
+            self.broker.ack(message.mid, message.qos, self.broker.connection)
+            return
+        payload = (
+            message.payload
+            if isinstance(message.payload, bytes)
+            else bytes(str(message.payload), "utf-8")
+        )
+        decoded, suppressed = self._dead_letter_cap.admit(
+            decode_message(topic, payload, now, self._limits), now
+        )
+        batch.add(
+            Received(
+                topic,
+                payload,
+                now,
+                now_monotonic,
+                message.mid,
+                message.qos,
+                self.broker.connection,
+                decoded,
+                suppressed,
             )
-            decoded = decode_message(topic, payload, now, self._limits)
-            batch.add(
-                Received(
-                    topic,
-                    payload,
-                    now,
-                    now_monotonic,
-                    message.mid,
-                    message.qos,
-                    self.broker.connection,
-                    decoded,
-                )
-            )
+        )
 
     async def _write(self, writer: BatchWriter) -> None:
         while True:

@@ -77,6 +77,37 @@ OPTIONS: tuple[Option, ...] = (
         positive_int,
     ),
     Option(
+        "MAX_READINGS_IN_FLIGHT",
+        "max_readings_in_flight",
+        "60000",
+        "Memory budget: readings and dead letters held at once between the broker and the "
+        "database (three batches of a third each, plus one message).",
+        positive_int,
+    ),
+    Option(
+        "MAX_BYTES_IN_FLIGHT",
+        "max_bytes_in_flight",
+        "67108864",
+        "Memory budget: payload bytes held at once (a quarter waiting to be taken, a quarter "
+        "in each of three batches, plus one message); reading from the broker pauses above it.",
+        positive_int,
+    ),
+    Option(
+        "DEAD_LETTERS_PER_DEVICE",
+        "dead_letters_per_device",
+        "100",
+        "Dead letters kept whole per device and minute; the rest are counted, with a sample, "
+        "in dead_letter_overflow.",
+        positive_int,
+    ),
+    Option(
+        "DEAD_LETTERS_PER_MINUTE",
+        "dead_letters_per_minute",
+        "10000",
+        "Dead letters kept whole per minute over all devices; past it they are counted.",
+        positive_int,
+    ),
+    Option(
         "PARTITION_DAYS_AHEAD",
         "partition_days_ahead",
         "7",
@@ -226,6 +257,10 @@ class Settings:
     max_future_skew_s: float
     max_reading_age_days: float
     max_payload_bytes: int
+    max_readings_in_flight: int
+    max_bytes_in_flight: int
+    dead_letters_per_device: int
+    dead_letters_per_minute: int
     partition_days_ahead: int
     db_pool_size: int
     retry_max_delay_s: float

@@ -13,12 +13,12 @@ def backoff_delay(attempt: int, cap_s: float) -> float:
 
 
 async def sleep_unless(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep, waking early if ``stop`` is set; True if it was."""
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
+    """Sleep, waking early if ``stop`` is set; True if it was. (Not ``wait_for``: in Python
+    3.11 it can swallow a cancellation that arrives as the event is set.)"""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    return stop.is_set()
 
 
 async def wait_any(seconds: float, *events: asyncio.Event) -> None:

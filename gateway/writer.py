@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 import psycopg
@@ -42,6 +42,15 @@ _COPY_DEAD_LETTERS: Final = (
     " payload_bytes) FROM STDIN (FORMAT BINARY)"
 )
 _DEAD_LETTER_TYPES: Final = ["timestamptz", "text", "text", "text", "text", "bytea", "int4"]
+# One row per device and minute: the first batch inserts it with its sample, later ones add.
+_COUNT_OVERFLOW: Final = b"""
+INSERT INTO dead_letter_overflow AS o (window_start, device_kind, device_name, dead_letters,
+    last_received_at, sample_reason, sample_payload, sample_bytes)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (device_kind, device_name, window_start) DO UPDATE SET
+    dead_letters = o.dead_letters + EXCLUDED.dead_letters,
+    last_received_at = greatest(o.last_received_at, EXCLUDED.last_received_at)
+"""
 
 # New devices only: ON CONFLICT alone would draw an identity value for every staged row.
 _REGISTER_METERS: Final = """
@@ -205,8 +214,16 @@ _TRANSIENT: Final = (
     psycopg.InterfaceError,
     PoolTimeout,
     psycopg.errors.TransactionRollback,
-    psycopg.ProgrammingError,
 )
+# The message is what the database refuses. Any other database error is permanent: our
+# statements or the schema are wrong (a missing table, a revoked right), so retrying as they are
+# will not help, but re-applying the schema may; the batch is kept meanwhile.
+_REFUSED: Final = (psycopg.DataError, psycopg.IntegrityError)
+
+
+def _is_the_messages_fault(error: Exception) -> bool:
+    """Refused by the database, or our own code failed on the data (not on the database)."""
+    return isinstance(error, _REFUSED) or not isinstance(error, psycopg.Error | PoolTimeout)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -217,7 +234,8 @@ class WriteResult:
     readings: int = 0
     inserted: int = 0
     duplicates: int = 0
-    dead_letters: int = 0
+    dead_letters: int = 0  # kept whole
+    dead_letters_counted: int = 0  # past the cap: counted in dead_letter_overflow
 
     def __add__(self, other: WriteResult) -> WriteResult:
         return WriteResult(
@@ -226,6 +244,10 @@ class WriteResult:
                 for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True)
             )
         )
+
+
+async def _no_repair() -> None:
+    pass
 
 
 class BatchWriter:
@@ -237,11 +259,14 @@ class BatchWriter:
         partitions: Partitions,
         retry_max_delay_s: float,
         on_committed: Callable[[Batch, WriteResult], None],
+        on_permanent_error: Callable[[], Awaitable[None]] = _no_repair,
     ):
         self._pool = pool
         self._partitions = partitions
         self._retry_max_delay_s = retry_max_delay_s
         self._on_committed = on_committed
+        self._on_permanent_error = on_permanent_error  # counts it, repairs what it can
+        self.failing: Exception | None = None  # why the last attempt failed, while it fails
 
     async def write(self, batch: Batch) -> WriteResult:
         """Write until committed. A batch the database refuses is split to find the culprit,
@@ -252,6 +277,7 @@ class BatchWriter:
                 await self._partitions.ensure(batch.reading_days())
                 result = await self._write_once(batch)
             except _TRANSIENT as exc:
+                self.failing = exc
                 delay = backoff_delay(attempt, self._retry_max_delay_s)
                 attempt += 1
                 logger.warning(
@@ -262,13 +288,36 @@ class BatchWriter:
                 )
                 await asyncio.sleep(delay)
                 continue
-            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            except Exception as exc:
+                if not _is_the_messages_fault(exc):  # permanent: repair, retry, never ack
+                    delay = backoff_delay(attempt, self._retry_max_delay_s)
+                    attempt += 1
+                    await self._permanent_error(batch, exc, delay)
+                    continue
                 self._partitions.forget()  # a partition may have been dropped under us
                 return await self._write_refused(batch, exc)
+            self.failing = None
             self._on_committed(batch, result)
             return result
 
-    async def _write_refused(self, batch: Batch, error: psycopg.Error) -> WriteResult:
+    async def _permanent_error(self, batch: Batch, error: Exception, delay: float) -> None:
+        self.failing = error
+        logger.error(
+            "database refused the gateway's statements for a batch of %d (%s: %s); "
+            "the batch is kept unacknowledged, the schema is re-applied, retrying in %.1f s",
+            len(batch),
+            type(error).__name__,
+            str(error).strip(),
+            delay,
+        )
+        self._partitions.forget()
+        try:
+            await self._on_permanent_error()
+        except (psycopg.Error, OSError) as exc:
+            logger.error("re-applying the schema failed: %s", exc)  # noqa: TRY400
+        await asyncio.sleep(delay)
+
+    async def _write_refused(self, batch: Batch, error: Exception) -> WriteResult:
         if len(batch) > 1:
             logger.warning(
                 "database refused a batch of %d (%s); writing its messages one by one",
@@ -284,7 +333,9 @@ class BatchWriter:
         try:
             await self._partitions.ensure(batch.reading_days())
             result = await self._write_once(batch)
-        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        except Exception as exc:
+            if not _is_the_messages_fault(exc):
+                return await self.write(batch)  # retried there
             message = batch.messages[0]
             if is_refusal(message):  # cannot happen with sanitised text; never loop on it
                 logger.exception(
@@ -299,12 +350,15 @@ class BatchWriter:
             logger.warning(
                 "database refused message on %r: %s; kept as a dead letter", message.topic, exc
             )
-            return await self.write(Batch([refused_by_database(message, str(exc))]))
+            error_text = (
+                str(exc) if isinstance(exc, psycopg.Error) else f"{type(exc).__name__}: {exc}"
+            )
+            return await self.write(Batch([refused_by_database(message, error_text)]))
         self._on_committed(batch, result)
         return result
 
     async def _write_once(self, batch: Batch) -> WriteResult:
-        meters, vehicles, dead_letters = batch.rows()
+        meters, vehicles, dead_letters, overflow = batch.rows()
         inserted = 0
         async with self._pool.connection() as conn, conn.transaction():
             cur = conn.cursor()
@@ -316,6 +370,8 @@ class BatchWriter:
                     await cur.execute(statements.update_live)
             if dead_letters:
                 await _copy(cur, _COPY_DEAD_LETTERS, _DEAD_LETTER_TYPES, dead_letters)
+            if overflow:
+                await cur.executemany(_COUNT_OVERFLOW, overflow)
         readings = len(meters) + len(vehicles)
         return WriteResult(
             messages=len(batch),
@@ -323,6 +379,7 @@ class BatchWriter:
             inserted=inserted,
             duplicates=readings - inserted,
             dead_letters=len(dead_letters),
+            dead_letters_counted=sum(row[3] for row in overflow),
         )
 
 

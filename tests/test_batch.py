@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from gateway.batch import Batch, Received, refused_by_database, to_mwh
+from gateway.batch import Batch, BatchLimits, Received, refused_by_database, to_mwh
 from gateway.readings import Limits, decode_message
 from gateway.settings import OPTIONS, MqttAddress, Settings, SettingsError
 from http_api.settings import OPTIONS as API_OPTIONS
@@ -38,21 +38,35 @@ METER = (
 
 
 def test_batch_is_full_at_its_size_and_old_after_its_age() -> None:
+    limits = BatchLimits(messages=2, items=1000, payload_bytes=1 << 20)
     batch = Batch()
     assert batch.age_s(100.0) == 0.0
     batch.add(received("fleet/meter/M1", METER))
     first_added = batch.started_monotonic
-    assert not batch.is_full(2)
+    assert not batch.is_full(limits)
     batch.add(received("fleet/meter/M2", METER))
-    assert batch.is_full(2)
+    assert batch.is_full(limits)
     assert batch.age_s(first_added + 0.05) == pytest.approx(0.05)
+
+
+def test_batch_is_full_at_its_budget_of_readings_or_bytes_whatever_the_messages() -> None:
+    junk = b"[" + b",".join([b"{}"] * 50) + b"]"  # 50 dead letters in one message
+    by_items = Batch()
+    by_items.add(received("fleet/meter/M1", junk))
+    assert by_items.items == 51
+    assert by_items.is_full(BatchLimits(messages=1000, items=50, payload_bytes=1 << 20))
+    assert not by_items.is_full(BatchLimits(messages=1000, items=52, payload_bytes=1 << 20))
+    by_bytes = Batch()
+    by_bytes.add(received("fleet/meter/M1", METER))
+    assert by_bytes.is_full(BatchLimits(messages=1000, items=1000, payload_bytes=len(METER)))
 
 
 def test_rows_carry_exact_milliwatt_hours_and_dead_letters() -> None:
     batch = Batch()
     batch.add(received("fleet/meter/M1", METER))
     batch.add(received("fleet/meter/M1", b"{oops"))
-    meters, vehicles, dead = batch.rows()
+    meters, vehicles, dead, overflow = batch.rows()
+    assert overflow == []
     assert meters == [("M1", datetime(2026, 2, 9, 23, 30, tzinfo=UTC), 12_800_000, 228.0, NOW)]
     assert vehicles == []
     assert [(topic, name, reason.split(":")[0]) for _, topic, _, name, reason, _, _ in dead] == [

@@ -105,7 +105,7 @@ def test_every_long_running_service_has_a_health_check(services: dict[str, Any])
         assert check["test"][0] in {"CMD", "CMD-SHELL"}, name
     assert "pg_isready" in services["postgres"]["healthcheck"]["test"]
     gateway_env = environment(services["gateway"])
-    assert f":{gateway_env['METRICS_PORT']}/metrics" in " ".join(
+    assert f":{gateway_env['METRICS_PORT']}/health" in " ".join(
         services["gateway"]["healthcheck"]["test"]
     )
     api_env = environment(services["http_api"])
