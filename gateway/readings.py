@@ -79,7 +79,8 @@ _ARRAY_DECODERS: Final[
     "vehicle": msgspec.json.Decoder(list[VehicleReading]),
 }
 _DEVICE_ID: Final = re.compile(DEVICE_ID_PATTERN)
-_JSON_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_JSON_STRING: Final = re.compile(rb'"[^"]*"')  # once escapes are gone
+_EMPTY_CONTAINER: Final = re.compile(rb"\[\]|\{\}")  # one pass removes one level
 _NOT_A_BRACKET: Final = bytes(sorted(set(range(256)) - set(b"[]{}")))
 
 
@@ -131,14 +132,16 @@ def parse_topic(topic: str) -> tuple[DeviceKind, str]:
 def nesting_exceeds(payload: bytes, limit: int = MAX_NESTING) -> bool:
     """True if the JSON in ``payload`` nests objects and arrays deeper than ``limit`` levels, or
     has brackets that do not pair up (then it is malformed anyway). Cheap: a payload with no more
-    than ``limit`` brackets is not scanned; others are read at C speed, a level per pass."""
+    than ``limit`` brackets is not scanned; others are read in linear passes at C speed, one
+    level per pass."""
     if payload.count(b"[") + payload.count(b"{") <= limit:
         return False
-    if b'"' in payload:
-        payload = _JSON_STRING.sub(b"", payload)  # brackets inside strings do not nest
+    if b'"' in payload:  # brackets inside strings do not nest: drop escapes, then strings
+        unescaped = payload.replace(b"\\\\", b"").replace(b'\\"', b"")
+        payload = _JSON_STRING.sub(b"", unescaped)
     brackets = payload.translate(None, _NOT_A_BRACKET)
-    for _ in range(limit):  # each pass removes the innermost level
-        inner_removed = brackets.replace(b"[]", b"").replace(b"{}", b"")
+    for _ in range(limit):
+        inner_removed = _EMPTY_CONTAINER.sub(b"", brackets)
         if not inner_removed or inner_removed == brackets:
             break
         brackets = inner_removed
