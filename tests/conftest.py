@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
+import subprocess
+import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -15,7 +19,7 @@ import pytest
 
 from gateway.service import Gateway
 from gateway.settings import MqttAddress, Settings
-from tests.services import Mosquitto, Postgres
+from tests.services import PROJECT, Mosquitto, Postgres
 
 _database_numbers = itertools.count()
 
@@ -132,3 +136,69 @@ async def wait_until(
 async def count(database_url: str, sql: str, *params: Any) -> int:
     rows = await query(database_url, sql, *params)
     return int(rows[0][0])
+
+
+class GatewayProcess:
+    """``python -m gateway`` in a child process, as an operator runs it; what it logs goes to a
+    file (a pipe nobody reads could fill and block it)."""
+
+    def __init__(self, settings: Settings, **env: str) -> None:
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": settings.database_url,
+            "MQTT_URL": f"mqtt://{settings.mqtt.host}:{settings.mqtt.port}",
+            "MQTT_CLIENT_ID": settings.client_id,
+            "METRICS_PORT": "0",
+            "RETRY_MAX_DELAY_S": "0.5",
+            "STATS_INTERVAL_S": "1",
+            **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - kept open for every start
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway"],
+            cwd=PROJECT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    async def wait_subscribed(self, database_url: str) -> None:
+        # The gateway applies the schema before it subscribes; then give it a moment.
+        await wait_until(lambda: _table_exists(database_url), what="schema applied")
+        await asyncio.sleep(1.0)
+
+    def signal(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    async def wait_exit(self, seconds: float) -> tuple[int, str]:
+        assert self.process is not None
+        process = self.process
+        returncode = await asyncio.to_thread(process.wait, seconds)
+        return returncode, self.output()
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def output(self) -> str:
+        """What the process has logged so far; shown by pytest when a test fails."""
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
+
+
+async def _table_exists(database_url: str) -> bool:
+    return await count(database_url, "SELECT count(*) FROM pg_class WHERE relname = 'meter'") == 1
+
+
+@pytest.fixture
+def gateway_process(settings: Settings) -> Iterator[list[GatewayProcess]]:
+    started: list[GatewayProcess] = []
+    yield started
+    for number, process in enumerate(started):
+        process.kill()
+        print(f"--- gateway process {number} ---\n{process.output()}")

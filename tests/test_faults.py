@@ -6,20 +6,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import aiomqtt
 import pytest
 
 from gateway.settings import Settings
-from tests.conftest import StartGateway, count, wait_until
-from tests.services import PROJECT, Mosquitto, Postgres
+from tests.conftest import GatewayProcess, StartGateway, count, wait_until
+from tests.services import Mosquitto, Postgres
 
 pytestmark = pytest.mark.slow
 
@@ -55,71 +53,6 @@ async def publish_readings(port: int, devices: int, minutes: range, pause: float
 
 async def history_count(database_url: str) -> int:
     return await count(database_url, "SELECT count(*) FROM meter_reading")
-
-
-class GatewayProcess:
-    """``python -m gateway`` in a child process, as an operator runs it."""
-
-    def __init__(self, settings: Settings, **env: str) -> None:
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": settings.database_url,
-            "MQTT_URL": f"mqtt://{settings.mqtt.host}:{settings.mqtt.port}",
-            "MQTT_CLIENT_ID": settings.client_id,
-            "METRICS_PORT": "0",
-            "RETRY_MAX_DELAY_S": "0.5",
-            "STATS_INTERVAL_S": "1",
-            **env,
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway"],
-            cwd=PROJECT,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-
-    async def wait_subscribed(self, database_url: str) -> None:
-        # The gateway applies the schema before it subscribes; then give it a moment.
-        await wait_until(lambda: _table_exists(database_url), what="schema applied")
-        await asyncio.sleep(1.0)
-
-    def signal(self, sig: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(sig)
-
-    async def wait_exit(self, seconds: float) -> tuple[int, str]:
-        assert self.process is not None
-        process = self.process
-        returncode = await asyncio.to_thread(process.wait, seconds)
-        return returncode, self.output()
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def output(self) -> str:
-        """What the process logged (after it exited); shown by pytest when a test fails."""
-        if self.process is None or self.process.stdout is None:
-            return ""
-        return self.process.stdout.read().decode(errors="replace")
-
-
-async def _table_exists(database_url: str) -> bool:
-    return await count(database_url, "SELECT count(*) FROM pg_class WHERE relname = 'meter'") == 1
-
-
-@pytest.fixture
-def gateway_process(settings: Settings) -> Iterator[list[GatewayProcess]]:
-    started: list[GatewayProcess] = []
-    yield started
-    for number, process in enumerate(started):
-        process.kill()
-        print(f"--- gateway process {number} ---\n{process.output()}")
 
 
 @pytest.fixture
