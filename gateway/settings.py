@@ -147,7 +147,8 @@ OPTIONS: tuple[Option, ...] = (
         "METRICS_PORT",
         "metrics_port",
         "9464",
-        "Port of the Prometheus /metrics endpoint on METRICS_HOST; 0 turns it off.",
+        "Port of the Prometheus /metrics and the /health endpoint on METRICS_HOST; 0 turns "
+        "them off.",
         non_negative_int,
     ),
     Option("METRICS_HOST", "metrics_host", "127.0.0.1", "Address the metrics endpoint binds.", str),
