@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 REQUEST_ID: Final = web.RequestKey("request_id", str)
 REQUEST_ID_HEADER: Final = "X-Request-Id"
-_CLIENT_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_CLIENT_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")  # fullmatch: no "\n" after
 # Seconds a client is asked to wait before retrying when the database is unavailable.
 RETRY_AFTER_S: Final = 5
 
@@ -43,7 +43,7 @@ async def request_id_and_errors(request: web.Request, handler: Handler) -> web.S
     """Give the request an id (the client's X-Request-Id if sane) that every response carries,
     and turn whatever escapes a handler into a JSON error."""
     offered = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = offered if _CLIENT_REQUEST_ID.match(offered) else uuid.uuid4().hex
+    request_id = offered if _CLIENT_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
     request[REQUEST_ID] = request_id
     try:
         response = await handler(request)

@@ -85,7 +85,7 @@ def _op(
                 }
             },
         }
-        responses["413"] = _error("Body over MAX_BODY_BYTES.")
+        responses.setdefault("413", _error("Body over MAX_BODY_BYTES."))
     if public:
         operation["security"] = []
     else:
@@ -223,7 +223,11 @@ _PATHS: Final[dict[str, dict[str, Any]]] = {
             "Ingest one reading",
             ("202", "BatchResult", "Published; the broker acknowledged"),
             body="Reading",
-            errors={"503": "Broker (brokerUnavailable) or database (databaseUnavailable) down."},
+            errors={
+                "413": "Body over MAX_BODY_BYTES, or a reading over MAX_PAYLOAD_BYTES "
+                "(readingTooLarge), which the gateway would dead-letter.",
+                "503": "Broker (brokerUnavailable) or database (databaseUnavailable) down.",
+            },
         )
     },
     "/v1/telemetry/batch": {
@@ -232,7 +236,8 @@ _PATHS: Final[dict[str, dict[str, Any]]] = {
             ("202", "BatchResult", "All published"),
             body="Readings",
             errors={
-                "207": "Some rejected (reason per reading).",
+                "207": "Some rejected (reason per reading; a reading over MAX_PAYLOAD_BYTES is "
+                "one of them).",
                 "503": "Broker (brokerUnavailable) or database (databaseUnavailable) down.",
             },
         )

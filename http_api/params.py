@@ -7,21 +7,26 @@ import binascii
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Final, TypeVar
 
-from gateway.readings import DEVICE_ID_PATTERN
+import msgspec
+
+from gateway.readings import DEVICE_ID_PATTERN, DEVICE_ID_RULE, nesting_exceeds
 from http_api.errors import InvalidParameterError
 
+T = TypeVar("T")
+
 _DEVICE_ID: Final = re.compile(DEVICE_ID_PATTERN)
+_NOT_A_CURSOR: Final = "not a cursor this API returned"
 # Times the database can hold and a dashboard can mean; a wider range only produces errors.
 _EARLIEST: Final = datetime(2000, 1, 1, tzinfo=UTC)
 _LATEST: Final = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 def device_id(value: str, parameter: str) -> str:
-    if not _DEVICE_ID.match(value):
+    if not _DEVICE_ID.fullmatch(value):  # the whole string: "EV-1\n" is not an id
         raise InvalidParameterError(
-            f"{value[:80]!r} is not a device id: 1-64 characters of [A-Za-z0-9._-]", parameter
+            f"{value[:80]!r} is not a device id: {DEVICE_ID_RULE}", parameter
         )
     return value
 
@@ -122,12 +127,39 @@ def encode_cursor(key: str) -> str:
 
 
 def decode_cursor(query: Mapping[str, str]) -> str | None:
-    """The opaque keyset cursor of a previous page (the last key it held)."""
+    """The opaque keyset cursor of a previous page (the last key it held). What this API
+    writes into a cursor is printable ASCII; anything else (a NUL byte, which PostgreSQL
+    refuses in text) is a 400 naming the cursor."""
     text = query.get("cursor")
     if text is None:
         return None
     try:
         padded = text + "=" * (-len(text) % 4)
-        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+        key = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidParameterError("not a cursor this API returned", "cursor") from None
+        raise InvalidParameterError(_NOT_A_CURSOR, "cursor") from None
+    if not (key.isascii() and key.isprintable()):
+        raise InvalidParameterError(f"{_NOT_A_CURSOR}: it holds control characters", "cursor")
+    return key
+
+
+def decode_device_cursor(query: Mapping[str, str]) -> str | None:
+    """A cursor holding a device id (the name of a page's last device)."""
+    key = decode_cursor(query)
+    if key is not None and not _DEVICE_ID.fullmatch(key):
+        raise InvalidParameterError(_NOT_A_CURSOR, "cursor")
+    return key
+
+
+def decode_json_cursor(query: Mapping[str, str], decoder: msgspec.json.Decoder[T]) -> T | None:
+    """A cursor holding a flat JSON array (the sort key of a page's last row), decoded by
+    ``decoder``; anything else is a 400 naming the cursor, however deep it nests."""
+    key = decode_cursor(query)
+    if key is None:
+        return None
+    if nesting_exceeds(key.encode(), 1):
+        raise InvalidParameterError(f"{_NOT_A_CURSOR}: nested JSON", "cursor")
+    try:
+        return decoder.decode(key)
+    except msgspec.DecodeError:
+        raise InvalidParameterError(_NOT_A_CURSOR, "cursor") from None

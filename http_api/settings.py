@@ -20,6 +20,15 @@ from gateway.env_options import (
     read_options,
 )
 from gateway.env_options import describe_options as _describe
+from gateway.settings import OPTIONS as GATEWAY_OPTIONS
+
+
+def _shared(env: str, help_text: str) -> Option:
+    """The gateway's option ``env``, with the same default and parser: the two services read
+    one variable the same way (a help of the API's own)."""
+    [option] = [option for option in GATEWAY_OPTIONS if option.env == env]
+    return dataclasses.replace(option, help=help_text)
+
 
 OPTIONS: tuple[Option, ...] = (
     DATABASE_URL_OPTION,
@@ -86,6 +95,11 @@ OPTIONS: tuple[Option, ...] = (
         "Request bodies above this size are refused with 413.",
         positive_int,
     ),
+    _shared(
+        "MAX_PAYLOAD_BYTES",
+        "A reading (one POST /v1/telemetry, or one element of a batch) above this size is "
+        "refused with 413 or rejected in the batch: the gateway, set alike, dead-letters it.",
+    ),
     Option(
         "MAX_BATCH_READINGS",
         "max_batch_readings",
@@ -148,6 +162,7 @@ class Settings:
     efficiency_good: float
     efficiency_warning: float
     max_body_bytes: int
+    max_payload_bytes: int
     max_batch_readings: int
     max_future_skew_s: float
     max_reading_age_days: float

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Final
 
@@ -56,13 +57,11 @@ def _encode_key(row: Row) -> str:
     )
 
 
-def _decode_key(text: str | None) -> tuple[datetime, int] | None:
-    if text is None:
+def _decode_key(query: Mapping[str, str]) -> tuple[datetime, int] | None:
+    key = params.decode_json_cursor(query, _KEY_DECODER)
+    if key is None:
         return None
-    try:
-        raised_at, alert_id = _KEY_DECODER.decode(text)
-    except msgspec.DecodeError:
-        raise InvalidParameterError("not a cursor this API returned", "cursor") from None
+    raised_at, alert_id = key
     if raised_at.tzinfo is None:
         raise InvalidParameterError("not a cursor this API returned", "cursor")
     return raised_at, alert_id
@@ -80,7 +79,7 @@ async def alerts(request: web.Request) -> web.Response:
         rule=params.one_of(query, "rule", RULES),
         raised_from=raised_from,
         raised_to=raised_to,
-        after=_decode_key(params.decode_cursor(query)),
+        after=_decode_key(query),
     )
     rows = await alert_page(request.app[POOL], found, limit + 1)  # one more: is there a next page
     page = rows[:limit]

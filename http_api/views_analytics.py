@@ -18,7 +18,7 @@ from http_api.analytics import (
     status_of,
     window_body,
 )
-from http_api.errors import InvalidParameterError, NotFoundError
+from http_api.errors import NotFoundError
 from http_api.fleet_queries import AcSums, VehicleSums, fleet_sums
 from http_api.keys import POOL, SETTINGS
 from http_api.render import iso, json, kwh
@@ -26,6 +26,7 @@ from http_api.rollup_queries import Grouping, Stream, vehicle_sums
 from http_api.settings import Settings
 
 Window = tuple[datetime, datetime]
+_FLEET_CURSOR: Final = msgspec.json.Decoder(tuple[float, str])  # efficiency, vehicle name
 
 
 def _window(request: web.Request) -> Window:
@@ -198,7 +199,7 @@ async def fleet(request: web.Request) -> web.Response:
     below = params.ratio(request.query, "below", settings.efficiency_good)
     limit = params.integer(request.query, "limit", 100, 1, 1000)
     fleet = FleetPage(window, settings, below, limit)
-    fleet.after = _fleet_cursor(params.decode_cursor(request.query))
+    fleet.after = params.decode_json_cursor(request.query, _FLEET_CURSOR)
     page_rows = await fleet_sums(request.app[POOL], window, fleet.pick)
     fleet.add_page(page_rows)
     page = list(fleet.page.values())
@@ -225,13 +226,3 @@ async def fleet(request: web.Request) -> web.Response:
             "nextCursor": cursor,
         }
     )
-
-
-def _fleet_cursor(text: str | None) -> tuple[float, str] | None:
-    if text is None:
-        return None
-    try:
-        efficiency, name = msgspec.json.decode(text, type=tuple[float, str])
-    except msgspec.DecodeError:
-        raise InvalidParameterError("not a cursor this API returned", "cursor") from None
-    return efficiency, name

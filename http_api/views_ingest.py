@@ -5,13 +5,22 @@ gateway.readings code), then published to the device's topic so the gateway stay
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import msgspec
 from aiohttp import web
 
-from gateway.readings import DeviceKind, Limits, decode_message
+from gateway.readings import (
+    DEVICE_ID_PATTERN,
+    DEVICE_ID_RULE,
+    MAX_NESTING,
+    DeviceKind,
+    Limits,
+    decode_message,
+    nesting_exceeds,
+)
 from http_api.errors import ApiError, InvalidBodyError
 from http_api.keys import PUBLISHER, SETTINGS
 from http_api.render import json
@@ -32,6 +41,20 @@ class InvalidReadingError(ApiError):
     code = "invalidReading"
 
 
+class ReadingTooLargeError(InvalidReadingError):
+    """The reading is above MAX_PAYLOAD_BYTES, which the gateway dead-letters."""
+
+    status = 413
+    code = "readingTooLarge"
+
+
+# Checked before msgspec parses anything: it parses nested JSON recursively, and a few thousand
+# levels exhaust the stack (RecursionError, a 500).
+TOO_DEEP: Final = (
+    f"malformed JSON: nested deeper than {MAX_NESTING} levels of objects and arrays"
+    " (or unbalanced brackets)"
+)
+_DEVICE_ID: Final = re.compile(DEVICE_ID_PATTERN)
 _KIND: Final = msgspec.json.Decoder(_Kind)
 _LIST: Final = msgspec.json.Decoder(list[msgspec.Raw])
 
@@ -58,15 +81,23 @@ def _topic(raw: bytes) -> tuple[DeviceKind, str]:
     field = "meterId" if is_meter else "vehicleId"
     if device is msgspec.UNSET:
         raise InvalidReadingError(f"{field} is required over HTTP (MQTT has it in the topic)")
-    if not isinstance(device, str) or "/" in device:
-        raise InvalidReadingError(
-            f"invalid {field} {device!r}: expected 1-64 characters of [A-Za-z0-9._-]"
-        )
+    # The whole string, so that nothing but an id reaches the topic: a newline there makes the
+    # broker drop the API's connection.
+    if not isinstance(device, str) or not _DEVICE_ID.fullmatch(device):
+        shown = repr(device)[:80]
+        raise InvalidReadingError(f"invalid {field} {shown}: expected {DEVICE_ID_RULE}", field)
     return kind, device
 
 
 def _validate(raw: bytes, now: datetime, limits: Limits) -> str:
     """The topic a sound reading goes to; InvalidReadingError with the gateway's reason."""
+    if len(raw) > limits.max_payload_bytes:
+        raise ReadingTooLargeError(
+            f"a reading of {len(raw)} bytes is above the limit of {limits.max_payload_bytes}"
+            " bytes (MAX_PAYLOAD_BYTES)"
+        )
+    if nesting_exceeds(raw):
+        raise InvalidReadingError(TOO_DEEP)
     kind, device = _topic(raw)
     topic = f"fleet/{kind}/{device}"
     decoded = decode_message(topic, raw, now, limits)
@@ -78,7 +109,7 @@ def _validate(raw: bytes, now: datetime, limits: Limits) -> str:
 def _limits(request: web.Request) -> Limits:
     settings = request.app[SETTINGS]
     return Limits(
-        max_payload_bytes=settings.max_body_bytes,
+        max_payload_bytes=settings.max_payload_bytes,
         max_future_skew=timedelta(seconds=settings.max_future_skew_s),
         max_age=timedelta(days=settings.max_reading_age_days),
     )
@@ -93,8 +124,12 @@ async def one(request: web.Request) -> web.Response:
 
 async def batch(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
+    body = await request.read()
+    # A batch is an array of readings: one level more than a reading may have.
+    if nesting_exceeds(body, MAX_NESTING + 1):
+        raise InvalidBodyError(f"expected a JSON array of readings: {TOO_DEEP}")
     try:
-        elements = _LIST.decode(await request.read())
+        elements = _LIST.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidBodyError(f"expected a JSON array of readings: {exc}") from None
     if not 1 <= len(elements) <= settings.max_batch_readings:
@@ -109,7 +144,10 @@ async def batch(request: web.Request) -> web.Response:
         try:
             topic = _validate(raw, now, limits)
         except InvalidReadingError as exc:
-            results.append({"index": index, "status": "rejected", "reason": exc.message})
+            rejected = {"index": index, "status": "rejected", "reason": exc.message}
+            if exc.parameter is not None:
+                rejected["parameter"] = exc.parameter
+            results.append(rejected)
             continue
         sound.append((topic, raw))
         results.append({"index": index, "status": "accepted", "topic": topic})

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from gateway.readings import nesting_exceeds
 from http_api import params, queries
 from http_api.errors import InvalidBodyError, InvalidParameterError, NotFoundError
 from http_api.keys import POOL
@@ -33,11 +34,14 @@ def _link_body(row: queries.Row) -> dict[str, Any]:
 
 
 async def create(request: web.Request) -> web.Response:
+    raw = await request.read()
+    if nesting_exceeds(raw, 1):  # a flat object; msgspec would recurse into deeper JSON
+        raise InvalidBodyError("invalid link: expected a flat JSON object, not nested JSON")
     try:
-        body = _NEW_LINK.decode(await request.read())
+        body = _NEW_LINK.decode(raw)
     except msgspec.ValidationError as exc:
         raise InvalidBodyError(f"invalid link: {exc}") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidBodyError(f"malformed JSON: {exc}") from None
     vehicle = params.device_id(body.vehicle_id, "vehicleId")
     meter = params.device_id(body.meter_id, "meterId")

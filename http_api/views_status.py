@@ -97,7 +97,7 @@ async def vehicles(request: web.Request) -> web.Response:
         warning_c=settings.battery_temp_warning_c,
         charging=params.boolean(query, "charging"),
         warning=params.boolean(query, "warning"),
-        after=params.decode_cursor(query),
+        after=params.decode_device_cursor(query),
         limit=limit + 1,  # one more tells whether there is a next page
     )
     page = rows[:limit]
