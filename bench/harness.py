@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -251,6 +251,24 @@ class PublisherJob:
     rate: float | None = None  # messages/s of this process; None: as fast as acks allow
     live_timestamps: bool = False
     window: int = 1000
+    hostile_every: int = 0  # after every this many messages, one hostile one (0: none)
+
+
+# What a broken or hostile device sends: 10,000 invalid elements in 30 KB, or nesting 5,000 deep.
+JUNK_ARRAY: bytes = b"[" + b",".join([b"{}"] * 10_000) + b"]"
+NESTED: bytes = b"[" * 5000 + b"]" * 5000
+
+
+def with_hostile(messages: list[Message], every: int) -> list[Message]:
+    """``messages`` with a hostile message on the same device's topic after every ``every``:
+    junk arrays and deep nesting in turns."""
+    mixed: list[Message] = []
+    for number, message in enumerate(messages, 1):
+        mixed.append(message)
+        if number % every == 0:
+            payload = JUNK_ARRAY if (number // every) % 2 else NESTED
+            mixed.append(Message(message.topic, payload, 0, message.at))
+    return mixed
 
 
 def _run_job(job: PublisherJob, ready: Any, go: Any, results: Any) -> None:
@@ -267,11 +285,15 @@ def _run_job(job: PublisherJob, ready: Any, go: Any, results: Any) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     fleet = Fleet(profile, now - profile.time_for(job.count or 0) - timedelta(minutes=1))
     # Generated before the clock starts, so that the figures are the pipeline's, not generation's.
-    messages = (
+    messages: Iterable[Message] = (
         live_stream(fleet)
         if job.live_timestamps
         else list(itertools.islice(fleet.stream(), job.count))
     )
+    count = job.count
+    if job.hostile_every and isinstance(messages, list):
+        messages = with_hostile(messages, job.hostile_every)
+        count = len(messages)
     publisher = Publisher(MqttAddress.parse(job.mqtt_url), f"bench-pub-{os.getpid()}", job.window)
     publisher.connect()
     ready.put(os.getpid())
@@ -281,7 +303,7 @@ def _run_job(job: PublisherJob, ready: Any, go: Any, results: Any) -> None:
         messages,
         Pace(speed=None, rate=job.rate),
         sim_start=fleet.start,
-        count=job.count,
+        count=count,
         duration_s=job.duration_s,
     )
     publisher.disconnect()
