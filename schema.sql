@@ -105,44 +105,6 @@ CREATE TABLE IF NOT EXISTS vehicle_hourly (
     PRIMARY KEY (vehicle_id, hour)
 );
 
--- A database from before the 10-minute slots: add them and fill them once from history (a long
--- statement on a large database, once). Nothing to do on a new database or once they exist.
-DO $$
-DECLARE
-    kind record;
-    columns text := (  -- in the order of CREATE TABLE: energies, then readings
-        SELECT string_agg(format('ADD COLUMN slot%s_mwh bigint NOT NULL DEFAULT 0', k), ', ')
-               || ', ' || string_agg(format('ADD COLUMN slot%s_readings integer NOT NULL DEFAULT 0', k), ', ')
-        FROM generate_series(0, 5) k);
-    assignments text := (
-        SELECT string_agg(format('slot%1$s_mwh = r.e%1$s, slot%1$s_readings = r.n%1$s', k), ', ')
-        FROM generate_series(0, 5) k);
-BEGIN
-    FOR kind IN SELECT * FROM (VALUES ('meter', 'meter_id', 'consumed_ac_mwh'),
-                                      ('vehicle', 'vehicle_id', 'delivered_dc_mwh'))
-                              AS k (name, device, energy) LOOP
-        CONTINUE WHEN EXISTS (
-            SELECT 1 FROM information_schema.columns
-            WHERE table_schema = current_schema() AND table_name = kind.name || '_hourly'
-              AND column_name = 'slot0_mwh');
-        EXECUTE format('ALTER TABLE %I %s', kind.name || '_hourly', columns);
-        EXECUTE format(
-            'UPDATE %1$I h SET %2$s FROM ('
-            '  SELECT %3$I AS device, date_bin(''1 hour'', ts, ''2000-01-01 00:00:00+00'') AS hour, %4$s'
-            '  FROM (SELECT *, mod(floor(date_part(''epoch'', ts))::bigint, 3600) / 600 AS slot'
-            '        FROM %5$I) x'
-            '  GROUP BY 1, 2) r'
-            ' WHERE h.%3$I = r.device AND h.hour = r.hour',
-            kind.name || '_hourly', assignments, kind.device,
-            (SELECT string_agg(format('coalesce(sum(%2$I) FILTER (WHERE slot = %1$s), 0) AS e%1$s,'
-                                      ' count(*) FILTER (WHERE slot = %1$s) AS n%1$s',
-                                      k, kind.energy), ', ')
-             FROM generate_series(0, 5) k),
-            kind.name || '_reading');
-    END LOOP;
-END
-$$;
-
 -- The sum of bigints as a bigint, exact, and an error past 9.2e18 (sum(bigint) returns a numeric
 -- and keeps a 128-bit state per group: the fleet view adds ~60,000 rows a half, where that state
 -- cost ~5 ms a column).
@@ -151,14 +113,63 @@ CREATE OR REPLACE AGGREGATE fleetgate_sum(bigint) (
 );
 
 -- Daily rollups per device (day = UTC midnight), energy and counts only, maintained with the
--- hourly ones from the same inserted rows, with the same sums for each hour of the day (hourK:
--- hour K, columns added below). The fleet view takes a window's whole days from here and the
--- hours at its edges from the two edge days' rows: one row a device at each edge.
+-- hourly ones from the same inserted rows, with the same sums for each hour of the day. The fleet
+-- view takes a window's whole days from here and the hours at its edges from the two edge days'
+-- rows: one row a device at each edge.
 CREATE TABLE IF NOT EXISTS meter_daily (
     meter_id        integer NOT NULL,
     day             timestamptz NOT NULL,
     consumed_ac_mwh bigint NOT NULL,
     readings        integer NOT NULL,
+    -- energy and readings of each hour of the day (hour K: K:00 to K:59 UTC)
+    hour0_mwh       bigint NOT NULL DEFAULT 0,
+    hour1_mwh       bigint NOT NULL DEFAULT 0,
+    hour2_mwh       bigint NOT NULL DEFAULT 0,
+    hour3_mwh       bigint NOT NULL DEFAULT 0,
+    hour4_mwh       bigint NOT NULL DEFAULT 0,
+    hour5_mwh       bigint NOT NULL DEFAULT 0,
+    hour6_mwh       bigint NOT NULL DEFAULT 0,
+    hour7_mwh       bigint NOT NULL DEFAULT 0,
+    hour8_mwh       bigint NOT NULL DEFAULT 0,
+    hour9_mwh       bigint NOT NULL DEFAULT 0,
+    hour10_mwh      bigint NOT NULL DEFAULT 0,
+    hour11_mwh      bigint NOT NULL DEFAULT 0,
+    hour12_mwh      bigint NOT NULL DEFAULT 0,
+    hour13_mwh      bigint NOT NULL DEFAULT 0,
+    hour14_mwh      bigint NOT NULL DEFAULT 0,
+    hour15_mwh      bigint NOT NULL DEFAULT 0,
+    hour16_mwh      bigint NOT NULL DEFAULT 0,
+    hour17_mwh      bigint NOT NULL DEFAULT 0,
+    hour18_mwh      bigint NOT NULL DEFAULT 0,
+    hour19_mwh      bigint NOT NULL DEFAULT 0,
+    hour20_mwh      bigint NOT NULL DEFAULT 0,
+    hour21_mwh      bigint NOT NULL DEFAULT 0,
+    hour22_mwh      bigint NOT NULL DEFAULT 0,
+    hour23_mwh      bigint NOT NULL DEFAULT 0,
+    hour0_readings  integer NOT NULL DEFAULT 0,
+    hour1_readings  integer NOT NULL DEFAULT 0,
+    hour2_readings  integer NOT NULL DEFAULT 0,
+    hour3_readings  integer NOT NULL DEFAULT 0,
+    hour4_readings  integer NOT NULL DEFAULT 0,
+    hour5_readings  integer NOT NULL DEFAULT 0,
+    hour6_readings  integer NOT NULL DEFAULT 0,
+    hour7_readings  integer NOT NULL DEFAULT 0,
+    hour8_readings  integer NOT NULL DEFAULT 0,
+    hour9_readings  integer NOT NULL DEFAULT 0,
+    hour10_readings integer NOT NULL DEFAULT 0,
+    hour11_readings integer NOT NULL DEFAULT 0,
+    hour12_readings integer NOT NULL DEFAULT 0,
+    hour13_readings integer NOT NULL DEFAULT 0,
+    hour14_readings integer NOT NULL DEFAULT 0,
+    hour15_readings integer NOT NULL DEFAULT 0,
+    hour16_readings integer NOT NULL DEFAULT 0,
+    hour17_readings integer NOT NULL DEFAULT 0,
+    hour18_readings integer NOT NULL DEFAULT 0,
+    hour19_readings integer NOT NULL DEFAULT 0,
+    hour20_readings integer NOT NULL DEFAULT 0,
+    hour21_readings integer NOT NULL DEFAULT 0,
+    hour22_readings integer NOT NULL DEFAULT 0,
+    hour23_readings integer NOT NULL DEFAULT 0,
     PRIMARY KEY (meter_id, day)
 );
 
@@ -167,66 +178,56 @@ CREATE TABLE IF NOT EXISTS vehicle_daily (
     day              timestamptz NOT NULL,
     delivered_dc_mwh bigint NOT NULL,
     readings         integer NOT NULL,
+    hour0_mwh        bigint NOT NULL DEFAULT 0,
+    hour1_mwh        bigint NOT NULL DEFAULT 0,
+    hour2_mwh        bigint NOT NULL DEFAULT 0,
+    hour3_mwh        bigint NOT NULL DEFAULT 0,
+    hour4_mwh        bigint NOT NULL DEFAULT 0,
+    hour5_mwh        bigint NOT NULL DEFAULT 0,
+    hour6_mwh        bigint NOT NULL DEFAULT 0,
+    hour7_mwh        bigint NOT NULL DEFAULT 0,
+    hour8_mwh        bigint NOT NULL DEFAULT 0,
+    hour9_mwh        bigint NOT NULL DEFAULT 0,
+    hour10_mwh       bigint NOT NULL DEFAULT 0,
+    hour11_mwh       bigint NOT NULL DEFAULT 0,
+    hour12_mwh       bigint NOT NULL DEFAULT 0,
+    hour13_mwh       bigint NOT NULL DEFAULT 0,
+    hour14_mwh       bigint NOT NULL DEFAULT 0,
+    hour15_mwh       bigint NOT NULL DEFAULT 0,
+    hour16_mwh       bigint NOT NULL DEFAULT 0,
+    hour17_mwh       bigint NOT NULL DEFAULT 0,
+    hour18_mwh       bigint NOT NULL DEFAULT 0,
+    hour19_mwh       bigint NOT NULL DEFAULT 0,
+    hour20_mwh       bigint NOT NULL DEFAULT 0,
+    hour21_mwh       bigint NOT NULL DEFAULT 0,
+    hour22_mwh       bigint NOT NULL DEFAULT 0,
+    hour23_mwh       bigint NOT NULL DEFAULT 0,
+    hour0_readings   integer NOT NULL DEFAULT 0,
+    hour1_readings   integer NOT NULL DEFAULT 0,
+    hour2_readings   integer NOT NULL DEFAULT 0,
+    hour3_readings   integer NOT NULL DEFAULT 0,
+    hour4_readings   integer NOT NULL DEFAULT 0,
+    hour5_readings   integer NOT NULL DEFAULT 0,
+    hour6_readings   integer NOT NULL DEFAULT 0,
+    hour7_readings   integer NOT NULL DEFAULT 0,
+    hour8_readings   integer NOT NULL DEFAULT 0,
+    hour9_readings   integer NOT NULL DEFAULT 0,
+    hour10_readings  integer NOT NULL DEFAULT 0,
+    hour11_readings  integer NOT NULL DEFAULT 0,
+    hour12_readings  integer NOT NULL DEFAULT 0,
+    hour13_readings  integer NOT NULL DEFAULT 0,
+    hour14_readings  integer NOT NULL DEFAULT 0,
+    hour15_readings  integer NOT NULL DEFAULT 0,
+    hour16_readings  integer NOT NULL DEFAULT 0,
+    hour17_readings  integer NOT NULL DEFAULT 0,
+    hour18_readings  integer NOT NULL DEFAULT 0,
+    hour19_readings  integer NOT NULL DEFAULT 0,
+    hour20_readings  integer NOT NULL DEFAULT 0,
+    hour21_readings  integer NOT NULL DEFAULT 0,
+    hour22_readings  integer NOT NULL DEFAULT 0,
+    hour23_readings  integer NOT NULL DEFAULT 0,
     PRIMARY KEY (vehicle_id, day)
 );
-
--- The hour columns (hourK_mwh bigint, then hourK_readings integer, K = 0..23), added here on a
--- new database as on one from before them (whose 6-hour quarter columns they replace): existing
--- daily rows are filled once from the hourly rollups. Then, on a database from before the daily
--- rollups, these are derived once from the hourly ones. Nothing to do once they exist.
-DO $$
-DECLARE
-    kind record;
-    columns text := (
-        SELECT string_agg(format('ADD COLUMN hour%s_mwh bigint NOT NULL DEFAULT 0', k), ', ')
-               || ', ' || string_agg(format('ADD COLUMN hour%s_readings integer NOT NULL DEFAULT 0', k), ', ')
-        FROM generate_series(0, 23) k);
-    quarters text := (
-        SELECT string_agg(format('DROP COLUMN IF EXISTS quarter%1$s_mwh,'
-                                 ' DROP COLUMN IF EXISTS quarter%1$s_readings', k), ', ')
-        FROM generate_series(0, 3) k);
-    names text := (
-        SELECT string_agg(format('hour%s_mwh', k), ', ') || ', '
-               || string_agg(format('hour%s_readings', k), ', ')
-        FROM generate_series(0, 23) k);
-    assignments text := (
-        SELECT string_agg(format('hour%1$s_mwh = r.hour%1$s_mwh,'
-                                 ' hour%1$s_readings = r.hour%1$s_readings', k), ', ')
-        FROM generate_series(0, 23) k);
-    by_day text;
-BEGIN
-    FOR kind IN SELECT * FROM (VALUES ('meter', 'meter_id', 'consumed_ac_mwh'),
-                                      ('vehicle', 'vehicle_id', 'delivered_dc_mwh'))
-                              AS k (name, device, energy) LOOP
-        -- the hourly rollups summed by device and day, with the hour columns
-        by_day := format(
-            'SELECT %1$I AS device, date_bin(''1 day'', hour, ''2000-01-01 00:00:00+00'') AS day,'
-            '       sum(%2$I) AS energy, sum(readings) AS readings, %3$s'
-            '  FROM (SELECT *, mod(floor(date_part(''epoch'', hour))::bigint, 86400) / 3600'
-            '               AS hour_of_day FROM %4$I) h'
-            '  GROUP BY 1, 2',
-            kind.device, kind.energy,
-            (SELECT string_agg(format('coalesce(sum(%2$I) FILTER (WHERE hour_of_day = %1$s), 0)'
-                                      ' AS hour%1$s_mwh', k, kind.energy), ', ') || ', '
-                    || string_agg(format('coalesce(sum(readings) FILTER (WHERE hour_of_day = %1$s),'
-                                         ' 0) AS hour%1$s_readings', k), ', ')
-             FROM generate_series(0, 23) k),
-            kind.name || '_hourly');
-        IF NOT EXISTS (
-            SELECT 1 FROM information_schema.columns
-            WHERE table_schema = current_schema() AND table_name = kind.name || '_daily'
-              AND column_name = 'hour0_mwh') THEN
-            EXECUTE format('ALTER TABLE %I %s, %s', kind.name || '_daily', columns, quarters);
-            EXECUTE format('UPDATE %1$I d SET %2$s FROM (%3$s) r'
-                           ' WHERE d.%4$I = r.device AND d.day = r.day',
-                           kind.name || '_daily', assignments, by_day, kind.device);
-        END IF;
-        EXECUTE format('INSERT INTO %1$I (%2$I, day, %3$I, readings, %4$s)'
-                       ' SELECT * FROM (%5$s) r WHERE NOT EXISTS (SELECT 1 FROM %1$I)',
-                       kind.name || '_daily', kind.device, kind.energy, names, by_day);
-    END LOOP;
-END
-$$;
 
 -- Everything that could not be stored as a reading, with the reason, so nothing is lost unseen.
 CREATE TABLE IF NOT EXISTS dead_letter (

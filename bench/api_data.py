@@ -14,7 +14,15 @@ from typing import Final
 import psycopg
 
 from gateway.database import apply_schema
-from gateway.rollup_slots import SLOT_OF_TS, slot_columns, slot_sums
+from gateway.rollup_slots import (
+    HOUR_OF_DAY,
+    HOURS,
+    SLOT_OF_TS,
+    hour_columns,
+    part_pivot,
+    slot_columns,
+    slot_sums,
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -95,6 +103,35 @@ FROM (SELECT *, {SLOT_OF_TS} AS slot FROM meter_reading
       WHERE ts >= %(day)s AND ts < %(next)s) r
 GROUP BY 1, 2 ORDER BY 2, 1
 """
+# A day's daily rollups from its hourly ones (one row per device and hour, so each hour column
+# is that row's sums), stored together, as the gateway creates them (each device's first
+# reading of the day).
+_DAILY: Final = """
+INSERT INTO {kind}_daily ({device}, day, {energy}, readings, {hour_columns})
+SELECT {device}, date_bin('1 day', hour, {origin}), sum({energy})::bigint, sum(readings)::int,
+       {hour_pivot}
+FROM (SELECT *, {hour_of_day} AS hour_of_day FROM {kind}_hourly
+      WHERE hour >= %(day)s AND hour < %(next)s) h
+GROUP BY 1, 2 ORDER BY 2, 1
+"""
+_VEHICLE_DAILY: Final = _DAILY.format(
+    kind="vehicle",
+    device="vehicle_id",
+    energy="delivered_dc_mwh",
+    origin=_ORIGIN_2000,
+    hour_columns=hour_columns(),
+    hour_pivot=part_pivot("hour", HOURS, "delivered_dc_mwh", key="hour_of_day"),
+    hour_of_day=HOUR_OF_DAY,
+)
+_METER_DAILY: Final = _DAILY.format(
+    kind="meter",
+    device="meter_id",
+    energy="consumed_ac_mwh",
+    origin=_ORIGIN_2000,
+    hour_columns=hour_columns(),
+    hour_pivot=part_pivot("hour", HOURS, "consumed_ac_mwh", key="hour_of_day"),
+    hour_of_day=HOUR_OF_DAY,
+)
 _DEVICES: Final = (
     """
 INSERT INTO vehicle (name, first_seen_at, ts, received_at, soc, delivered_dc_mwh, battery_temp)
@@ -136,8 +173,10 @@ async def _fill(url: str, kind: str, fleet: Fleet) -> None:
     step = timedelta(minutes=fleet.step_minutes)
     per_day = 1440 // fleet.step_minutes
     last_tick = int((fleet.now - fleet.origin) / step)
-    reading, hourly = (
-        (_VEHICLE_DAY, _VEHICLE_HOURLY) if kind == "vehicle" else (_METER_DAY, _METER_HOURLY)
+    reading, hourly, daily = (
+        (_VEHICLE_DAY, _VEHICLE_HOURLY, _VEHICLE_DAILY)
+        if kind == "vehicle"
+        else (_METER_DAY, _METER_HOURLY, _METER_DAILY)
     )
     async with await psycopg.AsyncConnection.connect(url) as conn:
         await conn.execute("SET work_mem = '256MB'")
@@ -165,6 +204,7 @@ async def _fill(url: str, kind: str, fleet: Fleet) -> None:
             await conn.execute(reading.encode(), params)
             span = {"day": start, "next": start + timedelta(days=1)}
             await conn.execute(hourly.encode(), span)
+            await conn.execute(daily.encode(), span)
             await conn.commit()
 
 
@@ -182,18 +222,6 @@ async def generate(url: str, fleet: Fleet) -> dict[str, float]:
     async with asyncio.TaskGroup() as tasks:  # one core each
         for kind in ("vehicle", "meter"):
             tasks.create_task(_fill(url, kind, fleet), name=f"fill-{kind}")
-    # The daily rollups: schema.sql derives them from the hourly ones when there are none yet
-    # (its step for databases from before them), the same sums the gateway keeps. Forgetting
-    # the applied version makes apply_schema run it again.
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await conn.execute("DELETE FROM schema_applied")
-    await apply_schema(url)
-    # That derivation writes them device by device, a day's rows scattered over the table; the
-    # gateway creates a day's rows together (each device's first reading of the day) and updates
-    # them through that day only, so they tend to lie together, as CLUSTER puts them here.
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        for kind in ("vehicle", "meter"):
-            await conn.execute(f"CLUSTER {kind}_daily USING {kind}_daily_day_idx".encode())
     timings["generate_s"] = time.monotonic() - began
     began = time.monotonic()
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:

@@ -1,6 +1,5 @@
 """The parts kept inside rollup rows, as SQL fragments for whoever writes those rows (the
-gateway's writer, schema.sql's upgrade step and the API benchmark's generator); schema.sql
-declares the columns.
+gateway's writer and the API benchmark's generator); schema.sql declares the columns.
 
 - the 10-minute slots of the hourly rollups (slotK_mwh, slotK_readings: minutes 10K to 10K + 9
   of the hour);

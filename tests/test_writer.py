@@ -7,8 +7,6 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-import psycopg
-
 from gateway.batch import Batch, Received
 from gateway.database import Partitions, apply_schema, open_pool
 from gateway.readings import Limits, decode_message
@@ -159,38 +157,3 @@ async def _parts_from_history(database_url: str, part: str) -> list[tuple[Any, .
     )
     assert len(rows) > 8
     return rows
-
-
-async def test_a_database_from_before_daily_rollups_slots_and_day_hours_gets_them(
-    database_url: str,
-) -> None:
-    hours = [NOW - timedelta(hours=h, minutes=7) for h in range(0, 50, 3)]
-    await write(
-        database_url,
-        Batch([message("fleet/vehicle/EV-U", vehicle_payload(at, 1.5, 20.0)) for at in hours]),
-    )
-    expected = await query(database_url, "SELECT * FROM vehicle_daily ORDER BY day")
-    assert sum(row[3] for row in expected) == len(hours)
-    hourly = await query(database_url, "SELECT * FROM vehicle_hourly ORDER BY hour")
-    # As before the upgrade that brought them:
-    await query(database_url, "DELETE FROM vehicle_daily RETURNING 1")
-    drop = ", ".join(f"DROP COLUMN slot{k}_mwh, DROP COLUMN slot{k}_readings" for k in SLOTS)
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        await conn.execute(f"ALTER TABLE vehicle_hourly {drop}".encode())
-        await conn.execute("DELETE FROM schema_applied")  # applied before the digests were kept
-    for _ in range(2):  # derived once; the second start changes nothing
-        await apply_schema(database_url)
-        assert await query(database_url, "SELECT * FROM vehicle_daily ORDER BY day") == expected
-        assert await query(database_url, "SELECT * FROM vehicle_hourly ORDER BY hour") == hourly
-    # And one from before the daily rollups' hour columns, with the 6-hour quarters they replace:
-    drop = ", ".join(f"DROP COLUMN hour{k}_mwh, DROP COLUMN hour{k}_readings" for k in HOURS)
-    quarters = ", ".join(
-        f"ADD COLUMN quarter{k}_mwh bigint NOT NULL DEFAULT 0,"
-        f" ADD COLUMN quarter{k}_readings integer NOT NULL DEFAULT 0"
-        for k in range(4)
-    )
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        await conn.execute(f"ALTER TABLE vehicle_daily {drop}, {quarters}".encode())
-        await conn.execute("DELETE FROM schema_applied")  # applied before the digests were kept
-    await apply_schema(database_url)
-    assert await query(database_url, "SELECT * FROM vehicle_daily ORDER BY day") == expected
