@@ -14,8 +14,12 @@ from aiohttp import web
 from gateway.settings import SettingsError
 from http_api.app import create_app
 from http_api.garbage_collection import tune_garbage_collection
+from http_api.keys import BACKGROUND
 from http_api.settings import Settings, describe_options
+from http_api.startup import first_done, wait_for_database
 from http_api.tokens import add_token_commands, run_token_command
+
+logger = logging.getLogger("http_api")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,29 +43,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     if getattr(args, "command", None) == "token":
         return run_token_command(args, settings)
-    asyncio.run(_serve(settings))
-    return 0
+    return asyncio.run(_serve(settings))
 
 
-async def _serve(settings: Settings) -> None:
-    runner = web.AppRunner(
-        create_app(settings), shutdown_timeout=settings.shutdown_timeout_s, access_log=None
-    )
-    await runner.setup()
-    tune_garbage_collection()
+async def _serve(settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT (status 0), or until a background task fails (status 1:
+    a supervisor restarts the process)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for signum in signals:
+        loop.add_signal_handler(signum, stop.set)
     try:
-        site = web.TCPSite(runner, settings.http_host, settings.http_port)
-        await site.start()
-        logging.getLogger("http_api").info(
-            "listening on http://%s:%d", settings.http_host, settings.http_port
-        )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
+        if not await wait_for_database(settings.database_url, stop):
+            return 0
+        app = create_app(settings)
+        runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_timeout_s, access_log=None)
+        await runner.setup()
+        tune_garbage_collection()
+        try:
+            site = web.TCPSite(runner, settings.http_host, settings.http_port)
+            await site.start()
+            logger.info("listening on http://%s:%d", settings.http_host, settings.http_port)
+            await first_done(stop, app[BACKGROUND].failed)
+        finally:
+            await runner.cleanup()  # stop listening, finish requests in flight, close the pool
+        return 1 if app[BACKGROUND].failed.is_set() else 0
     finally:
-        await runner.cleanup()  # stop listening, finish requests in flight, close the pool
+        for signum in signals:
+            loop.remove_signal_handler(signum)
 
 
 if __name__ == "__main__":

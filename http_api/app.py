@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -11,7 +10,8 @@ from aiohttp import web
 
 from gateway.database import apply_schema, open_pool
 from http_api.auth import require_token
-from http_api.keys import POOL, PUBLISHER, SETTINGS, TOKEN_CACHE
+from http_api.background import BackgroundTasks
+from http_api.keys import BACKGROUND, POOL, PUBLISHER, SETTINGS, TOKEN_CACHE
 from http_api.middleware import request_id_and_errors
 from http_api.publisher import Publisher
 from http_api.routes import setup_routes
@@ -37,25 +37,22 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     publisher = Publisher(settings.mqtt, settings.publish_timeout_s)
     app[PUBLISHER] = publisher
-    task = asyncio.create_task(publisher.run(), name="mqtt-publisher")
+    task = app[BACKGROUND].start(publisher.run(), "mqtt-publisher")
     try:
-        await asyncio.wait_for(publisher.connected.wait(), settings.publish_timeout_s)
+        async with asyncio.timeout(settings.publish_timeout_s):
+            await publisher.connected.wait()
     except TimeoutError:
         logger.warning("broker not reachable yet; ingestion answers 503 until it is")
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await app[BACKGROUND].stop(task)
 
 
 async def _token_changes(app: web.Application) -> AsyncIterator[None]:
     """Keep the token cache told of every revoke; until it listens, the cache stays off."""
     listener = listen_for_token_changes(app[TOKEN_CACHE], app[SETTINGS].database_url)
-    task = asyncio.create_task(listener, name="token-change-listener")
+    task = app[BACKGROUND].start(listener, "token-change-listener")
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await app[BACKGROUND].stop(task)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -64,6 +61,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[BACKGROUND] = BackgroundTasks()
     app[TOKEN_CACHE] = TokenCache(settings.token_cache_s)
     app.cleanup_ctx.append(_database)
     if settings.token_cache_s > 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from datetime import datetime
 from typing import Final
 
@@ -12,6 +13,7 @@ import psycopg
 from gateway.database import apply_schema
 from http_api.auth import SCOPES, hash_token, new_token
 from http_api.settings import Settings
+from http_api.startup import one_line
 
 _CREATE: Final = """
 INSERT INTO api_token (name, scope, token_hash) VALUES (%s, %s, %s) RETURNING token_id
@@ -39,6 +41,7 @@ async def create_token(database_url: str, scope: str, name: str = "") -> tuple[i
 
 
 async def revoke_token(database_url: str, token_id: int) -> bool:
+    await apply_schema(database_url)
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         cur = await conn.execute(_REVOKE, (token_id,))
         return await cur.fetchone() is not None
@@ -47,6 +50,7 @@ async def revoke_token(database_url: str, token_id: int) -> bool:
 async def list_tokens(
     database_url: str,
 ) -> list[tuple[int, str, str, datetime, datetime | None]]:
+    await apply_schema(database_url)
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         cur = await conn.execute(_LIST)
         return await cur.fetchall()
@@ -65,7 +69,16 @@ def add_token_commands(parser: argparse.ArgumentParser) -> None:
 
 
 def run_token_command(args: argparse.Namespace, settings: Settings) -> int:
-    url = settings.database_url
+    """Run a token command; a database that cannot be reached (down, or not created yet) is
+    one line on stderr and status 1, not a traceback."""
+    try:
+        return _run(args, settings.database_url)
+    except psycopg.OperationalError as exc:
+        print(f"fleetgate-api: cannot reach the database: {one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, url: str) -> int:
     if args.action == "create":
         token_id, token = asyncio.run(create_token(url, args.scope, args.name))
         print(f"token {token_id} ({args.scope}), shown once:\n{token}")

@@ -1,4 +1,5 @@
-"""``python -m http_api``: --help, the token commands, and the server answering over TCP."""
+"""``python -m http_api``: --help, the token commands, and the server answering over TCP; started
+before its database, it waits; a token command without its database fails in one line."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
+from pathlib import Path
 
 import aiohttp
+import psycopg
 
 from http_api.analytics import status_of
 from http_api.settings import OPTIONS, Settings
-from tests.services import Mosquitto, free_port
+from tests.conftest import wait_until
+from tests.services import Mosquitto, Postgres, free_port
 
 
 def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -93,3 +98,88 @@ async def test_tokens_from_the_command_line_open_the_served_api(
     finally:
         server.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(server.wait(), 30) == 0
+
+
+def test_token_commands_without_their_database_fail_in_one_line(postgres: Postgres) -> None:
+    missing = postgres.url.rsplit("/", 1)[0] + "/not_created_yet"
+    unreachable = f"postgresql://postgres@127.0.0.1:{free_port()}/fleetgate"
+    runs = [
+        (missing, ("token", "list")),
+        (missing, ("token", "create", "--scope", "read")),
+        (missing, ("token", "revoke", "1")),
+        (unreachable, ("token", "list")),
+    ]
+    for url, args in runs:
+        result = _run(*args, env={"DATABASE_URL": url})
+        assert result.returncode == 1, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith("fleetgate-api: cannot reach the database: "), line
+        assert ("not_created_yet" if url == missing else "refused") in line, line
+
+
+async def test_the_api_started_before_its_database_exists_serves_once_it_does(
+    postgres: Postgres, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    name = f"later_{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    log = tmp_path / "api.log"
+    env = os.environ | {
+        "DATABASE_URL": postgres.url.rsplit("/", 1)[0] + "/" + name,
+        "MQTT_URL": mosquitto.url,
+        "HTTP_PORT": str(port),
+    }
+    with log.open("wb") as out:
+        server = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "http_api", env=env, stdout=subprocess.DEVNULL, stderr=out
+        )
+    try:
+
+        async def waiting() -> bool:
+            text = log.read_text()
+            return "waiting for the database" in text and f'"{name}" does not exist' in text
+
+        await wait_until(waiting, seconds=10, what="the API to say what it waits for")
+        assert server.returncode is None
+        async with await psycopg.AsyncConnection.connect(postgres.url, autocommit=True) as conn:
+            await conn.execute(f"CREATE DATABASE {name}".encode())
+
+        async def healthy() -> bool:
+            try:
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.get(f"http://127.0.0.1:{port}/health") as response,
+                ):
+                    return response.status == 200
+            except aiohttp.ClientConnectionError:
+                return False
+
+        await wait_until(healthy, seconds=10, what="the API to serve once the database exists")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(server.wait(), 30) == 0, log.read_text()
+    assert "Traceback" not in log.read_text()
+
+
+async def test_a_stop_signal_while_waiting_for_the_database_exits_0(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    log = tmp_path / "api.log"
+    env = os.environ | {
+        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/fleetgate",
+        "MQTT_URL": mosquitto.url,
+        "HTTP_PORT": str(free_port()),
+    }
+    with log.open("wb") as out:
+        server = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "http_api", env=env, stdout=subprocess.DEVNULL, stderr=out
+        )
+
+    async def waiting() -> bool:
+        return "waiting for the database" in log.read_text()
+
+    try:
+        await wait_until(waiting, seconds=10, what="the API to wait for the database")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(server.wait(), 10) == 0, log.read_text()
