@@ -1,10 +1,15 @@
--- fleetgate schema. Idempotent: the gateway applies it at every start, holding an advisory lock
--- so that two processes starting at once take turns. Changes go here and nowhere else.
+-- fleetgate schema: what a new database gets. Idempotent (IF NOT EXISTS, OR REPLACE), so that it
+-- can be applied again to repair a database that lost an object. A database made by an earlier
+-- version is brought here by the numbered migrations in gateway/migrations/ instead, so a change
+-- goes both here and into a new migration (docs/schema.md); tests/test_migrations.py checks that
+-- the two agree.
 
--- The digest (SHA-256) of each version of this file applied to the database: a start that finds
--- its own version here applies nothing, so it takes no lock that a running writer could need.
-CREATE TABLE IF NOT EXISTS schema_applied (
-    digest      text PRIMARY KEY,
+-- The schema version the database is at, and how it got there: one row per migration applied
+-- (its file), or one row for the version a new database was built at (schema.sql). A database
+-- made by fleetgate 0.1.0 has none (it has schema_applied): it is version 1.
+CREATE TABLE IF NOT EXISTS schema_migration (
+    version     integer PRIMARY KEY,
+    script      text NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
 );
 

@@ -1,25 +1,25 @@
-"""The database connection pool, schema application and daily partitions."""
+"""The database connection pool and the daily history partitions."""
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import logging
 import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
-from importlib import resources
 from typing import Any, Final
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.schema import apply_schema
+
+# apply_schema moved to gateway.schema; the API, the tests and the benchmarks still take it here.
+__all__ = ["HISTORY_TABLES", "Partitions", "apply_schema", "open_pool"]
+
 logger = logging.getLogger(__name__)
 
-_SCHEMA_LOCK: Final = 0x666C656574  # "fleet": serialises schema application across processes
-_SCHEMA_ATTEMPTS: Final = 5
 HISTORY_TABLES: Final = {"meter": "meter_reading", "vehicle": "vehicle_reading"}
 
 # Per-connection staging tables for binary COPY. ON COMMIT DELETE ROWS empties them at each
@@ -34,46 +34,6 @@ CREATE TEMP TABLE IF NOT EXISTS vehicle_stage (
     received_at timestamptz
 ) ON COMMIT DELETE ROWS;
 """
-
-
-def schema_sql() -> str:
-    return resources.files("gateway").joinpath("schema.sql").read_text(encoding="utf-8")
-
-
-async def apply_schema(conninfo: str, *, force: bool = False) -> None:
-    """Apply ``schema.sql`` unless this very text was applied already (its digest is kept in
-    ``schema_applied``), or ``force``d (to repair a schema changed under us). Processes starting
-    together take turns on an advisory lock; a deadlock with a running writer (the script runs
-    in one transaction) is retried."""
-    script = schema_sql()
-    digest = hashlib.sha256(script.encode()).hexdigest()
-    record = f"\nINSERT INTO schema_applied (digest) VALUES ('{digest}') ON CONFLICT DO NOTHING;"
-    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-        await conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
-        try:
-            if not force and await _applied(conn, digest):
-                return
-            for attempt in range(1, _SCHEMA_ATTEMPTS + 1):
-                try:
-                    await conn.execute((script + record).encode())
-                except psycopg.errors.DeadlockDetected:
-                    if attempt == _SCHEMA_ATTEMPTS:
-                        raise
-                    logger.warning("schema: deadlock with another session, trying again")
-                    await asyncio.sleep(0.2 * attempt)
-                else:
-                    return
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
-
-
-async def _applied(conn: psycopg.AsyncConnection[Any], digest: str) -> bool:
-    cur = await conn.execute("SELECT to_regclass('schema_applied') IS NOT NULL")
-    row = await cur.fetchone()
-    if row is None or not row[0]:
-        return False
-    cur = await conn.execute("SELECT FROM schema_applied WHERE digest = %s", (digest,))
-    return await cur.fetchone() is not None
 
 
 async def _configure(conn: psycopg.AsyncConnection[object]) -> None:

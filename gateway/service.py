@@ -15,11 +15,12 @@ import psycopg
 from gateway.alerts import AlertEvaluator, AlertPublisher
 from gateway.batch import Batch, BatchLimits, Received
 from gateway.broker import ALERTS_PREFIX, Broker
-from gateway.database import Partitions, apply_schema, open_pool
+from gateway.database import Partitions, open_pool
 from gateway.dead_letter_cap import DeadLetterCap
 from gateway.metrics import Metrics
 from gateway.monitoring import HealthReport, serve_monitoring
 from gateway.readings import Limits, decode_message
+from gateway.schema import apply_schema
 from gateway.settings import Settings
 from gateway.waiting import backoff_delay, sleep_unless
 from gateway.writer import BatchWriter, WriteResult

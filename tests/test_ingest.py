@@ -202,7 +202,7 @@ async def test_schema_applies_twice_and_from_two_processes_at_once(database_url:
     await asyncio.gather(*(apply_schema(database_url) for _ in range(4)))
     await apply_schema(database_url)
     assert await count(database_url, "SELECT count(*) FROM meter") == 0
-    assert await count(database_url, "SELECT count(*) FROM schema_applied") == 1
+    assert await count(database_url, "SELECT count(*) FROM schema_migration") == 1
 
 
 async def test_a_start_with_the_schema_in_place_does_not_wait_for_a_running_writer(
