@@ -223,16 +223,12 @@ class AlertPublisher:
         self._changed = changed
 
     async def run(self, stop: asyncio.Event) -> None:
-        mqtt = self._settings.mqtt
-        client = aiomqtt.Client(
-            mqtt.host,
-            mqtt.port,
-            username=mqtt.username,
-            password=mqtt.password,
-            identifier=f"{self._settings.client_id}-alerts-{uuid.uuid4().hex[:6]}",
-        )
         attempt = 0
         while not stop.is_set():
+            # A new client per connection: a reused aiomqtt 2.5 client can report itself
+            # connected before the broker confirms, and paho sends a publish the broker
+            # refused again at every reconnect.
+            client = self._client()
             try:
                 async with client:
                     attempt = 0
@@ -249,6 +245,16 @@ class AlertPublisher:
             finally:
                 # also when the connection dropped while there was nothing to publish
                 settle_disconnection(client)
+
+    def _client(self) -> aiomqtt.Client:
+        mqtt = self._settings.mqtt
+        return aiomqtt.Client(
+            mqtt.host,
+            mqtt.port,
+            username=mqtt.username,
+            password=mqtt.password,
+            identifier=f"{self._settings.client_id}-alerts-{uuid.uuid4().hex[:6]}",
+        )
 
     async def publish_pending(self, client: aiomqtt.Client) -> None:
         while True:
