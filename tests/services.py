@@ -150,25 +150,53 @@ class Postgres:
 class Mosquitto:
     """A private broker with the project's settings (mosquitto/fleetgate.conf) on a free port."""
 
-    def __init__(self, extra_config: str = "") -> None:
+    def __init__(self, extra_config: str = "", *, secure: bool = False) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
             raise RuntimeError("Mosquitto is not installed: apt-get install -y mosquitto")
         self.binary = binary
         self.root = Path(tempfile.mkdtemp(prefix="fleetgate-mqtt-"))
         self.port = free_port()
+        self.tls_port = free_port()
+        self.secure = secure
         user = pwd.getpwuid(os.geteuid()).pw_name
         project_settings = (PROJECT / "mosquitto" / "fleetgate.conf").read_text()
+        if secure:
+            listeners = self._secure_listeners()
+        else:
+            listeners = f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
         (self.root / "mosquitto.conf").write_text(
             f"user {user}\n"
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            f"{listeners}"
             f"persistence_location {self.root}/\n"
             f"log_dest file {self.root}/mosquitto.log\n"
             f"{project_settings}\n{extra_config}\n"
         )
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
+
+    def _secure_listeners(self) -> str:
+        """The project's security.conf, with its paths in this broker's folder, behind a plain
+        and a TLS listener (a private CA's server certificate for 127.0.0.1)."""
+        from tests.certificates import make_private_ca  # noqa: PLC0415 - only secure brokers
+
+        self.ca_file, cert, key = make_private_ca(self.root / "certs")
+        (self.root / "passwd").mkdir()
+        self.password_file = self.root / "passwd" / "fleetgate.passwd"
+        self.acl_file = self.root / "passwd" / "fleetgate.acl"
+        self.pid_file = self.root / "mosquitto.pid"
+        self.password_file.write_text("")
+        self.acl_file.write_text("")
+        security = (PROJECT / "mosquitto" / "security.conf").read_text()
+        security = security.replace("/mosquitto/config/", f"{self.root}/").replace(
+            "/mosquitto/data/mosquitto.pid", str(self.pid_file)
+        )
+        return (
+            f"listener {self.port} 127.0.0.1\nuse_username_as_clientid true\n"
+            f"listener {self.tls_port} 127.0.0.1\nuse_username_as_clientid true\n"
+            f"cafile {self.ca_file}\ncertfile {cert}\nkeyfile {key}\ntls_version tlsv1.2\n"
+            f"{security}\n"
+        )
 
     @property
     def url(self) -> str:
