@@ -14,26 +14,46 @@ CREATE TABLE IF NOT EXISTS schema_migration (
 );
 
 -- Hot: one row per device. The row is also the device registry: its integer id is what the
--- history tables store, so a 64-character device name costs 4 bytes per history row.
+-- history tables store, so a 64-character device name costs 4 bytes per history row. A device
+-- is registered by an operator (HTTP /v1/devices, `python -m http_api device`) or by its first
+-- reading, which registers it active with the defaults; received_at is when it was last seen.
+-- secret_hash is its broker login (Mosquitto's password-file hash, gateway/broker_logins.py;
+-- NULL: none yet). The registry columns are never indexed: the gateway's live-row updates stay
+-- HOT, and listing 10,000 devices reads a few hundred pages.
 CREATE TABLE IF NOT EXISTS meter (
-    meter_id        integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    name            text NOT NULL UNIQUE,
-    first_seen_at   timestamptz NOT NULL DEFAULT now(),
-    ts              timestamptz,          -- when the latest reading was taken
-    received_at     timestamptz,          -- when the gateway received it
-    consumed_ac_mwh bigint,               -- energy of the latest interval, in mWh
-    voltage         real
+    meter_id          integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name              text NOT NULL UNIQUE,  -- the device id, as in its topic
+    first_seen_at     timestamptz NOT NULL DEFAULT now(),
+    ts                timestamptz,          -- when the latest reading was taken
+    received_at       timestamptz,          -- when the gateway received it
+    consumed_ac_mwh   bigint,               -- energy of the latest interval, in mWh
+    voltage           real,
+    display_name      text,
+    site              text,
+    tags              text[] NOT NULL DEFAULT '{}',
+    state             text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'disabled')),
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    secret_hash       text,
+    nominal_voltage_v double precision CHECK (nominal_voltage_v > 0),  -- NULL: VOLTAGE_NOMINAL_V
+    phases            smallint CHECK (phases IN (1, 3))
 );
 
 CREATE TABLE IF NOT EXISTS vehicle (
-    vehicle_id       integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    name             text NOT NULL UNIQUE,
-    first_seen_at    timestamptz NOT NULL DEFAULT now(),
-    ts               timestamptz,
-    received_at      timestamptz,
-    soc              real,
-    delivered_dc_mwh bigint,
-    battery_temp     real
+    vehicle_id           integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name                 text NOT NULL UNIQUE,
+    first_seen_at        timestamptz NOT NULL DEFAULT now(),
+    ts                   timestamptz,
+    received_at          timestamptz,
+    soc                  real,
+    delivered_dc_mwh     bigint,
+    battery_temp         real,
+    display_name         text,
+    site                 text,
+    tags                 text[] NOT NULL DEFAULT '{}',
+    state                text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'disabled')),
+    created_at           timestamptz NOT NULL DEFAULT now(),
+    secret_hash          text,
+    battery_capacity_kwh double precision CHECK (battery_capacity_kwh > 0)
 );
 
 -- Cold: append-only history, one partition per UTC day. Columns are ordered widest first so
@@ -348,11 +368,11 @@ CREATE INDEX IF NOT EXISTS vehicle_link_vehicle_end_idx
     ON vehicle_link (vehicle_id, (coalesce(valid_to, 'infinity')));
 
 -- Bearer tokens of the HTTP API. Only the SHA-256 of a token is kept: a leaked table grants
--- nothing. 'write' implies 'read'.
+-- nothing. 'admin' (the device registry) implies 'write', which implies 'read'.
 CREATE TABLE IF NOT EXISTS api_token (
     token_id   integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name       text NOT NULL DEFAULT '',
-    scope      text NOT NULL CHECK (scope IN ('read', 'write')),
+    scope      text NOT NULL CHECK (scope IN ('read', 'write', 'admin')),
     token_hash bytea NOT NULL UNIQUE,
     created_at timestamptz NOT NULL DEFAULT now(),
     revoked_at timestamptz
@@ -401,3 +421,50 @@ $$;
 CREATE OR REPLACE TRIGGER api_token_changed
     AFTER UPDATE OR DELETE OR TRUNCATE ON api_token
     FOR EACH STATEMENT EXECUTE FUNCTION fleetgate_notify_tokens_changed();
+
+-- Whoever keeps the broker's logins (a broker-sync process rendering Mosquitto's password and
+-- ACL files from the registry) listens on fleetgate_logins and looks again when told. One
+-- notification per device whose login changed (inserted, deleted, state or secret changed),
+-- its broker username ({kind}/{id}) as payload; '' after a TRUNCATE (look at everything).
+-- Nothing else fires it: the gateway's live-row updates do not touch these columns.
+CREATE OR REPLACE FUNCTION fleetgate_notify_logins_changed()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_LEVEL = 'STATEMENT' THEN
+        PERFORM pg_notify('fleetgate_logins', '');
+    ELSIF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify('fleetgate_logins', TG_TABLE_NAME || '/' || OLD.name);
+    ELSE
+        IF TG_OP = 'UPDATE' AND OLD.name <> NEW.name THEN
+            PERFORM pg_notify('fleetgate_logins', TG_TABLE_NAME || '/' || OLD.name);
+        END IF;
+        PERFORM pg_notify('fleetgate_logins', TG_TABLE_NAME || '/' || NEW.name);
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE OR REPLACE TRIGGER meter_login_added_or_removed
+    AFTER INSERT OR DELETE ON meter
+    FOR EACH ROW EXECUTE FUNCTION fleetgate_notify_logins_changed();
+CREATE OR REPLACE TRIGGER meter_login_changed
+    AFTER UPDATE OF name, state, secret_hash ON meter
+    FOR EACH ROW
+    WHEN (OLD.name IS DISTINCT FROM NEW.name OR OLD.state IS DISTINCT FROM NEW.state
+          OR OLD.secret_hash IS DISTINCT FROM NEW.secret_hash)
+    EXECUTE FUNCTION fleetgate_notify_logins_changed();
+CREATE OR REPLACE TRIGGER meter_logins_truncated
+    AFTER TRUNCATE ON meter
+    FOR EACH STATEMENT EXECUTE FUNCTION fleetgate_notify_logins_changed();
+CREATE OR REPLACE TRIGGER vehicle_login_added_or_removed
+    AFTER INSERT OR DELETE ON vehicle
+    FOR EACH ROW EXECUTE FUNCTION fleetgate_notify_logins_changed();
+CREATE OR REPLACE TRIGGER vehicle_login_changed
+    AFTER UPDATE OF name, state, secret_hash ON vehicle
+    FOR EACH ROW
+    WHEN (OLD.name IS DISTINCT FROM NEW.name OR OLD.state IS DISTINCT FROM NEW.state
+          OR OLD.secret_hash IS DISTINCT FROM NEW.secret_hash)
+    EXECUTE FUNCTION fleetgate_notify_logins_changed();
+CREATE OR REPLACE TRIGGER vehicle_logins_truncated
+    AFTER TRUNCATE ON vehicle
+    FOR EACH STATEMENT EXECUTE FUNCTION fleetgate_notify_logins_changed();
