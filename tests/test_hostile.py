@@ -12,13 +12,14 @@ import signal
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import aiomqtt
 import pytest
 
-from gateway.settings import Settings
+from gateway.settings import MqttAddress, Settings
 from tests.conftest import GatewayProcess, count, query, wait_until
 from tests.services import Mosquitto, free_port
 
@@ -109,9 +110,21 @@ async def stored(database_url: str, meter: str) -> bool:
     return rows == 1
 
 
+@pytest.fixture
+def private_broker() -> Iterator[Mosquitto]:
+    """A broker of this test's own: its retained poison must not reach other tests."""
+    broker = Mosquitto()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
 async def test_hostile_messages_are_dead_letters_and_the_gateway_goes_on(
-    settings: Settings, mosquitto: Mosquitto, gateway_process: list[GatewayProcess]
+    settings: Settings, private_broker: Mosquitto, gateway_process: list[GatewayProcess]
 ) -> None:
+    mosquitto = private_broker
+    settings = settings.replace(mqtt=MqttAddress.parse(mosquitto.url))
     metrics_port = free_port()
     gateway = GatewayProcess(settings, METRICS_PORT=str(metrics_port))
     gateway_process.append(gateway)
