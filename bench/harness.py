@@ -154,6 +154,7 @@ class GatewayProcess:
             "MQTT_CLIENT_ID": client_id,
             "METRICS_PORT": "0",
             "LOG_LEVEL": "WARNING",
+            "ENROLMENT": "open",  # the benchmark's publishers are not registered devices
         }
         self.log = log
         self.argv = ["-m", "gateway"]  # bench.drain --tracemalloc runs it under a wrapper

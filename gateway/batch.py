@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 from datetime import UTC, date, datetime
 
 from gateway.dead_letter_cap import Suppressed
@@ -91,9 +92,21 @@ class Batch:
             for message in self.messages
         ]
 
+    def devices(self) -> tuple[list[str], list[str]]:
+        """Names of the meters and of the vehicles whose readings the batch holds."""
+        meters: set[str] = set()
+        vehicles: set[str] = set()
+        for message in self.messages:
+            decoded = message.decoded
+            if decoded.readings and decoded.device_id is not None:
+                (meters if decoded.device_kind == "meter" else vehicles).add(decoded.device_id)
+        return sorted(meters), sorted(vehicles)
+
     def rows(
-        self,
+        self, refused: Mapping[tuple[str, str], str] | None = None
     ) -> tuple[list[MeterRow], list[VehicleRow], list[DeadLetterRow], list[OverflowRow]]:
+        """The batch's rows; a message of a device in ``refused`` ((kind, name) -> reason)
+        becomes one dead letter with that reason instead of readings."""
         meters: list[MeterRow] = []
         vehicles: list[VehicleRow] = []
         dead: list[DeadLetterRow] = []
@@ -103,6 +116,13 @@ class Batch:
                 _count_overflow(overflow, message.suppressed, message.received_at)
             decoded = message.decoded
             name = decoded.device_id
+            reason = refused.get((decoded.device_kind or "", name or "")) if refused else None
+            if reason is not None and decoded.readings:
+                whole = Reject(
+                    reason, message.payload, len(message.payload), decoded.device_kind, name
+                )
+                dead.append(_dead_letter_row(message, whole))
+                continue
             for reading in decoded.readings:
                 assert name is not None  # a reading always comes with its device
                 if isinstance(reading, MeterReading):

@@ -132,6 +132,15 @@ def ratio(text: str) -> float:
     return value
 
 
+def enrolment(text: str) -> str:
+    """``closed``: only registered, active devices; ``open``: a device is registered by its
+    first reading (trials)."""
+    lowered = text.strip().lower()
+    if lowered not in {"closed", "open"}:
+        raise ValueError("must be closed or open")
+    return lowered
+
+
 def boolean(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:

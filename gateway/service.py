@@ -112,6 +112,7 @@ class Gateway:
                 self.settings.retry_max_delay_s,
                 self._acknowledge,
                 on_permanent_error=self._repair_schema,
+                open_enrolment=self.settings.enrolment == "open",
             )
             if alerts:
                 self.alerts = AlertEvaluator(pool, self.settings)

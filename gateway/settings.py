@@ -13,6 +13,7 @@ from gateway.env_options import (
     SettingsError,
     boolean,
     describe_options,
+    enrolment,
     finite_float,
     non_negative_float,
     non_negative_int,
@@ -39,6 +40,14 @@ OPTIONS: tuple[Option, ...] = (
         "fleetgate-gateway",
         "Fixed client id of the persistent session; the broker queues for it while it is away.",
         str,
+    ),
+    Option(
+        "ENROLMENT",
+        "enrolment",
+        "closed",
+        "closed: readings of devices that are not registered and active are dead letters "
+        "(reason 'unknown device'); open: a device is registered by its first reading (trials).",
+        enrolment,
     ),
     Option(
         "BATCH_SIZE",
@@ -253,6 +262,7 @@ class Settings:
     database_url: str
     mqtt: MqttAddress
     client_id: str
+    enrolment: str
     batch_size: int
     batch_age_ms: float
     max_future_skew_s: float

@@ -208,6 +208,13 @@ _VEHICLE_STATEMENTS: Final = _KindStatements(
     _UPDATE_VEHICLE_LIVE,
 )
 
+# Closed enrolment: the registry's state of the batch's devices (absent: not registered).
+_DEVICE_STATES: Final = b"""
+SELECT 'meter', name, state FROM meter WHERE name = ANY(%s)
+UNION ALL
+SELECT 'vehicle', name, state FROM vehicle WHERE name = ANY(%s)
+"""
+
 # Worth retrying as they are: the database or the network is the problem, not the data.
 _TRANSIENT: Final = (
     psycopg.OperationalError,
@@ -260,12 +267,15 @@ class BatchWriter:
         retry_max_delay_s: float,
         on_committed: Callable[[Batch, WriteResult], None],
         on_permanent_error: Callable[[], Awaitable[None]] = _no_repair,
+        *,
+        open_enrolment: bool = False,
     ):
         self._pool = pool
         self._partitions = partitions
         self._retry_max_delay_s = retry_max_delay_s
         self._on_committed = on_committed
         self._on_permanent_error = on_permanent_error  # counts it, repairs what it can
+        self._open_enrolment = open_enrolment
         self.failing: Exception | None = None  # why the last attempt failed, while it fails
 
     async def write(self, batch: Batch) -> WriteResult:
@@ -358,14 +368,16 @@ class BatchWriter:
         return result
 
     async def _write_once(self, batch: Batch) -> WriteResult:
-        meters, vehicles, dead_letters, overflow = batch.rows()
         inserted = 0
         async with self._pool.connection() as conn, conn.transaction():
             cur = conn.cursor()
+            refused = None if self._open_enrolment else await _refused_devices(cur, batch)
+            meters, vehicles, dead_letters, overflow = batch.rows(refused)
             for rows, statements in ((meters, _METER_STATEMENTS), (vehicles, _VEHICLE_STATEMENTS)):
                 if rows:
                     await _copy(cur, statements.copy, statements.types, rows)
-                    await cur.execute(statements.register)
+                    if self._open_enrolment:
+                        await cur.execute(statements.register)
                     inserted += await _count_inserted(cur, statements.insert_history)
                     await cur.execute(statements.update_live)
             if dead_letters:
@@ -393,6 +405,26 @@ async def _copy(
         copy.set_types(types)
         for row in rows:
             await copy.write_row(row)
+
+
+async def _refused_devices(
+    cur: psycopg.AsyncCursor[tuple[int]], batch: Batch
+) -> dict[tuple[str, str], str]:
+    """Devices of the batch that may not report (closed enrolment), with the reason."""
+    meters, vehicles = batch.devices()
+    if not meters and not vehicles:
+        return {}
+    await cur.execute(_DEVICE_STATES, (meters, vehicles))
+    known = {(kind, name): state for kind, name, state in await cur.fetchall()}  # type: ignore[misc]
+    refused: dict[tuple[str, str], str] = {}
+    for kind, names in (("meter", meters), ("vehicle", vehicles)):
+        for name in names:
+            state = known.get((kind, name))
+            if state is None:
+                refused[kind, name] = f"unknown device: {kind} {name!r} is not registered"
+            elif state != "active":
+                refused[kind, name] = f"unknown device: {kind} {name!r} is {state}"
+    return refused
 
 
 async def _count_inserted(cur: psycopg.AsyncCursor[tuple[int]], statement: str) -> int:

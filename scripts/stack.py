@@ -146,6 +146,8 @@ class Stack:
 
     def start_gateway(self) -> None:
         self.env.update(DATABASE_URL=self.database_url, MQTT_URL=self.mqtt_url)
+        # The demo's simulated devices are not registered: they enrol by their first reading.
+        self.env.setdefault("ENROLMENT", "open")
         metrics_port = choose_port("METRICS_PORT", 9464)
         self.env["METRICS_PORT"] = str(metrics_port)
         # SIGTERM makes the gateway commit what it took; give it its own deadline and a little.

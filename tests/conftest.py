@@ -57,6 +57,7 @@ def settings(database_url: str, mosquitto: Mosquitto) -> Settings:
         database_url=database_url,
         mqtt=MqttAddress.parse(mosquitto.url),
         client_id=f"fleetgate-test-{uuid.uuid4().hex[:8]}",
+        enrolment="open",  # most tests publish as devices nobody registered
         metrics_port=0,
         stats_interval_s=1.0,
         retry_max_delay_s=0.5,
@@ -151,6 +152,7 @@ class GatewayProcess:
             "METRICS_PORT": "0",
             "RETRY_MAX_DELAY_S": "0.5",
             "STATS_INTERVAL_S": "1",
+            "ENROLMENT": "open",
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None

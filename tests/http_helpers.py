@@ -50,7 +50,9 @@ async def write_readings(
     """Commit readings as the gateway would, in batches of one message per reading."""
     await apply_schema(database_url)
     async with open_pool(database_url, 1, "seed") as pool:
-        writer = BatchWriter(pool, Partitions(pool), 0.5, lambda batch, result: None)
+        writer = BatchWriter(
+            pool, Partitions(pool), 0.5, lambda batch, result: None, open_enrolment=True
+        )
         now = datetime.now(UTC)
         for start in range(0, len(readings), per_batch):
             batch = Batch()
@@ -70,6 +72,7 @@ class Api:
     settings: ApiSettings
     read_token: str
     write_token: str
+    admin_token: str = ""
 
     def headers(self, token: str | None) -> dict[str, str]:
         return {} if token is None else {"Authorization": f"Bearer {token}"}
@@ -79,11 +82,21 @@ class Api:
         response = await self.client.get(path, params=query, headers=self._auth(token))
         return response.status, await response.json()
 
-    async def send(self, method: str, path: str, body: Any, token: str | None = "write") -> Any:
+    async def send(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        token: str | None = "write",
+        content_type: str | None = None,
+    ) -> Any:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        response = await self.client.request(method, path, data=data, headers=self._auth(token))
+        headers = self._auth(token)
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        response = await self.client.request(method, path, data=data, headers=headers)
         return response.status, await response.json()
 
     def _auth(self, token: str | None) -> dict[str, str]:
-        named = {"read": self.read_token, "write": self.write_token}
+        named = {"read": self.read_token, "write": self.write_token, "admin": self.admin_token}
         return self.headers(named.get(token, token) if token else None)

@@ -44,7 +44,11 @@ async def write(database_url: str, *batches: Batch) -> list[WriteResult]:
     committed: list[WriteResult] = []
     async with open_pool(database_url, 1) as pool:
         writer = BatchWriter(
-            pool, Partitions(pool), 0.1, lambda _batch, result: committed.append(result)
+            pool,
+            Partitions(pool),
+            0.1,
+            lambda _batch, result: committed.append(result),
+            open_enrolment=True,  # devices register by their first reading
         )
         for batch in batches:
             await writer.write(batch)
