@@ -247,7 +247,7 @@ class AlertPublisher:
                 settle_disconnection(client)
 
     def _client(self) -> aiomqtt.Client:
-        mqtt = self._settings.mqtt
+        mqtt = self._settings.mqtt_alerts or self._settings.mqtt
         return aiomqtt.Client(
             mqtt.host,
             mqtt.port,

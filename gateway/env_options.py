@@ -50,6 +50,10 @@ class MqttAddress:
         )
 
 
+def optional_mqtt_address(url: str) -> MqttAddress | None:
+    return MqttAddress.parse(url) if url else None
+
+
 DATABASE_URL_OPTION = Option(
     "DATABASE_URL",
     "database_url",

@@ -17,6 +17,7 @@ from gateway.env_options import (
     finite_float,
     non_negative_float,
     non_negative_int,
+    optional_mqtt_address,
     positive_float,
     positive_int,
     read_options,
@@ -33,6 +34,15 @@ OPTIONS: tuple[Option, ...] = (
         "mqtt://localhost:1883",
         "Broker address: mqtt://[user:password@]host[:port].",
         MqttAddress.parse,
+    ),
+    Option(
+        "MQTT_ALERTS_URL",
+        "mqtt_alerts",
+        "",
+        "Broker address and login of the alert publisher (a login of role alerts: the only one "
+        "that may publish under fleet/alerts/); empty: MQTT_URL's. Each connection needs a "
+        "login of its own where the broker makes usernames the client ids.",
+        optional_mqtt_address,
     ),
     Option(
         "MQTT_CLIENT_ID",
@@ -261,6 +271,7 @@ OPTIONS: tuple[Option, ...] = (
 class Settings:
     database_url: str
     mqtt: MqttAddress
+    mqtt_alerts: MqttAddress | None
     client_id: str
     enrolment: str
     batch_size: int
