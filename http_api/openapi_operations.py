@@ -1,0 +1,91 @@
+"""Building blocks of the OpenAPI document: an operation with its parameters, body and
+responses, the errors every protected operation can answer."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from http_api.openapi_schemas import ref
+
+
+def json_content(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def error(description: str) -> dict[str, Any]:
+    return json_content(ref("Error"), description)
+
+
+def path_param(name: str, description: str) -> dict[str, Any]:
+    schema = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": schema,
+        "description": description,
+    }
+
+
+def query_param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+PAGE_PARAMS: Final = [
+    query_param(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+        "Items per page.",
+    ),
+    query_param("cursor", {"type": "string"}, "nextCursor of the previous page."),
+]
+VEHICLE: Final = path_param("vehicleId", "Vehicle id, as in its MQTT topic.")
+COMMON_ERRORS: Final = {
+    "401": error("Missing, unknown or revoked bearer token."),
+    "403": error("The token's scope does not allow this."),
+    "503": error("The database is unreachable (code databaseUnavailable; Retry-After)."),
+}
+
+
+def operation(
+    summary: str,
+    ok: tuple[str, str, str],
+    *,
+    params: list[dict[str, Any]] | None = None,
+    body: str | None = None,
+    errors: dict[str, str] | None = None,
+    public: bool = False,
+) -> dict[str, Any]:
+    status, schema, description = ok
+    responses: dict[str, Any] = {status: json_content(ref(schema), description)}
+    if params or body:
+        responses["400"] = error("A malformed parameter or body, named in the error.")
+    for code, text in (errors or {}).items():
+        responses[code] = error(text)
+    described: dict[str, Any] = {"summary": summary, "parameters": params or []}
+    if body:
+        described["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": ref(body)
+                    if body != "Readings"
+                    else {"type": "array", "items": ref("Reading")}
+                }
+            },
+        }
+        responses.setdefault("413", error("Body over MAX_BODY_BYTES."))
+    if public:
+        described["security"] = []
+    else:
+        for code, answer in COMMON_ERRORS.items():
+            responses.setdefault(code, answer)
+    responses["500"] = error("Unexpected error; the body and X-Request-Id carry the request id.")
+    described["responses"] = responses
+    return described
