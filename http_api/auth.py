@@ -14,10 +14,14 @@ from http_api import queries
 from http_api.errors import ForbiddenError, UnauthorizedError
 from http_api.keys import POOL, TOKEN_CACHE
 
-Scope: TypeAlias = Literal["read", "write"]
-SCOPES: Final[tuple[Scope, ...]] = ("read", "write")
+Scope: TypeAlias = Literal["read", "write", "admin"]
+# Each scope grants those before it: admin also writes, write also reads.
+SCOPES: Final[tuple[Scope, ...]] = ("read", "write", "admin")
+_RANK: Final = {scope: rank for rank, scope in enumerate(SCOPES)}
 TOKEN_PREFIX: Final = "fgt_"
 PUBLIC_PATHS: Final = frozenset({"/health"})
+# The device registry (credentials included), read or changed, is for 'admin' tokens only.
+ADMIN_ROUTES: Final = "/v1/devices"
 _WRITE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -30,13 +34,16 @@ def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def required_scope(method: str) -> Scope:
-    """What a request needs: changing anything takes 'write'; reading takes 'read'."""
+def required_scope(method: str, route: str | None) -> Scope:
+    """What a request needs: the device registry takes 'admin'; changing anything else takes
+    'write'; reading takes 'read'. ``route``: the matched route's path template, if any."""
+    if route is not None and (route == ADMIN_ROUTES or route.startswith(ADMIN_ROUTES + "/")):
+        return "admin"
     return "write" if method in _WRITE_METHODS else "read"
 
 
 def allows(granted: str, needed: Scope) -> bool:
-    return granted in ("write", needed)
+    return granted in _RANK and _RANK[granted] >= _RANK[needed]
 
 
 @web.middleware
@@ -54,7 +61,8 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
     )
     if granted is None:
         raise UnauthorizedError("unknown or revoked token")
-    needed = required_scope(request.method)
+    resource = request.match_info.route.resource
+    needed = required_scope(request.method, resource.canonical if resource else None)
     if not allows(granted, needed):
         raise ForbiddenError(f"this endpoint needs a token of scope {needed!r}, not {granted!r}")
     return await handler(request)

@@ -1,5 +1,5 @@
 """Fixtures of the HTTP API tests (a pytest plugin: ``pytest_plugins = ["tests.http_fixtures"]``):
-the app running on a test server, with a read and a write token."""
+the app running on a test server, with a read, a write and an admin token."""
 
 from __future__ import annotations
 
@@ -30,4 +30,5 @@ async def api(api_settings: ApiSettings) -> AsyncIterator[Api]:
     async with client:
         _, read_token = await create_token(api_settings.database_url, "read", "dashboard")
         _, write_token = await create_token(api_settings.database_url, "write", "ops")
-        yield Api(client, api_settings, read_token, write_token)
+        _, admin_token = await create_token(api_settings.database_url, "admin", "registry")
+        yield Api(client, api_settings, read_token, write_token, admin_token)

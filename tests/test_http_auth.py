@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from http_api import queries
 from http_api.app import create_app
-from http_api.auth import hash_token
+from http_api.auth import SCOPES, allows, hash_token, required_scope
 from http_api.keys import TOKEN_CACHE
 from http_api.settings import Settings as ApiSettings
 from http_api.token_cache import LISTENER_NAME, TokenCache
@@ -49,6 +49,19 @@ async def test_read_scope_cannot_write_and_write_implies_read(api: Api) -> None:
     assert status == 403
     status, _ = await api.get("/v1/status/overview", token="write")
     assert status == 200
+
+
+def test_admin_implies_write_which_implies_read_and_the_registry_needs_admin() -> None:
+    assert [allows(granted, "read") for granted in SCOPES] == [True, True, True]
+    assert [allows(granted, "write") for granted in SCOPES] == [False, True, True]
+    assert [allows(granted, "admin") for granted in SCOPES] == [False, False, True]
+    assert not allows("root", "read")
+    assert required_scope("GET", "/v1/devices") == "admin"
+    assert required_scope("GET", "/v1/devices/{kind}/{id}") == "admin"
+    assert required_scope("POST", "/v1/devices/import") == "admin"
+    assert required_scope("POST", "/v1/links") == "write"
+    assert required_scope("GET", "/v1/devicesX") == "read"
+    assert required_scope("DELETE", None) == "write"  # no route: a 404 after the token check
 
 
 async def listening_cache(api: Api) -> TokenCache:
@@ -247,9 +260,10 @@ async def test_a_lookup_that_a_revoke_overtook_is_not_cached() -> None:
 
 async def test_tokens_are_stored_hashed(api: Api) -> None:
     rows = await query(api.settings.database_url, "SELECT token_hash FROM api_token")
-    assert len(rows) == 2
+    assert len(rows) == 3  # read, write, admin
     assert all(len(bytes(h)) == 32 for (h,) in rows)
-    assert all(api.read_token.encode() not in bytes(h) for (h,) in rows)
+    for token in (api.read_token, api.write_token, api.admin_token):
+        assert all(token.encode() not in bytes(h) for (h,) in rows)
 
 
 async def test_responses_carry_a_request_id_and_errors_are_json(api: Api) -> None:
