@@ -35,6 +35,13 @@ class InvalidBodyError(ApiError):
     code = "invalidBody"
 
 
+class UnsupportedMediaTypeError(ApiError):
+    """The body is of a type the endpoint does not take (an import that is neither CSV nor JSON)."""
+
+    status = 415
+    code = "unsupportedMediaType"
+
+
 class UnauthorizedError(ApiError):
     """No bearer token, or one that is unknown or revoked."""
 
@@ -50,7 +57,7 @@ class ForbiddenError(ApiError):
 
 
 class NotFoundError(ApiError):
-    """The vehicle, meter or link does not exist."""
+    """The vehicle, meter, link or registered device does not exist."""
 
     status = 404
     code = "notFound"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from gateway.alert_rules import RULES
+from http_api.openapi_devices import DEVICE_PATHS, DEVICE_SCHEMAS
 from http_api.openapi_operations import (
     COMMON_ERRORS,
     PAGE_PARAMS,
@@ -174,9 +175,9 @@ def document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "fleetgate HTTP API", "version": "1.0.0"},
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **DEVICE_SCHEMAS},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
-        "paths": _PATHS,
+        "paths": {**_PATHS, **DEVICE_PATHS},
     }

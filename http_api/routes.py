@@ -7,6 +7,7 @@ from aiohttp import web
 from http_api import (
     views_alerts,
     views_analytics,
+    views_devices,
     views_ingest,
     views_links,
     views_operations,
@@ -37,5 +38,13 @@ def setup_routes(app: web.Application) -> None:
             web.get("/v1/alerts", views_alerts.alerts, allow_head=False),
             web.post("/v1/telemetry", views_ingest.one),
             web.post("/v1/telemetry/batch", views_ingest.batch),
+            web.post("/v1/devices", views_devices.create),
+            web.get("/v1/devices", views_devices.listing, allow_head=False),
+            web.post("/v1/devices/import", views_devices.import_),
+            web.get("/v1/devices/{kind}/{id}", views_devices.show, allow_head=False),
+            web.patch("/v1/devices/{kind}/{id}", views_devices.update),
+            web.delete("/v1/devices/{kind}/{id}", views_devices.delete),
+            web.post("/v1/devices/{kind}/{id}/rotate-secret", views_devices.rotate_secret),
+            web.post("/v1/devices/{kind}/{id}/disable", views_devices.disable),
         ]
     )
