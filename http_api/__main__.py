@@ -1,4 +1,5 @@
-"""``python -m http_api``: serve the HTTP API; ``python -m http_api token ...``: manage tokens."""
+"""``python -m http_api``: serve the HTTP API; ``python -m http_api token ...``: manage tokens;
+``python -m http_api device ...``: manage the device registry."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from gateway.settings import SettingsError
 from http_api.app import create_app
+from http_api.device_commands import add_device_commands, run_device_command
 from http_api.garbage_collection import tune_garbage_collection
 from http_api.keys import BACKGROUND
 from http_api.settings import Settings, describe_options
@@ -26,11 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m http_api",
         description="Serve the fleetgate HTTP API (status, links, analytics, ingestion); "
-        "with 'token', create, list or revoke its bearer tokens.",
+        "with 'token', create, list or revoke its bearer tokens; with 'device', manage the "
+        "device registry.",
         epilog=describe_options(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_token_commands(parser)
+    commands = parser.add_subparsers(dest="command")
+    add_token_commands(commands)
+    add_device_commands(commands)
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(os.environ)
@@ -41,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if getattr(args, "command", None) == "token":
+    if args.command == "token":
         return run_token_command(args, settings)
+    if args.command == "device":
+        return run_device_command(args, settings)
     return asyncio.run(_serve(settings))
 
 

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 import psycopg
 
@@ -56,12 +56,17 @@ async def list_tokens(
         return await cur.fetchall()
 
 
-def add_token_commands(parser: argparse.ArgumentParser) -> None:
-    commands = parser.add_subparsers(dest="command")
+def add_token_commands(commands: Any) -> None:
+    """The ``token`` command, on the subparsers of ``python -m http_api``."""
     token = commands.add_parser("token", help="create, list or revoke bearer tokens")
     actions = token.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="create a token and print it (shown once)")
-    create.add_argument("--scope", choices=SCOPES, required=True)
+    create.add_argument(
+        "--scope",
+        choices=SCOPES,
+        required=True,
+        help="read; write (also reads); admin (also writes, and manages devices)",
+    )
     create.add_argument("--name", default="", help="whose token, for 'token list'")
     revoke = actions.add_parser("revoke", help="revoke a token by its id")
     revoke.add_argument("token_id", type=int)
