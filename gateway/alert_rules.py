@@ -35,6 +35,7 @@ class Observation:
     value: float
     threshold: float
     verdict: Verdict
+    nominal: float | None = None  # voltageOutOfRange: the meter's nominal voltage
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -55,12 +56,20 @@ class Check:
     time_driven: bool = False  # runs only in the periodic full rounds
 
 
-def worse(rule: str, current: float, candidate: float, settings: Settings) -> bool:
-    """Is ``candidate`` a worse value than ``current`` for this rule?"""
+def worse(
+    rule: str,
+    current: float,
+    candidate: float,
+    settings: Settings,
+    *,
+    nominal: float | None = None,
+) -> bool:
+    """Is ``candidate`` a worse value than ``current`` for this rule? A voltage is worse the
+    farther it is from ``nominal`` (the meter's; default VOLTAGE_NOMINAL_V)."""
     if rule == "lowEfficiency":
         return candidate < current
     if rule == "voltageOutOfRange":
-        nominal = settings.voltage_nominal_v
+        nominal = settings.voltage_nominal_v if nominal is None else nominal
         return abs(candidate - nominal) > abs(current - nominal)
     return candidate > current
 
@@ -109,7 +118,6 @@ def _format(rule: str, value: float) -> str:
 
 
 def parameters(settings: Settings, scope: Scope, now: datetime) -> dict[str, Any]:
-    nominal, tolerance = settings.voltage_nominal_v, settings.voltage_tolerance
     duration = timedelta(seconds=settings.voltage_min_duration_s)
     return {
         "meters": scope.meters,
@@ -117,8 +125,8 @@ def parameters(settings: Settings, scope: Scope, now: datetime) -> dict[str, Any
         "now": now,
         "temp_raise": settings.battery_temp_raise_c,
         "temp_clear": settings.battery_temp_clear_c,
-        "v_lo": nominal * (1 - tolerance),
-        "v_hi": nominal * (1 + tolerance),
+        "v_nominal": settings.voltage_nominal_v,
+        "v_tolerance": settings.voltage_tolerance,
         "v_duration": duration,
         "v_lookback": duration + timedelta(hours=1),
         "offline_after": timedelta(seconds=settings.offline_after_s),
@@ -140,11 +148,11 @@ def _battery(row: tuple[Any, ...], s: Settings) -> list[Observation]:
 
 
 def _voltage(row: tuple[Any, ...], s: Settings) -> list[Observation]:
-    name, voltage, verdict = row
-    threshold = s.voltage_nominal_v * (
-        1 - s.voltage_tolerance if voltage < s.voltage_nominal_v else 1 + s.voltage_tolerance
+    name, voltage, nominal, verdict = row
+    threshold = nominal * (
+        1 - s.voltage_tolerance if voltage < nominal else 1 + s.voltage_tolerance
     )
-    return [Observation("meter", name, "voltageOutOfRange", voltage, threshold, verdict)]
+    return [Observation("meter", name, "voltageOutOfRange", voltage, threshold, verdict, nominal)]
 
 
 def _offline(row: tuple[Any, ...], s: Settings) -> list[Observation]:
@@ -193,15 +201,22 @@ CHECKS: Final[Sequence[Check]] = (
         _battery,
     ),
     # Out of range "since" the first reading after the last one inside the band; raised once
-    # that is at least the minimum duration before the latest reading.
+    # that is at least the minimum duration before the latest reading. The band is around the
+    # meter's own nominal voltage (the registry's), else VOLTAGE_NOMINAL_V: a 400 V three-phase
+    # meter is not judged against 230 V.
     Check(
         "voltageOutOfRange",
         """
-        SELECT m.name, m.voltage,
-               CASE WHEN m.voltage BETWEEN %(v_lo)s AND %(v_hi)s THEN 'clear'
+        SELECT m.name, m.voltage, band.nominal,
+               CASE WHEN m.voltage BETWEEN band.lo AND band.hi THEN 'clear'
                     WHEN m.ts - since.ts >= %(v_duration)s THEN 'raise'
                     ELSE 'hold' END
         FROM meter m
+        CROSS JOIN LATERAL (
+            SELECT n.nominal, n.nominal * (1 - %(v_tolerance)s) AS lo,
+                   n.nominal * (1 + %(v_tolerance)s) AS hi
+            FROM (SELECT coalesce(m.nominal_voltage_v, %(v_nominal)s) AS nominal) n
+        ) band
         LEFT JOIN LATERAL (
             SELECT min(r.ts) AS ts FROM meter_reading r
             WHERE r.meter_id = m.meter_id AND r.ts <= m.ts AND r.ts >= m.ts - %(v_lookback)s
@@ -209,8 +224,8 @@ CHECKS: Final[Sequence[Check]] = (
                   SELECT max(g.ts) FROM meter_reading g
                   WHERE g.meter_id = m.meter_id AND g.ts <= m.ts
                     AND g.ts >= m.ts - %(v_lookback)s
-                    AND g.voltage BETWEEN %(v_lo)s AND %(v_hi)s), '-infinity')
-        ) since ON NOT (m.voltage BETWEEN %(v_lo)s AND %(v_hi)s)
+                    AND g.voltage BETWEEN band.lo AND band.hi), '-infinity')
+        ) since ON NOT (m.voltage BETWEEN band.lo AND band.hi)
         WHERE m.voltage IS NOT NULL
           AND (%(meters)s::text[] IS NULL OR m.name = ANY(%(meters)s::text[]))""",
         _voltage,

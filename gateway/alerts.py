@@ -174,7 +174,7 @@ class AlertEvaluator:
             elif (
                 obs.verdict == "raise"
                 and current is not None
-                and worse(obs.rule, current[1], obs.value, self._settings)
+                and worse(obs.rule, current[1], obs.value, self._settings, nominal=obs.nominal)
             ):
                 worsened.append((current[0], obs.value))
             elif obs.verdict == "clear" and current is not None:

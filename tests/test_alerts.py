@@ -11,10 +11,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiomqtt
+import psycopg
 import pytest
 
 from gateway.alert_rules import Observation, describe, worse
 from gateway.database import apply_schema
+from gateway.registry import DeviceRecord, register
 from gateway.settings import Settings
 from tests.conftest import StartGateway, count, query, wait_until
 from tests.services import Mosquitto
@@ -202,6 +204,44 @@ async def test_voltage_out_of_range_is_raised_only_after_the_minimum_duration(
             lambda: _has(engineer, "M-volt", "voltageOutOfRange", ["raised", "cleared"]),
             what="clear",
         )
+
+
+async def test_a_meter_is_judged_against_its_own_nominal_voltage(
+    start_gateway: StartGateway,
+    publisher: aiomqtt.Client,
+    mosquitto: Mosquitto,
+    database_url: str,
+) -> None:
+    await apply_schema(database_url)
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        await register(
+            conn,
+            [
+                DeviceRecord("meter", "M-400", nominal_voltage_v=400, phases=3),
+                DeviceRecord("meter", "M-230"),  # no nominal voltage: VOLTAGE_NOMINAL_V (230)
+            ],
+        )
+    async with listening(mosquitto) as engineer:
+        await start_gateway(voltage_min_duration_s=0)
+        await publisher.publish("fleet/meter/M-400", meter(0, 400), qos=1)
+
+        async def stored() -> bool:
+            return await count(database_url, "SELECT count(*) FROM meter_reading") == 1
+
+        await wait_until(stored, what="the 400 V meter's reading")
+        # Rounds judge in order: once M-230's alert is up, M-400 has been judged too.
+        await publisher.publish("fleet/meter/M-230", meter(0, 400), qos=1)
+        await wait_until(
+            lambda: _has(engineer, "M-230", "voltageOutOfRange", ["raised"]), what="230 V raised"
+        )
+        assert engineer.of("M-400", "voltageOutOfRange") == []  # no false alert at 400 V
+        await publisher.publish("fleet/meter/M-400", meter(1, 460), qos=1)
+        await wait_until(
+            lambda: _has(engineer, "M-400", "voltageOutOfRange", ["raised"]), what="460 V raised"
+        )
+    [raised] = [e for e in engineer.events if e["deviceId"] == "M-400"]
+    assert (raised["value"], raised["threshold"]) == (460, pytest.approx(440))
+    assert raised["message"] == ("Voltage out of range on M-400: 460.0 V, threshold 440.0 V.")
 
 
 async def test_device_offline_is_raised_on_a_timer_and_cleared_by_the_next_reading(
@@ -397,6 +437,9 @@ def test_worst_value_and_sentences() -> None:
     assert worse("lowEfficiency", 0.8, 0.7, settings)
     assert not worse("batteryOverTemp", 60, 58, settings)
     assert worse("voltageOutOfRange", 250, 190, settings)  # 40 V off beats 20 V off
+    # against the meter's own nominal voltage: 330 V is 70 V off 400 V, 460 V only 60 V
+    assert worse("voltageOutOfRange", 460, 330, settings, nominal=400)
+    assert not worse("voltageOutOfRange", 460, 330, settings)
     text = describe("batteryOverTemp", "raised", "EV-1", 58.5, 55)
     assert text == "Battery over temperature on EV-1: 58.5 °C, threshold 55.0 °C."
     assert Observation("vehicle", "EV-1", "batteryOverTemp", 58.5, 55, "raise").verdict == "raise"
