@@ -33,6 +33,7 @@ from gateway.broker_logins import (
     render_acl_file,
     render_password_file,
 )
+from gateway.certificates import make_private_ca
 from gateway.database import apply_schema
 from gateway.env_options import (
     DATABASE_URL_OPTION,
@@ -68,14 +69,14 @@ OPTIONS: Final = (
     Option(
         "MOSQUITTO_PASSWORD_FILE",
         "password_file",
-        "/mosquitto/config/fleetgate.passwd",
+        "/mosquitto/logins/fleetgate.passwd",
         "The broker's password_file, written by run.",
         Path,
     ),
     Option(
         "MOSQUITTO_ACL_FILE",
         "acl_file",
-        "/mosquitto/config/fleetgate.acl",
+        "/mosquitto/logins/fleetgate.acl",
         "The broker's acl_file, written by run.",
         Path,
     ),
@@ -85,6 +86,29 @@ OPTIONS: Final = (
         "/mosquitto/data/mosquitto.pid",
         "The broker's pid_file: run sends SIGHUP to that process after each change.",
         Path,
+    ),
+    Option(
+        "MOSQUITTO_CERTS_DIR",
+        "certs_dir",
+        "/mosquitto/certs",
+        "init: where the TLS listener's ca.crt, server.crt and server.key are; a private CA is "
+        "made there when the folder has no server.crt.",
+        Path,
+    ),
+    Option(
+        "MOSQUITTO_CERT_NAMES",
+        "cert_names",
+        "mosquitto,localhost,127.0.0.1",
+        "init: the host names and addresses the private CA's server certificate is for.",
+        lambda text: tuple(name.strip() for name in text.split(",") if name.strip()),
+    ),
+    Option(
+        "SERVICE_LOGINS",
+        "service_logins",
+        "",
+        "init: service logins to create or reset, as username:role:ENV_VAR_WITH_ITS_SECRET "
+        "separated by spaces (e.g. fleetgate-gateway:gateway:GATEWAY_MQTT_SECRET).",
+        str,
     ),
     Option(
         "SYNC_INTERVAL_S",
@@ -103,6 +127,9 @@ class SyncSettings:
     acl_file: Path
     pid_file: Path
     interval_s: float
+    certs_dir: Path = Path("/mosquitto/certs")
+    cert_names: tuple[str, ...] = ("localhost",)
+    service_logins: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> SyncSettings:
@@ -186,21 +213,37 @@ async def _notified(conn: psycopg.AsyncConnection[Any]) -> bool:
     return False
 
 
-async def add_login(database_url: str, username: str, role: str) -> str:
-    """Create or reset a service login; returns its secret (shown once)."""
-    secret = new_secret()
+async def add_login(database_url: str, username: str, role: str, secret: str = "") -> str:
+    """Create or reset a service login; returns its secret (a new one unless given)."""
+    secret = secret or new_secret()
     await apply_schema(database_url)
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await conn.execute(_ADD_LOGIN, (username, role, hash_secret(secret)))
     return secret
 
 
+async def init(settings: SyncSettings, environ: Mapping[str, str]) -> None:
+    """Before the broker starts: the service logins of SERVICE_LOGINS (their secrets from the
+    environment), both files written once, and a private CA if no certificate is there."""
+    for entry in settings.service_logins.split():
+        username, role, variable = entry.split(":")
+        if role not in get_args(ServiceRole) or not environ.get(variable):
+            raise SettingsError(f"SERVICE_LOGINS {entry!r}: role {role!r}, or ${variable} unset")
+        await add_login(settings.database_url, username, role, environ[variable])
+    async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
+        write_files(settings, await load_logins(conn))
+    if not (settings.certs_dir / "server.crt").exists():
+        make_private_ca(settings.certs_dir, settings.cert_names)
+        logger.info("made a private CA in %s for %s", settings.certs_dir, settings.cert_names)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.broker_sync", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="keep the broker's files in step with the registry")
+    commands.add_parser("init", help="service logins, the files and a CA, before the broker")
     add = commands.add_parser("login", help="create or reset a service login; prints its secret")
-    add.add_argument("username", help="1-64 characters of [A-Za-z0-9._-]")
+    add.add_argument("username", help=DEVICE_ID_RULE)
     add.add_argument("role", choices=get_args(ServiceRole))
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -208,30 +251,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         settings = SyncSettings.from_env(os.environ)
+        asyncio.run(_command(args, settings))
     except SettingsError as exc:
         print(f"fleetgate-broker-sync: {exc}", file=sys.stderr)
         return 2
-    try:
-        if args.command == "login":
-            if not re.match(DEVICE_ID_PATTERN, args.username):
-                print(f"fleetgate-broker-sync: a username is {DEVICE_ID_RULE}", file=sys.stderr)
-                return 2
-            secret = asyncio.run(add_login(settings.database_url, args.username, args.role))
-            print(f"{args.username} {secret}")
-            return 0
-        return asyncio.run(_run_until_signal(settings))
     except (psycopg.Error, OSError) as exc:
         print(f"fleetgate-broker-sync: {str(exc).strip()}", file=sys.stderr)
         return 1
-
-
-async def _run_until_signal(settings: SyncSettings) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await run(settings, stop)
     return 0
+
+
+async def _command(args: argparse.Namespace, settings: SyncSettings) -> None:
+    if args.command == "login":
+        if not re.match(DEVICE_ID_PATTERN, args.username):
+            raise SettingsError(f"a username is {DEVICE_ID_RULE}")
+        secret = await add_login(settings.database_url, args.username, args.role)
+        print(f"{args.username} {secret}")
+    elif args.command == "init":
+        await init(settings, os.environ)
+    else:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await run(settings, stop)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""A private certificate authority for the tests and the demo: a CA and a server certificate
-for 127.0.0.1 and localhost, made with the ``cryptography`` package."""
+"""A private certificate authority for the broker's TLS listener (trials, the demo, the tests): a
+CA and a server certificate for the names clients use, made with the ``cryptography`` package.
+In production, use certificates from your own CA instead (docs/security.md)."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -40,8 +42,21 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
     path.chmod(0o600)
 
 
-def make_private_ca(folder: Path) -> tuple[Path, Path, Path]:
-    """Write ca.crt, server.crt and server.key into ``folder``; returns their paths."""
+def _subject_names(names: Sequence[str]) -> list[x509.GeneralName]:
+    alternatives: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            alternatives.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            alternatives.append(x509.DNSName(name))
+    return alternatives
+
+
+def make_private_ca(
+    folder: Path, names: Sequence[str] = ("localhost", "127.0.0.1")
+) -> tuple[Path, Path, Path]:
+    """Write ca.crt, server.crt and server.key (for host ``names``) into ``folder``; returns
+    their paths."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
@@ -59,16 +74,14 @@ def make_private_ca(folder: Path) -> tuple[Path, Path, Path]:
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
+        .subject_name(_name(names[0]))
         .issuer_name(ca_cert.subject)
         .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=90))
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName(_subject_names(names)),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

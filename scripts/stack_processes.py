@@ -234,9 +234,12 @@ class EmbeddedPostgres:
 
 
 def mosquitto_config(root: Path, port: int) -> Path:
-    """The private broker's configuration: the project's settings plus a local listener."""
+    """The private broker's configuration: the project's settings plus a local listener, open
+    to anonymous clients on 127.0.0.1 (the trial mode: the demo's devices enrol by their first
+    reading; docs/security.md says how the production configuration differs)."""
     root.mkdir(parents=True, exist_ok=True)
     config = root / "mosquitto.conf"
+    settings = (PROJECT / "mosquitto" / "fleetgate.conf").read_text()
     config.write_text(
         "# Written by scripts/stack.py at every start; edit mosquitto/fleetgate.conf instead.\n"
         f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
@@ -245,7 +248,7 @@ def mosquitto_config(root: Path, port: int) -> Path:
         f"persistence_location {root}/\n"
         f"log_dest file {root}/mosquitto.log\n"
         "log_type error\nlog_type warning\nlog_type notice\n"
-        f"include_dir {PROJECT / 'mosquitto' / 'conf.d'}\n"
+        f"{settings}\n"
     )
     return config
 

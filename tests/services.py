@@ -178,7 +178,7 @@ class Mosquitto:
     def _secure_listeners(self) -> str:
         """The project's security.conf, with its paths in this broker's folder, behind a plain
         and a TLS listener (a private CA's server certificate for 127.0.0.1)."""
-        from tests.certificates import make_private_ca  # noqa: PLC0415 - only secure brokers
+        from gateway.certificates import make_private_ca  # noqa: PLC0415 - only secure brokers
 
         self.ca_file, cert, key = make_private_ca(self.root / "certs")
         (self.root / "passwd").mkdir()
@@ -188,7 +188,7 @@ class Mosquitto:
         self.password_file.write_text("")
         self.acl_file.write_text("")
         security = (PROJECT / "mosquitto" / "security.conf").read_text()
-        security = security.replace("/mosquitto/config/", f"{self.root}/").replace(
+        security = security.replace("/mosquitto/logins/", f"{self.root}/passwd/").replace(
             "/mosquitto/data/mosquitto.pid", str(self.pid_file)
         )
         return (

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiomqtt
 import psycopg
 import pytest
 
-from gateway.broker_logins import hash_secret
+from gateway.broker_logins import hash_secret, secret_matches
 from gateway.broker_sync import SyncSettings, add_login, run
 from gateway.database import apply_schema
 from tests.services import Mosquitto
@@ -116,3 +120,36 @@ async def test_a_thousand_devices_imported_at_once_can_all_connect(
             *(can_connect(broker, f"vehicle/BULK-{n}", secret) for n in range(1, 1001, 37))
         )
         assert all(results)
+
+
+def test_init_makes_service_logins_the_files_and_a_private_ca(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "MOSQUITTO_PASSWORD_FILE": str(tmp_path / "passwd"),
+        "MOSQUITTO_ACL_FILE": str(tmp_path / "acl"),
+        "MOSQUITTO_CERTS_DIR": str(tmp_path / "certs"),
+        "SERVICE_LOGINS": "fleetgate-gateway:gateway:GW_SECRET fleetgate-api:api:API_SECRET",
+        "GW_SECRET": "gateway-secret",
+        "API_SECRET": "api-secret",
+    }
+    command = [sys.executable, "-m", "gateway.broker_sync"]
+    done = subprocess.run([*command, "init"], env=env, capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    users = dict(line.split(":", 1) for line in (tmp_path / "passwd").read_text().splitlines())
+    assert set(users) == {"fleetgate-gateway", "fleetgate-api"}
+    assert secret_matches("gateway-secret", users["fleetgate-gateway"])
+    assert "user fleetgate-api\ntopic write fleet/meter/+" in (tmp_path / "acl").read_text()
+    assert {p.name for p in (tmp_path / "certs").iterdir()} == {
+        "ca.crt",
+        "server.crt",
+        "server.key",
+    }
+
+    refused = subprocess.run(
+        [*command, "login", "bad/name", "engineer"], env=env, capture_output=True, check=False
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.decode().count("\n") == 1  # one line, no traceback

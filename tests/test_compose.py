@@ -86,15 +86,40 @@ def test_environment_names_are_ones_the_program_reads(
     module.Settings.from_env(env)  # and the values parse
 
 
+def test_the_broker_refuses_anonymous_clients_and_takes_logins_from_the_registry(
+    services: dict[str, Any],
+) -> None:
+    security = (PROJECT / "mosquitto" / "security.conf").read_text()
+    assert re.search(r"^allow_anonymous false$", security, re.MULTILINE)
+    config = (PROJECT / "mosquitto" / "mosquitto.conf").read_text()
+    listeners = config.count("\nlistener ")
+    assert listeners == config.count("\nuse_username_as_clientid true"), "on every listener"
+    assert "allow_anonymous true" not in config
+    assert services["broker-sync"]["pid"] == "service:mosquitto"
+    assert mounts(services["broker-sync"])["/mosquitto/logins"] == "mosquitto-logins"
+    assert mounts(services["mosquitto"])["/mosquitto/logins"] == "mosquitto-logins"
+
+
 def test_the_simulator_is_given_only_what_it_reads(services: dict[str, Any]) -> None:
     assert set(environment(services["simulator"])) <= {"MQTT_URL"}
 
 
-def test_services_point_at_each_other(services: dict[str, Any]) -> None:
-    for name in APP_SERVICES:
+def test_services_point_at_each_other_each_with_its_own_broker_login(
+    services: dict[str, Any],
+) -> None:
+    logins = {}
+    for name in (*APP_SERVICES, "simulator"):
         env = environment(services[name])
-        assert "@postgres:5432/" in env["DATABASE_URL"], name
-        assert env["MQTT_URL"] == "mqtt://mosquitto:1883", name
+        if name != "simulator":
+            assert "@postgres:5432/" in env["DATABASE_URL"], name
+        for variable in ("MQTT_URL", "MQTT_ALERTS_URL"):
+            if variable in env:
+                login = re.fullmatch(r"mqtt://([\w.-]+):\$\{(\w+)\}@mosquitto:1883", env[variable])
+                assert login, f"{name} {variable}={env[variable]}"
+                logins[login.group(1)] = login.group(2)
+    # Every login used is created before the broker starts, with the same secret.
+    created = environment(services["broker-init"])["SERVICE_LOGINS"].split()
+    assert {entry.split(":")[0]: entry.split(":")[2] for entry in created} == logins
     assert environment(services["http_api"])["HTTP_HOST"] == "0.0.0.0"
 
 
@@ -119,6 +144,7 @@ def test_services_start_only_after_what_they_need_is_healthy(services: dict[str,
         "gateway": {"mosquitto", "postgres"},
         "http_api": {"gateway", "mosquitto", "postgres"},
         "simulator": {"gateway", "mosquitto"},
+        "broker-sync": {"mosquitto"},
     }
     for name, needs in expected.items():
         depends = services[name]["depends_on"]
@@ -157,8 +183,11 @@ def test_the_broker_runs_the_projects_tested_configuration(services: dict[str, A
     host_dir = config_dir / included.relative_to("/mosquitto/config")
     assert host_dir.is_dir(), f"include_dir {included} is not in the mounted folder"
     # The included settings are the ones the tests run the broker with (tests/services.py).
-    [conf] = sorted(host_dir.glob("*.conf"))
-    assert conf.read_text() == (PROJECT / "mosquitto" / "fleetgate.conf").read_text()
+    included_files = {conf.name: conf.read_text() for conf in host_dir.glob("*.conf")}
+    assert included_files == {
+        name: (PROJECT / "mosquitto" / name).read_text()
+        for name in ("fleetgate.conf", "security.conf")
+    }
     assert setting("persistence_location") == PurePosixPath("/mosquitto/data")
     assert mounted["/mosquitto/data"] in (yaml.safe_load(COMPOSE.read_text())["volumes"] or {})
 
