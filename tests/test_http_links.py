@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
+import aiomqtt
+
+from tests.conftest import StartGateway, count, wait_until
 from tests.http_helpers import Api, iso, meter_reading, vehicle_reading, write_readings
 
 pytest_plugins = ["tests.http_fixtures"]
@@ -110,3 +114,40 @@ async def test_a_new_link_cannot_begin_before_the_current_one(api: Api, database
     earlier = {"vehicleId": "EV-1", "meterId": "M-2", "since": iso(NOW - timedelta(hours=2))}
     status, body = await api.send("POST", "/v1/links", earlier)
     assert (status, body["error"]["parameter"]) == (409, "since")
+
+
+async def test_a_link_between_registered_devices_made_before_they_report_is_exact(
+    api: Api, database_url: str, start_gateway: StartGateway, publisher: aiomqtt.Client
+) -> None:
+    """Provisioned, linked, then reporting: efficiency over the link is exact from the first
+    reading (no 404 for a device that has not reported yet)."""
+    for device in ({"kind": "vehicle", "id": "EV-new"}, {"kind": "meter", "id": "M-new"}):
+        assert (await api.send("POST", "/v1/devices", device, token="admin"))[0] == 201
+    since = NOW - timedelta(hours=1)
+    link = {"vehicleId": "EV-new", "meterId": "M-new", "since": iso(since)}
+    status, body = await api.send("POST", "/v1/links", link)
+    assert (status, body["validFrom"]) == (201, iso(since)), body
+    await start_gateway()
+    ac, dc = [1.234567, 2.5, 0.000001], [1.1, 2.2, 0.000001]
+    for n, (ac_kwh, dc_kwh) in enumerate(zip(ac, dc, strict=True)):
+        at = NOW - timedelta(minutes=30 - n)
+        meter = meter_reading("M-new", at, ac_kwh)
+        vehicle = vehicle_reading("EV-new", at, dc_kwh)
+        await publisher.publish("fleet/meter/M-new", json.dumps(meter).encode(), qos=1)
+        await publisher.publish("fleet/vehicle/EV-new", json.dumps(vehicle).encode(), qos=1)
+
+    async def stored() -> bool:
+        readings = (
+            "SELECT (SELECT count(*) FROM meter_reading) + (SELECT count(*) FROM vehicle_reading)"
+        )
+        return await count(database_url, readings) == 6
+
+    await wait_until(stored, what="the six readings")
+    status, figures = await api.get(
+        "/v1/analytics/performance/EV-new", **{"from": iso(since), "to": iso(datetime.now(UTC))}
+    )
+    assert status == 200, figures
+    ac_mwh, dc_mwh = 1_234_567 + 2_500_000 + 1, 1_100_000 + 2_200_000 + 1
+    assert (figures["totalAc"], figures["dcWhileLinked"]) == (ac_mwh / 1e6, dc_mwh / 1e6)
+    assert figures["efficiency"] == dc_mwh / ac_mwh  # exact: integer mWh on both sides
+    assert figures["readings"] == {"ac": 3, "dc": 3}
