@@ -55,6 +55,31 @@ _CATALOG: Final = {
         SELECT tgrelid::regclass::text, tgname, pg_get_triggerdef(oid) FROM pg_trigger
         WHERE NOT tgisinternal AND tgrelid IN (
             SELECT oid FROM pg_class WHERE relnamespace = current_schema()::regnamespace)""",
+    "owners": """
+        SELECT relname, relowner::regrole::text FROM pg_class
+        WHERE relnamespace = current_schema()::regnamespace
+        UNION ALL
+        SELECT proname, proowner::regrole::text FROM pg_proc
+        WHERE pronamespace = current_schema()::regnamespace""",
+    # Who may do what: on tables, their columns, functions, the schema and the database.
+    "privileges": """
+        SELECT c.relname, '', a.grantee::regrole::text, a.privilege_type, a.is_grantable
+        FROM pg_class c, aclexplode(c.relacl) a
+        WHERE c.relnamespace = current_schema()::regnamespace
+        UNION ALL
+        SELECT c.relname, t.attname, a.grantee::regrole::text, a.privilege_type, a.is_grantable
+        FROM pg_class c JOIN pg_attribute t ON t.attrelid = c.oid, aclexplode(t.attacl) a
+        WHERE c.relnamespace = current_schema()::regnamespace
+        UNION ALL
+        SELECT p.proname, '', a.grantee::regrole::text, a.privilege_type, a.is_grantable
+        FROM pg_proc p, aclexplode(p.proacl) a
+        WHERE p.pronamespace = current_schema()::regnamespace
+        UNION ALL
+        SELECT 'schema', '', a.grantee::regrole::text, a.privilege_type, a.is_grantable
+        FROM pg_namespace n, aclexplode(n.nspacl) a WHERE n.oid = current_schema()::regnamespace
+        UNION ALL
+        SELECT 'database', '', a.grantee::regrole::text, a.privilege_type, a.is_grantable
+        FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = current_database()""",
 }
 
 # A row in every table of 0.1.0, as its gateway and API would have left them.
