@@ -1,4 +1,5 @@
-"""``python -m gateway.simulate``: publish a simulated fleet's readings to the broker at QoS 1.
+"""``python -m gateway.simulate``: publish a simulated fleet's readings to the broker at QoS 1;
+with ``--register DATABASE_URL``, first register its devices with their true nominal voltage.
 
 Publishing uses paho directly, one thread, with a bounded window of unacknowledged messages
 (paho reuses message ids and stalls past 65,535 outstanding).
@@ -7,19 +8,24 @@ Publishing uses paho directly, one thread, with a bounded window of unacknowledg
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import os
 import signal
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
+import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway.registry import register
+from gateway.schema import apply_schema
 from gateway.settings import MqttAddress, SettingsError
 from gateway.simulated_fleet import Fleet, FleetProfile, Message
 
@@ -285,7 +291,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="MQTT client id (default: fleetgate-sim-<random>)",
     )
     add("--quiet", action="store_true", help="no progress line on stderr")
+    add(
+        "--register",
+        metavar="DATABASE_URL",
+        help="first register the fleet's meters (with their nominal voltage and phases) and "
+        "vehicles (battery capacity) in this database, as a bulk import does",
+    )
     return parser
+
+
+def register_fleet(database_url: str, fleet: Fleet) -> Counter[str]:
+    """Register (or update) the fleet's devices in one transaction, as POST /v1/devices/import
+    does, so that each meter is judged against its own nominal voltage: how many were created,
+    updated and already so. The secrets issued to new devices are not kept (rotate one to
+    connect it with its own login)."""
+
+    async def run() -> list[str]:
+        await apply_schema(database_url)
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            return [done.outcome for done in await register(conn, fleet.devices())]
+
+    return Counter(asyncio.run(run()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,6 +345,18 @@ def main(argv: list[str] | None = None) -> int:
     def request_stop(_signum: int, _frame: object) -> None:
         stop[0] = True
 
+    if args.register:
+        try:
+            done = register_fleet(args.register, fleet)
+        except psycopg.OperationalError as exc:
+            print(f"fleetgate-sim: cannot register the fleet: {' '.join(str(exc).split())}",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        print(
+            f"registered {done.total()} devices: {done['created']} created, "
+            f"{done['updated']} updated, {done['unchanged']} unchanged",
+            file=sys.stderr,
+        )
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     publisher = Publisher(address, args.client_id, args.window)

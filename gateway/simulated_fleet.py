@@ -1,6 +1,7 @@
 """A simulated EV fleet: charging sessions that produce meter and vehicle readings, with the faults
 a real fleet has (failing chargers, hot batteries, silent meters, duplicate, late and malformed
-messages). Generation only; ``gateway.simulate`` publishes what this produces."""
+messages). Generation only; ``gateway.simulate`` publishes what this produces, and registers its
+devices (``Fleet.devices``) with their true nominal voltage."""
 
 from __future__ import annotations
 
@@ -12,12 +13,18 @@ from typing import Any, Final
 
 import msgspec
 
+from gateway.registry import DeviceRecord
+
 HEALTHY_EFFICIENCY: Final = (0.88, 0.94)  # DC into the battery / AC from the grid
 FAULTY_EFFICIENCY: Final = (0.70, 0.84)
 OVERHEAT_TEMP: Final = (56.0, 62.0)  # a battery that runs hot while charging, in C
 NORMAL_CHARGING_TEMP: Final = (30.0, 42.0)
 AMBIENT_TEMP: Final = 20.0
 CHARGER_POWER_KW: Final = (7.4, 11.0, 22.0, 50.0)
+# A meter's grid connection: (nominal voltage, phases), single-phase 230 V or three-phase 400 V;
+# its readings stay within a few volts of the nominal.
+GRID_CONNECTIONS: Final = ((230.0, 1), (400.0, 3))
+SIMULATED_SITE: Final = "simulator"  # the site of the devices it registers
 LATE_BY_MESSAGES: Final = (5, 50)  # a late message arrives this many messages after its turn
 
 _encode = msgspec.json.Encoder().encode
@@ -86,7 +93,7 @@ class Charger:
     charging: bool
     idle_intervals: int
     battery_temp: float
-    voltage: float
+    grid: tuple[float, int]  # the meter's: nominal voltage and phases (GRID_CONNECTIONS)
     intervals: int = 0
     meter_buffer: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     vehicle_buffer: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -109,8 +116,33 @@ class Charger:
             charging=rng.random() < 0.5,
             idle_intervals=rng.randint(1, 30),
             battery_temp=rng.uniform(15, 25),
-            voltage=rng.choice((230.0, 400.0)),
+            grid=rng.choice(GRID_CONNECTIONS),
         )
+
+    @property
+    def voltage(self) -> float:
+        """The meter's nominal voltage, around which its readings lie."""
+        return self.grid[0]
+
+    def devices(self) -> tuple[DeviceRecord, DeviceRecord]:
+        """Its meter and vehicle as the registry should know them."""
+        tags = ("simulated",)
+        meter = DeviceRecord(
+            "meter",
+            meter_name(self.number),
+            site=SIMULATED_SITE,
+            tags=tags,
+            nominal_voltage_v=self.voltage,
+            phases=self.grid[1],
+        )
+        vehicle = DeviceRecord(
+            "vehicle",
+            vehicle_name(self.number),
+            site=SIMULATED_SITE,
+            tags=tags,
+            battery_capacity_kwh=self.capacity_kwh,
+        )
+        return meter, vehicle
 
     @property
     def meter_silent(self) -> bool:
@@ -155,6 +187,10 @@ class Fleet:
         ]
         self._late: list[tuple[int, Message]] = []  # (release after this many sent, message)
         self._sent = 0
+
+    def devices(self) -> list[DeviceRecord]:
+        """Every meter and vehicle of the fleet, with its nominal voltage or battery capacity."""
+        return [device for charger in self.chargers for device in charger.devices()]
 
     def stream(self) -> Iterator[Message]:
         """Messages in the order the fleet sends them, for ever, from ``start`` on."""

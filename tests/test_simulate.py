@@ -12,11 +12,14 @@ from datetime import UTC, datetime, timedelta
 
 import aiomqtt
 import msgspec
+import psycopg
 import pytest
 
 from gateway.readings import Limits, MeterReading, VehicleReading, decode_message
+from gateway.registry import DeviceRecord, register
 from gateway.simulate import build_parser, default_start
-from gateway.simulated_fleet import Fleet, FleetProfile, Message
+from gateway.simulated_fleet import Fleet, FleetProfile, Message, rfc3339
+from tests.conftest import StartGateway, count, query, wait_until
 from tests.services import PROJECT, Mosquitto
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -183,3 +186,68 @@ async def test_simulator_publishes_to_a_real_broker(mosquitto: Mosquitto) -> Non
     assert b"acked 400" in stderr
     for payload in received:
         assert msgspec.json.decode(payload)["timestamp"].endswith("Z")
+
+
+def test_meters_are_230_v_single_phase_or_400_v_three_phase_and_read_around_it() -> None:
+    fleet = Fleet(FleetProfile(devices=40, seed=8, **QUIET), NOW - timedelta(days=1))
+    meters = {d.device_id: d for d in fleet.devices() if d.kind == "meter"}
+    assert {(d.nominal_voltage_v, d.phases) for d in meters.values()} == {(230.0, 1), (400.0, 3)}
+    vehicles = [d for d in fleet.devices() if d.kind == "vehicle"]
+    assert len(vehicles) == 40
+    assert all(d.battery_capacity_kwh for d in vehicles)
+    for message in take(fleet, 2000):
+        for reading in decode(message):
+            if isinstance(reading, MeterReading):
+                assert reading.meter_id is not None
+                nominal = meters[reading.meter_id].nominal_voltage_v
+                assert nominal is not None
+                assert abs(reading.voltage - nominal) < 0.05 * nominal  # well inside the band
+
+
+async def test_a_registered_fleet_raises_no_false_voltage_alerts(
+    mosquitto: Mosquitto, database_url: str, start_gateway: StartGateway
+) -> None:
+    """--register: every simulated device registered with its true nominal voltage before
+    publishing; a gateway in closed enrolment takes their readings and judges each meter
+    against its own nominal voltage."""
+    await start_gateway(enrolment="closed", voltage_min_duration_s=0)
+    run = [
+        sys.executable, "-m", "gateway.simulate", "--mqtt-url", mosquitto.url,
+        "--register", database_url, "--flood", "--count", "200", "--devices", "10",
+        "--first-device", "7000", "--seed", "9", "--malformed-share", "0", "--quiet",
+    ]  # fmt: skip
+    for expected in (b"20 created, 0 updated, 0 unchanged", b"0 created, 0 updated, 20 unchanged"):
+        process = await asyncio.create_subprocess_exec(
+            *run, cwd=PROJECT, stderr=asyncio.subprocess.PIPE
+        )
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, stderr
+        assert b"registered 20 devices: " + expected in stderr
+    rows = await query(
+        database_url,
+        "SELECT nominal_voltage_v, count(*) FROM meter GROUP BY 1 ORDER BY 1",
+    )
+    assert [voltage for voltage, _ in rows] == [230.0, 400.0]
+    # A control meter judged against VOLTAGE_NOMINAL_V (230 V) at 400 V: once its alert is up,
+    # every simulated meter (whose readings came first) has been judged.
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        await register(conn, [DeviceRecord("meter", "M-control")])
+
+    async def all_stored() -> bool:
+        return await count(database_url, "SELECT count(*) FROM meter_reading") >= 200
+
+    await wait_until(all_stored, what="the simulated meters' readings")
+    reading = {"kwhConsumedAc": 0.1, "voltage": 400, "timestamp": rfc3339(datetime.now(UTC))}
+    async with aiomqtt.Client(
+        "127.0.0.1", mosquitto.port, identifier=f"control-{uuid.uuid4().hex[:6]}"
+    ) as client:
+        await client.publish("fleet/meter/M-control", msgspec.json.encode(reading), qos=1)
+
+    async def control_raised() -> bool:
+        alerts = "SELECT count(*) FROM alert WHERE device_name = 'M-control'"
+        return await count(database_url, alerts) == 1
+
+    await wait_until(control_raised, what="the control meter's alert")
+    assert await query(
+        database_url, "SELECT device_name FROM alert WHERE rule = 'voltageOutOfRange'"
+    ) == [("M-control",)]
