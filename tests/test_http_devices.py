@@ -105,6 +105,9 @@ async def test_bad_input_is_a_400_naming_the_field(api: Api) -> None:
         (b"{not json", None),
         (b"[]", None),
         (b'{"kind": "meter", "id": "M-1", "tags": [[[["deep"]]]]}', None),
+        (b"[" * 10_000, None),
+        (b'{"kind": "meter", "id": "M-1", "name": "\\ud800"}', None),  # a lone surrogate
+        (b'{"kind": "meter", "id": "M-1", "name": "\xff"}', None),  # not UTF-8
         ({"id": "M-1"}, "kind"),
         (meter(kind="charger"), "kind"),
         (meter(id="M 1"), "id"),
