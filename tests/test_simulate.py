@@ -216,9 +216,16 @@ async def test_a_registered_fleet_raises_no_false_voltage_alerts(
         "--register", database_url, "--flood", "--count", "200", "--devices", "10",
         "--first-device", "7000", "--seed", "9", "--malformed-share", "0", "--quiet",
     ]  # fmt: skip
-    for expected in (b"20 created, 0 updated, 0 unchanged", b"0 created, 0 updated, 20 unchanged"):
+    # Each run its own ten simulated minutes (two runs within one second would otherwise send
+    # the same readings, stored once).
+    now = datetime.now(UTC).replace(microsecond=0)
+    for expected, minutes_ago in (
+        (b"20 created, 0 updated, 0 unchanged", 25),
+        (b"0 created, 0 updated, 20 unchanged", 12),
+    ):
+        start = rfc3339(now - timedelta(minutes=minutes_ago))
         process = await asyncio.create_subprocess_exec(
-            *run, cwd=PROJECT, stderr=asyncio.subprocess.PIPE
+            *run, "--start", start, cwd=PROJECT, stderr=asyncio.subprocess.PIPE
         )
         _, stderr = await asyncio.wait_for(process.communicate(), 60)
         assert process.returncode == 0, stderr
