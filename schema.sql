@@ -35,10 +35,11 @@ BEGIN
     END LOOP;
     IF NOT pg_has_role('fleetgate_owner', 'MEMBER') THEN
         IF NOT may_create_roles THEN
-            RAISE EXCEPTION '% may not hand the schema to fleetgate_owner', current_user
+            RAISE EXCEPTION '% is not a member of fleetgate_owner, which owns the schema',
+                            current_user
                 USING ERRCODE = 'insufficient_privilege',
-                      HINT = format('GRANT fleetgate_owner TO %I (as a superuser), or migrate'
-                                    ' as a member of fleetgate_owner.', current_user);
+                      HINT = 'Migrate as a superuser or as a member of fleetgate_owner'
+                             ' (docs/security.md).';
         END IF;
         EXECUTE format('GRANT fleetgate_owner TO %I', current_user);
     END IF;

@@ -1,4 +1,5 @@
-"""``python -m gateway``: run the ingestion gateway until SIGTERM or SIGINT."""
+"""``python -m gateway``: run the ingestion gateway until SIGTERM or SIGINT;
+``python -m gateway migrate``: bring the database's schema up to date, and exit."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 
+import psycopg
+
+from gateway.env_options import DATABASE_URL_OPTION, read_options
+from gateway.schema import SchemaVersionError, apply_schema
 from gateway.service import Gateway, TaskDiedError
 from gateway.settings import OPTIONS, Settings, SettingsError, describe_options
 
@@ -22,7 +28,19 @@ def main(argv: list[str] | None = None) -> int:
         epilog=describe_options(OPTIONS),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.parse_args(argv)
+    commands = parser.add_subparsers(dest="command", metavar="{run,migrate}")
+    commands.add_parser("run", help="run the gateway (what no command does)")
+    migrate = commands.add_parser(
+        "migrate",
+        help="apply the schema and the migrations that DATABASE_URL's database lacks, and exit:"
+        " run as the schema's owner, before services that connect with their own roles",
+    )
+    migrate.add_argument(
+        "--repair", action="store_true", help="also apply schema.sql again: make what is missing"
+    )
+    args = parser.parse_args(argv)
+    if args.command == "migrate":
+        return _migrate(os.environ, repair=args.repair)
     try:
         settings = Settings.from_env(os.environ)
     except SettingsError as exc:
@@ -33,6 +51,23 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     return asyncio.run(_serve(settings))
+
+
+def _migrate(environ: Mapping[str, str], *, repair: bool) -> int:
+    """0 once the schema is current (its version printed), else 1 and the reason in one line."""
+    try:
+        database_url = read_options((DATABASE_URL_OPTION,), environ)["database_url"]
+    except SettingsError as exc:
+        print(f"fleetgate: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        version = asyncio.run(apply_schema(database_url, force=repair))
+    except (psycopg.Error, OSError, SchemaVersionError) as exc:
+        print(f"fleetgate: migrate failed: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    print(f"fleetgate: the schema is at version {version}")
+    return 0
 
 
 async def _serve(settings: Settings) -> int:

@@ -33,6 +33,12 @@ class SchemaVersionError(Exception):
     """The database's schema is not one this version knows how to bring up to date."""
 
 
+class SchemaRightsError(psycopg.errors.InsufficientPrivilege):
+    """The database needs a schema change that this login may not make (a service's role):
+    its owner runs ``python -m gateway migrate``. A database error, so that the callers that
+    wait for the database or log a failed repair treat it as one."""
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One numbered step from the version before it: ``NNNN_what_it_does.sql``."""
@@ -67,40 +73,78 @@ def latest_version(steps: list[Migration]) -> int:
     return steps[-1].version if steps else RELEASE_0_1_0
 
 
-async def apply_schema(conninfo: str, *, force: bool = False) -> None:
-    """Bring the database to this version's schema: a new one (no fleetgate tables) gets
-    ``schema.sql`` and is recorded at the latest version; an existing one gets each migration
-    newer than its recorded version, in order, each in its own transaction with its record.
-    ``force`` then applies ``schema.sql`` again, which creates only what is missing: the repair
-    of a schema changed under us, such as a dropped table. Processes starting together take
-    turns on an advisory lock; a database already up to date is only read, so a start never
-    waits for a running writer's locks. A deadlock with a writer is retried."""
+async def apply_schema(conninfo: str, *, force: bool = False) -> int:
+    """Bring the database to this version's schema, and return the version it is at: a new one
+    (no fleetgate tables) gets ``schema.sql`` and is recorded at the latest version; an existing
+    one gets each migration newer than its recorded version, in order, each in its own
+    transaction with its record. ``force`` then applies ``schema.sql`` again, which creates only
+    what is missing: the repair of a schema changed under us, such as a dropped table. Processes
+    starting together take turns on an advisory lock; a database already up to date is only read
+    (so a service's role, which may change nothing, starts), and a start never waits for a
+    running writer's locks. A deadlock with a writer is retried. A change that this login may
+    not make raises ``SchemaRightsError``."""
     steps = migrations()
     latest = latest_version(steps)
     async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
         await conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK,))
         try:
             version = await _recorded_version(conn)
-            if version is None:
-                await _transaction(conn, schema_sql(), (latest, "schema.sql"))
-                logger.info("schema: new database built at version %d", latest)
-                return
-            if version > latest:
+            if version is not None and version > latest:
                 logger.warning(
                     "schema: the database is at version %d, newer than this fleetgate knows"
                     " (%d); left as it is",
                     version,
                     latest,
                 )
-                return
-            for step in steps:
-                if step.version > version:
-                    await _transaction(conn, step.sql, (step.version, step.script))
-                    logger.info("schema: migrated to version %d (%s)", step.version, step.script)
+                return version
+            try:
+                await _migrate(conn, version, steps)
+            except psycopg.errors.InsufficientPrivilege as exc:
+                at = "has no fleetgate schema" if version is None else f"is at version {version}"
+                situation = f"the database {at} and this fleetgate needs version {latest}, but"
+                raise _rights_error(conn, situation, "migrate it", "migrate", exc) from exc
             if force:
-                await _transaction(conn, schema_sql(), None)
+                try:
+                    await _transaction(conn, schema_sql(), None)
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    raise _rights_error(
+                        conn, "", "repair the schema", "migrate --repair", exc
+                    ) from exc
+            return latest
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK,))
+
+
+async def _migrate(
+    conn: psycopg.AsyncConnection[Any], version: int | None, steps: list[Migration]
+) -> None:
+    """``schema.sql`` for a new database (``version`` None), else the migrations it lacks."""
+    latest = latest_version(steps)
+    if version is None:
+        await _transaction(conn, schema_sql(), (latest, "schema.sql"))
+        logger.info("schema: new database built at version %d", latest)
+        return
+    for step in steps:
+        if step.version > version:
+            await _transaction(conn, step.sql, (step.version, step.script))
+            logger.info("schema: migrated to version %d (%s)", step.version, step.script)
+
+
+def _rights_error(
+    conn: psycopg.AsyncConnection[Any],
+    situation: str,
+    change: str,
+    command: str,
+    refusal: psycopg.errors.InsufficientPrivilege,
+) -> SchemaRightsError:
+    """One line: what the schema needs, who was refused and why, and who can do it instead."""
+    reason = refusal.diag.message_primary or " ".join(str(refusal).split())
+    refused = f"{situation} {conn.info.user!r}" if situation else repr(conn.info.user)
+    return SchemaRightsError(
+        f"{refused} may not {change} ({reason}): run `python -m gateway {command}` with the"
+        " DATABASE_URL of the schema's owner (a member of fleetgate_owner) or of a superuser"
+        " (docs/security.md)"
+    )
 
 
 async def _recorded_version(conn: psycopg.AsyncConnection[Any]) -> int | None:

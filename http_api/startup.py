@@ -10,6 +10,7 @@ from typing import Any, Final
 import psycopg
 
 from gateway.database import apply_schema
+from gateway.schema import SchemaRightsError
 from gateway.waiting import backoff_delay, sleep_unless
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,8 @@ def one_line(exc: BaseException) -> str:
 
 async def wait_for_database(database_url: str, stop: asyncio.Event) -> bool:
     """Apply the schema, retrying with growing delays while the database is unreachable or does
-    not exist yet; True once applied, False if ``stop`` was set first."""
+    not exist yet, or needs a migration that the API's role may not make (its owner's to run);
+    True once applied, False if ``stop`` was set first."""
     attempt = 0
     while not stop.is_set():
         applying = asyncio.ensure_future(apply_schema(database_url))
@@ -40,6 +42,11 @@ async def wait_for_database(database_url: str, stop: asyncio.Event) -> bool:
             delay = backoff_delay(attempt, _RETRY_MAX_DELAY_S)
             logger.warning(
                 "waiting for the database: %s; trying again in %.2f s", one_line(exc), delay
+            )
+        except SchemaRightsError as exc:
+            delay = backoff_delay(attempt, _RETRY_MAX_DELAY_S)
+            logger.error(  # noqa: TRY400 - the message says it all
+                "waiting for a migration: %s; trying again in %.2f s", exc, delay
             )
         else:
             if attempt:

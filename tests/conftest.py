@@ -51,6 +51,36 @@ def database_url(postgres: Postgres) -> str:
     return postgres.url.rsplit("/", 1)[0] + "/" + name
 
 
+LoginAs = Callable[[str, str], str]
+
+
+@pytest.fixture
+def login_as(postgres: Postgres) -> Iterator[LoginAs]:
+    """``login_as(database_url, group)``: a new login role, member of the group role ``group``,
+    made as an operator makes one (docs/security.md), and ``database_url`` as that login, over
+    TCP. The private server trusts every login: the password is given but not checked. The
+    group roles are made by the schema, applied as the superuser."""
+    made: list[str] = []
+
+    def login(database_url: str, group: str) -> str:
+        name = f"{group.removeprefix('fleetgate_')}_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(postgres.url, autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'unused' IN ROLE {group}".encode())
+        made.append(name)
+        return database_url.replace("://postgres@", f"://{name}:unused@", 1)
+
+    yield login
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        for name in made:
+            # a session still open (its temporary tables are the login's) would keep the role
+            conn.execute(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = %s",
+                (name,),
+            )
+            conn.execute(f"REASSIGN OWNED BY {name} TO postgres".encode())  # its databases
+            conn.execute(f"DROP ROLE {name}".encode())
+
+
 @pytest.fixture
 def settings(database_url: str, mosquitto: Mosquitto) -> Settings:
     return Settings.from_env({}).replace(
