@@ -4,9 +4,8 @@ security settings) -> the gateway with its own logins, closed enrolment -> Postg
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from urllib.parse import quote
 
@@ -15,11 +14,12 @@ import psycopg
 import pytest
 
 from gateway.broker_logins import hash_secret
-from gateway.broker_sync import SyncSettings, add_login, run
+from gateway.broker_sync import add_login
 from gateway.database import apply_schema
 from gateway.settings import MqttAddress, Settings
 from tests.conftest import StartGateway, count, wait_until
 from tests.services import Mosquitto
+from tests.test_broker_sync import syncing
 
 
 @pytest.fixture
@@ -29,18 +29,6 @@ def secure_broker() -> Iterator[Mosquitto]:
         yield server
     finally:
         server.close()
-
-
-@contextlib.asynccontextmanager
-async def broker_sync(database_url: str, broker: Mosquitto) -> AsyncIterator[None]:
-    files = (broker.password_file, broker.acl_file, broker.pid_file)
-    stop = asyncio.Event()
-    task = asyncio.create_task(run(SyncSettings(database_url, *files, 30), stop), name="sync")
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 def vehicle_reading(temp: float) -> bytes:
@@ -70,7 +58,7 @@ async def test_devices_report_as_themselves_only_and_engineers_get_the_alerts(
     alerts_secret = await add_login(url, "gw-alerts", "alerts")
     engineer_secret = await add_login(url, "alice", "engineer")
     broker = f"127.0.0.1:{secure_broker.port}"
-    async with broker_sync(url, secure_broker):
+    async with syncing(url, secure_broker):
         await asyncio.sleep(1.0)  # the first sync and the broker's reload
         await start_gateway(
             mqtt=MqttAddress.parse(f"mqtt://gw:{quote(gateway_secret)}@{broker}"),
