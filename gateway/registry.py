@@ -1,6 +1,7 @@
 """The device registry's SQL: devices are the rows of ``meter`` and ``vehicle``, registered one
 by one or thousands at once, listed, changed, given broker secrets and deleted. The HTTP API, its
-CLI and the simulator all register through here, so every way in registers devices alike."""
+CLI and the simulator all register through here, so every way in registers devices alike; the
+gateway and HTTP ingestion ask here which devices closed enrolment refuses, so they refuse alike."""
 
 from __future__ import annotations
 
@@ -75,6 +76,22 @@ class Registered:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why closed enrolment refuses a device's readings: it is not registered (``state``
+    None), or registered but not active."""
+
+    kind: DeviceKind
+    device_id: str
+    state: DeviceState | None
+
+    @property
+    def reason(self) -> str:
+        """The dead letter's reason, as the gateway stores it."""
+        shown = "not registered" if self.state is None else self.state
+        return f"unknown device: {self.kind} {self.device_id!r} is {shown}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class DeviceFilter:
     kind: DeviceKind | None = None
     state: DeviceState | None = None
@@ -106,6 +123,12 @@ def _set_if_named(column: str) -> str:
     return f"{column} = CASE WHEN %(set_{column})s THEN %({column})s::{cast} ELSE {column} END"
 
 
+# The registry's state of the named devices (absent: not registered).
+_STATES: Final = b"""
+SELECT 'meter', name, state FROM meter WHERE name = ANY(%s)
+UNION ALL
+SELECT 'vehicle', name, state FROM vehicle WHERE name = ANY(%s)
+"""
 _FIND: Final = {kind: f"SELECT {_columns(kind)} FROM {kind} WHERE name = %s" for kind in KINDS}
 _CREATE: Final = {
     kind: f"""
@@ -207,6 +230,25 @@ async def find(
     async with conn.cursor(row_factory=class_row(RegisteredDevice)) as cur:
         await cur.execute(_FIND[kind].encode(), (device_id,))
         return await cur.fetchone()
+
+
+async def refusals(
+    conn: psycopg.AsyncConnection[Any], meters: Sequence[str], vehicles: Sequence[str]
+) -> dict[tuple[DeviceKind, str], Refusal]:
+    """The named devices that closed enrolment refuses (not registered, or not active), in one
+    statement; a device that may report is absent."""
+    if not meters and not vehicles:
+        return {}
+    cur = await conn.execute(_STATES, (list(meters), list(vehicles)))
+    states: dict[tuple[str, str], DeviceState] = {(k, n): s for k, n, s in await cur.fetchall()}
+    named: tuple[tuple[DeviceKind, Sequence[str]], ...] = (("meter", meters), ("vehicle", vehicles))
+    refused: dict[tuple[DeviceKind, str], Refusal] = {}
+    for kind, names in named:
+        for name in names:
+            state = states.get((kind, name))
+            if state != "active":
+                refused[kind, name] = Refusal(kind, name, state)
+    return refused
 
 
 async def page(

@@ -7,11 +7,12 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from typing import Any, Final
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from gateway import registry
 from gateway.batch import Batch, is_refusal, refused_by_database
 from gateway.database import Partitions
 from gateway.rollup_slots import (
@@ -208,13 +209,6 @@ _VEHICLE_STATEMENTS: Final = _KindStatements(
     _UPDATE_VEHICLE_LIVE,
 )
 
-# Closed enrolment: the registry's state of the batch's devices (absent: not registered).
-_DEVICE_STATES: Final = b"""
-SELECT 'meter', name, state FROM meter WHERE name = ANY(%s)
-UNION ALL
-SELECT 'vehicle', name, state FROM vehicle WHERE name = ANY(%s)
-"""
-
 # Worth retrying as they are: the database or the network is the problem, not the data.
 _TRANSIENT: Final = (
     psycopg.OperationalError,
@@ -371,7 +365,7 @@ class BatchWriter:
         inserted = 0
         async with self._pool.connection() as conn, conn.transaction():
             cur = conn.cursor()
-            refused = None if self._open_enrolment else await _refused_devices(cur, batch)
+            refused = None if self._open_enrolment else await _refused_devices(conn, batch)
             meters, vehicles, dead_letters, overflow = batch.rows(refused)
             for rows, statements in ((meters, _METER_STATEMENTS), (vehicles, _VEHICLE_STATEMENTS)):
                 if rows:
@@ -408,23 +402,11 @@ async def _copy(
 
 
 async def _refused_devices(
-    cur: psycopg.AsyncCursor[tuple[int]], batch: Batch
+    conn: psycopg.AsyncConnection[Any], batch: Batch
 ) -> dict[tuple[str, str], str]:
     """Devices of the batch that may not report (closed enrolment), with the reason."""
-    meters, vehicles = batch.devices()
-    if not meters and not vehicles:
-        return {}
-    await cur.execute(_DEVICE_STATES, (meters, vehicles))
-    known = {(kind, name): state for kind, name, state in await cur.fetchall()}  # type: ignore[misc]
-    refused: dict[tuple[str, str], str] = {}
-    for kind, names in (("meter", meters), ("vehicle", vehicles)):
-        for name in names:
-            state = known.get((kind, name))
-            if state is None:
-                refused[kind, name] = f"unknown device: {kind} {name!r} is not registered"
-            elif state != "active":
-                refused[kind, name] = f"unknown device: {kind} {name!r} is {state}"
-    return refused
+    refused = await registry.refusals(conn, *batch.devices())
+    return {device: refusal.reason for device, refusal in refused.items()}
 
 
 async def _count_inserted(cur: psycopg.AsyncCursor[tuple[int]], statement: str) -> int:
