@@ -164,6 +164,11 @@ async def wait_until(
         await asyncio.sleep(0.05)
 
 
+async def equals(value: Awaitable[object], expected: object) -> bool:
+    """``await value == expected``: a check for ``wait_until`` made of any awaitable."""
+    return await value == expected
+
+
 async def count(database_url: str, sql: str, *params: Any) -> int:
     rows = await query(database_url, sql, *params)
     return int(rows[0][0])

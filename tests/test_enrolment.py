@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import aiomqtt
 
 from gateway.settings import Settings
-from tests.conftest import StartGateway, count, query, wait_until
+from tests.conftest import StartGateway, count, equals, query, wait_until
 
 
 def reading() -> bytes:
@@ -36,7 +36,7 @@ async def test_only_registered_active_devices_report_when_enrolment_is_closed(
     await publisher.publish("fleet/meter/ENR-STRANGER", reading(), qos=1)
     await publisher.publish("fleet/meter/ENR-KNOWN", reading(), qos=1)
 
-    await wait_until(lambda: _is(history_of(url, "ENR-KNOWN"), 1), what="known device stored")
+    await wait_until(lambda: equals(history_of(url, "ENR-KNOWN"), 1), what="known device stored")
     await wait_until(lambda: _has(reason_for(url, "ENR-STRANGER")), what="stranger refused")
     assert await reason_for(url, "ENR-STRANGER") == [
         "unknown device: meter 'ENR-STRANGER' is not registered"
@@ -48,10 +48,6 @@ async def test_only_registered_active_devices_report_when_enrolment_is_closed(
     await wait_until(lambda: _has(reason_for(url, "ENR-KNOWN")), what="disabled device refused")
     assert await reason_for(url, "ENR-KNOWN") == ["unknown device: meter 'ENR-KNOWN' is disabled"]
     assert await history_of(url, "ENR-KNOWN") == 1
-
-
-async def _is(value: object, expected: int) -> bool:
-    return await value == expected  # type: ignore[misc]
 
 
 async def _has(value: object) -> bool:

@@ -20,7 +20,7 @@ import aiomqtt
 import pytest
 
 from gateway.settings import MqttAddress, Settings
-from tests.conftest import GatewayProcess, count, query, wait_until
+from tests.conftest import GatewayProcess, count, equals, query, wait_until
 from tests.services import Mosquitto, free_port
 
 pytestmark = pytest.mark.slow
@@ -142,7 +142,7 @@ async def test_hostile_messages_are_dead_letters_and_the_gateway_goes_on(
     await wait_until(lambda: stored(settings.database_url, "GOOD-1"), 60, "good reading stored")
     expected = 1 + len(corpus) + JUNK_ARRAYS
     await wait_until(
-        lambda: _equals(dead_letters_in_all(settings.database_url), expected),
+        lambda: equals(dead_letters_in_all(settings.database_url), expected),
         30,
         f"{expected} dead letters kept or counted",
     )
@@ -183,10 +183,6 @@ async def test_hostile_messages_are_dead_letters_and_the_gateway_goes_on(
         gateway.signal(signal.SIGTERM)
         returncode, output = await gateway.wait_exit(30)
         assert returncode == 0, output
-
-
-async def _equals(value: object, expected: int) -> bool:
-    return await value == expected  # type: ignore[misc]
 
 
 async def _reasons(database_url: str) -> list[tuple[str, str]]:

@@ -17,7 +17,7 @@ from gateway.broker_logins import hash_secret
 from gateway.broker_sync import add_login
 from gateway.database import apply_schema
 from gateway.settings import MqttAddress, Settings
-from tests.conftest import StartGateway, count, wait_until
+from tests.conftest import StartGateway, count, equals, wait_until
 from tests.services import Mosquitto
 from tests.test_broker_sync import syncing
 
@@ -76,7 +76,7 @@ async def test_devices_report_as_themselves_only_and_engineers_get_the_alerts(
             await engineer.subscribe("fleet/alerts/#", qos=1)
             await device.publish("fleet/vehicle/SEC-B", vehicle_reading(70), qos=1)  # as B
             await device.publish("fleet/vehicle/SEC-A", vehicle_reading(70), qos=1)
-            await wait_until(lambda: _is(history_of(url, "SEC-A"), 1), what="A's reading")
+            await wait_until(lambda: equals(history_of(url, "SEC-A"), 1), what="A's reading")
             async with asyncio.timeout(20):
                 alert = await anext(aiter(engineer.messages))
             body = json.loads(bytes(alert.payload))  # type: ignore[arg-type]
@@ -87,7 +87,3 @@ async def test_devices_report_as_themselves_only_and_engineers_get_the_alerts(
             )
         assert await history_of(url, "SEC-B") == 0
         assert await count(url, "SELECT count(*) FROM dead_letter") == 0  # never reached it
-
-
-async def _is(value: object, expected: int) -> bool:
-    return await value == expected  # type: ignore[misc]

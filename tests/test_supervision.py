@@ -20,7 +20,7 @@ import pytest
 from gateway.metrics import Summary
 from gateway.service import TaskDiedError
 from gateway.settings import Settings
-from tests.conftest import StartGateway, count, query, wait_until
+from tests.conftest import StartGateway, count, equals, query, wait_until
 from tests.services import PROJECT, free_port
 
 
@@ -41,7 +41,7 @@ async def test_a_cancelled_background_task_stops_the_gateway_and_loses_nothing(
     # Committed while it drained, or never acknowledged and delivered again to the next one.
     await start_gateway()
     stored = "SELECT count(*) FROM meter_reading"
-    await wait_until(lambda: _is(count(settings.database_url, stored), 1), what="stored once")
+    await wait_until(lambda: equals(count(settings.database_url, stored), 1), what="stored once")
     await asyncio.sleep(0.5)
     assert await count(settings.database_url, stored) == 1
 
@@ -137,13 +137,13 @@ async def test_a_permanent_database_error_is_reported_retried_and_never_acknowle
     await execute(settings.database_url, _REFUSE_DEAD_LETTERS)
     await publisher.publish("fleet/meter/SUP-2", b"{broken", qos=1)
     await wait_until(
-        lambda: _is(asyncio.to_thread(_health, metrics_port), 503), 20, "health failing"
+        lambda: equals(asyncio.to_thread(_health, metrics_port), 503), 20, "health failing"
     )
     assert running.gateway.metrics.permanent_errors._value.get() >= 1
     assert await count(settings.database_url, dead_letters) == 0
     await execute(settings.database_url, "DROP TRIGGER refuse ON dead_letter")
-    await wait_until(lambda: _is(count(settings.database_url, dead_letters), 1), 20, "stored")
-    await wait_until(lambda: _is(asyncio.to_thread(_health, metrics_port), 200), 20, "healthy")
+    await wait_until(lambda: equals(count(settings.database_url, dead_letters), 1), 20, "stored")
+    await wait_until(lambda: equals(asyncio.to_thread(_health, metrics_port), 200), 20, "healthy")
 
     # A table dropped under the gateway: re-applying the schema repairs it; nothing is lost.
     errors_before = running.gateway.metrics.permanent_errors._value.get()
@@ -159,7 +159,3 @@ async def _dead_letter_of(database_url: str, device: str) -> bool:
         return False
     rows = "SELECT count(*) FROM dead_letter WHERE device_name = %s"
     return await count(database_url, rows, device) == 1
-
-
-async def _is(value: object, expected: int) -> bool:
-    return await value == expected  # type: ignore[misc]
