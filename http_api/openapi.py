@@ -4,18 +4,60 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+import msgspec
+
 from gateway.alert_rules import RULES
 from http_api.openapi_devices import DEVICE_PATHS, DEVICE_SCHEMAS
 from http_api.openapi_operations import (
     COMMON_ERRORS,
     PAGE_PARAMS,
     VEHICLE,
+    json_content,
     operation,
     path_param,
     query_param,
 )
-from http_api.openapi_schemas import SCHEMAS, TIME
+from http_api.openapi_schemas import SCHEMAS, TIME, ref
 from http_api.views_alerts import STATES
+from http_api.views_ingest import Accepted, BatchResult
+
+# Generated from the Structs ingestion answers with, so the two cannot drift.
+_, _INGEST_SCHEMAS = msgspec.json.schema_components(
+    (Accepted, BatchResult), ref_template="#/components/schemas/{name}"
+)
+_INVALID_READING: Final = (
+    "A reading the gateway would dead-letter (invalidReading, with the gateway's reason and the "
+    "field if one is at fault), or a body that is not one."
+)
+_UNKNOWN_DEVICE: Final = (
+    "ENROLMENT=closed (the default) and the device is not registered, or disabled "
+    "(unknownDevice; parameter meterId or vehicleId; the gateway's reason 'unknown device: "
+    "...'). Nothing was published."
+)
+_BROKER_DOWN: Final = "Broker (brokerUnavailable) or database (databaseUnavailable) down."
+
+
+def _ingest_batch() -> dict[str, Any]:
+    described = operation(
+        "Ingest readings",
+        ("202", "BatchResult", "All published"),
+        body="Readings",
+        errors={"503": _BROKER_DOWN},
+    )
+    responses = described["responses"]
+    responses["207"] = json_content(
+        ref("BatchResult"),
+        "Some published, the others rejected: per reading the code a single POST would answer "
+        "(invalidReading, readingTooLarge, or unknownDevice under ENROLMENT=closed), the reason "
+        "and the field at fault.",
+    )
+    responses["400"] = json_content(
+        {"oneOf": [ref("BatchResult"), ref("Error")]},
+        "None published (a BatchResult, each reading rejected), or the body is not an array of "
+        "1 to MAX_BATCH_READINGS readings (an Error, invalidBody).",
+    )
+    return described
+
 
 _WINDOW_PARAMS: Final = [
     query_param("from", TIME, "Window start (RFC 3339, inclusive); default: `to` minus 24 hours."),
@@ -146,27 +188,18 @@ _PATHS: Final[dict[str, dict[str, Any]]] = {
     "/v1/telemetry": {
         "post": operation(
             "Ingest one reading",
-            ("202", "BatchResult", "Published; the broker acknowledged"),
+            ("202", "Accepted", "Published; the broker acknowledged"),
             body="Reading",
             errors={
+                "400": _INVALID_READING,
                 "413": "Body over MAX_BODY_BYTES, or a reading over MAX_PAYLOAD_BYTES "
                 "(readingTooLarge), which the gateway would dead-letter.",
-                "503": "Broker (brokerUnavailable) or database (databaseUnavailable) down.",
+                "422": _UNKNOWN_DEVICE,
+                "503": _BROKER_DOWN,
             },
         )
     },
-    "/v1/telemetry/batch": {
-        "post": operation(
-            "Ingest readings",
-            ("202", "BatchResult", "All published"),
-            body="Readings",
-            errors={
-                "207": "Some rejected (reason per reading; a reading over MAX_PAYLOAD_BYTES is "
-                "one of them).",
-                "503": "Broker (brokerUnavailable) or database (databaseUnavailable) down.",
-            },
-        )
-    },
+    "/v1/telemetry/batch": {"post": _ingest_batch()},
 }
 
 
@@ -175,7 +208,7 @@ def document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "fleetgate HTTP API", "version": "1.0.0"},
         "components": {
-            "schemas": {**SCHEMAS, **DEVICE_SCHEMAS},
+            "schemas": {**SCHEMAS, **_INGEST_SCHEMAS, **DEVICE_SCHEMAS},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],

@@ -179,14 +179,6 @@ SCHEMAS: Final[dict[str, Any]] = {
             },
         ],
     },
-    "BatchResult": {
-        "type": "object",
-        "properties": {
-            "accepted": {"type": "integer"},
-            "rejected": {"type": "integer"},
-            "results": {"type": "array", "items": {"type": "object"}},
-        },
-    },
     "Health": {
         "type": "object",
         "properties": {

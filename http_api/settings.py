@@ -39,6 +39,13 @@ OPTIONS: tuple[Option, ...] = (
         "Broker that HTTP ingestion publishes to: mqtt://[user:password@]host[:port].",
         MqttAddress.parse,
     ),
+    _shared(
+        "ENROLMENT",
+        "closed: HTTP ingestion refuses readings of devices that are not registered and active "
+        "(422 unknownDevice; rejected in a batch), as the gateway dead-letters them; open: it "
+        "publishes them and the gateway registers a device by its first reading (trials). Set "
+        "it as the gateway's.",
+    ),
     Option("HTTP_HOST", "http_host", "127.0.0.1", "Address the API listens on.", str),
     Option("HTTP_PORT", "http_port", "8080", "Port the API listens on.", port),
     Option("DB_POOL_SIZE", "db_pool_size", "4", "Connections in the database pool.", positive_int),
@@ -150,6 +157,7 @@ OPTIONS: tuple[Option, ...] = (
 class Settings:
     database_url: str
     mqtt: MqttAddress
+    enrolment: str
     http_host: str
     http_port: int
     db_pool_size: int

@@ -1,17 +1,22 @@
 """Ingestion over HTTP for devices without MQTT: validated exactly as the gateway does (the same
-gateway.readings code), then published to the device's topic so the gateway stays the one writer.
+gateway.readings code), refused under closed enrolment as the gateway refuses it (the same
+gateway.registry question), then published to the device's topic so the gateway stays the one
+writer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Literal, NamedTuple
 
 import msgspec
 from aiohttp import web
+from msgspec import UNSET, UnsetType
 
+from gateway import registry
 from gateway.readings import (
     DEVICE_ID_PATTERN,
     DEVICE_ID_RULE,
@@ -22,7 +27,7 @@ from gateway.readings import (
     nesting_exceeds,
 )
 from http_api.errors import ApiError, InvalidBodyError
-from http_api.keys import PUBLISHER, SETTINGS
+from http_api.keys import POOL, PUBLISHER, SETTINGS
 from http_api.render import json
 
 
@@ -48,6 +53,57 @@ class ReadingTooLargeError(InvalidReadingError):
     code = "readingTooLarge"
 
 
+class UnknownDeviceError(ApiError):
+    """Closed enrolment: the reading is sound but its device is not registered, or disabled.
+    422 rather than 403: the token may ingest (a 403 says it may not), and sending the same
+    reading again cannot succeed until the registry changes."""
+
+    status = 422
+    code = "unknownDevice"
+
+
+class _Device(NamedTuple):
+    """The device a reading names: its kind and id."""
+
+    kind: DeviceKind
+    device_id: str
+
+    @property
+    def topic(self) -> str:
+        return f"fleet/{self.kind}/{self.device_id}"
+
+    @property
+    def id_field(self) -> str:
+        """The reading's field that names the device."""
+        return f"{self.kind}Id"
+
+
+class Accepted(msgspec.Struct):
+    """The reading was published to its device's topic and the broker acknowledged it."""
+
+    status: Literal["accepted"]
+    topic: str
+
+
+class BatchItem(msgspec.Struct):
+    """One reading of a batch: published to its topic, or rejected (code, reason, field)."""
+
+    index: int  # 0 is the first reading of the batch
+    status: Literal["accepted", "rejected"]
+    topic: str | UnsetType = UNSET
+    code: str | UnsetType = UNSET  # what a POST of this reading alone would answer
+    reason: str | UnsetType = UNSET
+    parameter: str | UnsetType = UNSET  # the field at fault, if one is
+
+
+class BatchResult(msgspec.Struct):
+    """202 when every reading was published, 207 when some were, 400 when none was."""
+
+    accepted: int
+    rejected: int
+    results: list[BatchItem]
+
+
 # Checked before msgspec parses anything: it parses nested JSON recursively, and a few thousand
 # levels exhaust the stack (RecursionError, a 500).
 TOO_DEEP: Final = (
@@ -59,8 +115,8 @@ _KIND: Final = msgspec.json.Decoder(_Kind)
 _LIST: Final = msgspec.json.Decoder(list[msgspec.Raw])
 
 
-def _topic(raw: bytes) -> tuple[DeviceKind, str]:
-    """The device's topic; raises InvalidReadingError if the reading does not say which."""
+def _device_of(raw: bytes) -> _Device:
+    """The reading's device; raises InvalidReadingError if the reading does not say which."""
     try:
         probe = _KIND.decode(raw)
     except msgspec.ValidationError as exc:
@@ -86,11 +142,11 @@ def _topic(raw: bytes) -> tuple[DeviceKind, str]:
     if not isinstance(device, str) or not _DEVICE_ID.fullmatch(device):
         shown = repr(device)[:80]
         raise InvalidReadingError(f"invalid {field} {shown}: expected {DEVICE_ID_RULE}", field)
-    return kind, device
+    return _Device(kind, device)
 
 
-def _validate(raw: bytes, now: datetime, limits: Limits) -> str:
-    """The topic a sound reading goes to; InvalidReadingError with the gateway's reason."""
+def _validate(raw: bytes, now: datetime, limits: Limits) -> _Device:
+    """The device of a sound reading; InvalidReadingError with the gateway's reason."""
     if len(raw) > limits.max_payload_bytes:
         raise ReadingTooLargeError(
             f"a reading of {len(raw)} bytes is above the limit of {limits.max_payload_bytes}"
@@ -98,12 +154,29 @@ def _validate(raw: bytes, now: datetime, limits: Limits) -> str:
         )
     if nesting_exceeds(raw):
         raise InvalidReadingError(TOO_DEEP)
-    kind, device = _topic(raw)
-    topic = f"fleet/{kind}/{device}"
-    decoded = decode_message(topic, raw, now, limits)
+    device = _device_of(raw)
+    decoded = decode_message(device.topic, raw, now, limits)
     if decoded.rejects:
         raise InvalidReadingError(decoded.rejects[0].reason)
-    return topic
+    return device
+
+
+async def _refusals(request: web.Request, devices: Iterable[_Device]) -> dict[_Device, ApiError]:
+    """The devices closed enrolment refuses, each with its error, in one query for the whole
+    request; none under open enrolment, where the gateway registers a device by its reading."""
+    named = set(devices)
+    if request.app[SETTINGS].enrolment == "open" or not named:
+        return {}
+    meters = sorted(d.device_id for d in named if d.kind == "meter")
+    vehicles = sorted(d.device_id for d in named if d.kind == "vehicle")
+    async with request.app[POOL].connection() as conn:
+        refused = await registry.refusals(conn, meters, vehicles)
+    # The gateway's dead-letter reason, so both sides refuse in the same words.
+    return {
+        device: UnknownDeviceError(refused[device].reason, device.id_field)
+        for device in named
+        if device in refused
+    }
 
 
 def _limits(request: web.Request) -> Limits:
@@ -115,11 +188,19 @@ def _limits(request: web.Request) -> Limits:
     )
 
 
+def _rejected(index: int, error: ApiError) -> BatchItem:
+    parameter = UNSET if error.parameter is None else error.parameter
+    return BatchItem(index, "rejected", code=error.code, reason=error.message, parameter=parameter)
+
+
 async def one(request: web.Request) -> web.Response:
     raw = await request.read()
-    topic = _validate(raw, datetime.now(UTC), _limits(request))
-    await request.app[PUBLISHER].publish(topic, raw)
-    return json({"status": "accepted", "topic": topic}, status=202)
+    device = _validate(raw, datetime.now(UTC), _limits(request))
+    refusal = (await _refusals(request, [device])).get(device)
+    if refusal is not None:
+        raise refusal
+    await request.app[PUBLISHER].publish(device.topic, raw)
+    return json(Accepted("accepted", device.topic), status=202)
 
 
 async def batch(request: web.Request) -> web.Response:
@@ -137,27 +218,27 @@ async def batch(request: web.Request) -> web.Response:
             f"a batch holds 1 to {settings.max_batch_readings} readings, not {len(elements)}"
         )
     now, limits = datetime.now(UTC), _limits(request)
-    results: list[dict[str, Any]] = []
-    sound: list[tuple[str, bytes]] = []
-    for index, element in enumerate(elements):
-        raw = bytes(element)
+    checked: list[_Device | InvalidReadingError] = []
+    for element in elements:
         try:
-            topic = _validate(raw, now, limits)
+            checked.append(_validate(bytes(element), now, limits))
         except InvalidReadingError as exc:
-            rejected = {"index": index, "status": "rejected", "reason": exc.message}
-            if exc.parameter is not None:
-                rejected["parameter"] = exc.parameter
-            results.append(rejected)
-            continue
-        sound.append((topic, raw))
-        results.append({"index": index, "status": "accepted", "topic": topic})
+            checked.append(exc)
+    refused = await _refusals(request, (d for d in checked if isinstance(d, _Device)))
+    results: list[BatchItem] = []
+    sound: list[tuple[str, bytes]] = []
+    for index, (element, outcome) in enumerate(zip(elements, checked, strict=True)):
+        if isinstance(outcome, InvalidReadingError):
+            results.append(_rejected(index, outcome))
+        elif outcome in refused:
+            results.append(_rejected(index, refused[outcome]))
+        else:
+            sound.append((outcome.topic, bytes(element)))
+            results.append(BatchItem(index, "accepted", topic=outcome.topic))
     publisher = request.app[PUBLISHER]
     # A failure here answers 503: some readings may be stored already, and sending the batch
     # again is safe (a repeated reading is stored once).
     await asyncio.gather(*(publisher.publish(topic, raw) for topic, raw in sound))
     accepted = len(sound)
     status = 202 if accepted == len(elements) else 207 if accepted else 400
-    return json(
-        {"accepted": accepted, "rejected": len(elements) - accepted, "results": results},
-        status=status,
-    )
+    return json(BatchResult(accepted, len(elements) - accepted, results), status=status)

@@ -1,22 +1,26 @@
-"""Helpers of the HTTP API tests: a client that carries tokens, and readings written through the
-gateway's own BatchWriter (so history and rollups are the real thing)."""
+"""Helpers of the HTTP API tests: the app on a test server, a client that carries tokens, and
+readings written through the gateway's own BatchWriter (so history and rollups are the real
+thing)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.batch import Batch, Received
 from gateway.database import Partitions, apply_schema, open_pool
 from gateway.readings import Limits, decode_message
 from gateway.writer import BatchWriter
+from http_api.app import create_app
 from http_api.settings import Settings as ApiSettings
+from http_api.tokens import create_token
 
 # Seeding may go far into the past; the writer trusts what decode_message let through.
 _SEED_LIMITS = Limits(
@@ -100,3 +104,14 @@ class Api:
     def _auth(self, token: str | None) -> dict[str, str]:
         named = {"read": self.read_token, "write": self.write_token, "admin": self.admin_token}
         return self.headers(named.get(token, token) if token else None)
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: ApiSettings) -> AsyncIterator[Api]:
+    """The app with ``settings`` on a test server, and a read, a write and an admin token."""
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings)))
+    async with client:
+        _, read_token = await create_token(settings.database_url, "read", "dashboard")
+        _, write_token = await create_token(settings.database_url, "write", "ops")
+        _, admin_token = await create_token(settings.database_url, "admin", "registry")
+        yield Api(client, settings, read_token, write_token, admin_token)

@@ -79,3 +79,16 @@ def _refs(node: Any) -> list[str]:
     if isinstance(node, list):
         return [ref for value in node for ref in _refs(value)]
     return []
+
+
+async def test_ingestion_documents_what_closed_enrolment_answers(api: Api) -> None:
+    _, document = await api.get("/openapi.json")
+    one = document["paths"]["/v1/telemetry"]["post"]["responses"]
+    assert "unknownDevice" in one["422"]["description"]
+    assert one["202"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Accepted"
+    }
+    batch = document["paths"]["/v1/telemetry/batch"]["post"]["responses"]
+    assert "unknownDevice" in batch["207"]["description"]
+    item = document["components"]["schemas"]["BatchItem"]["properties"]
+    assert set(item) == {"index", "status", "topic", "code", "reason", "parameter"}
