@@ -1,5 +1,6 @@
 """``python -m gateway``: run the ingestion gateway until SIGTERM or SIGINT;
-``python -m gateway migrate``: bring the database's schema up to date, and exit."""
+``python -m gateway migrate``: bring the database's schema up to date (and the services' logins
+of DATABASE_LOGINS), and exit."""
 
 from __future__ import annotations
 
@@ -14,10 +15,19 @@ from collections.abc import Mapping
 
 import psycopg
 
-from gateway.env_options import DATABASE_URL_OPTION, read_options
+from gateway.database_logins import (
+    DATABASE_LOGINS_OPTION,
+    DatabaseLogin,
+    DatabaseLoginError,
+    ensure_logins,
+    logins_of,
+)
+from gateway.env_options import DATABASE_URL_OPTION, describe_options, read_options
 from gateway.schema import SchemaVersionError, apply_schema
 from gateway.service import Gateway, TaskDiedError
-from gateway.settings import OPTIONS, Settings, SettingsError, describe_options
+from gateway.settings import OPTIONS, Settings, SettingsError
+
+_MIGRATE_OPTIONS = (DATABASE_URL_OPTION, DATABASE_LOGINS_OPTION)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         "migrate",
         help="apply the schema and the migrations that DATABASE_URL's database lacks, and exit:"
         " run as the schema's owner, before services that connect with their own roles",
+        epilog=describe_options(_MIGRATE_OPTIONS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     migrate.add_argument(
         "--repair", action="store_true", help="also apply schema.sql again: make what is missing"
@@ -54,20 +66,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _migrate(environ: Mapping[str, str], *, repair: bool) -> int:
-    """0 once the schema is current (its version printed), else 1 and the reason in one line."""
+    """0 once the schema is current (its version printed) and the logins made, else 1 and the
+    reason in one line."""
     try:
-        database_url = read_options((DATABASE_URL_OPTION,), environ)["database_url"]
+        options = read_options(_MIGRATE_OPTIONS, environ)
+        logins = logins_of(options["database_logins"], environ)
     except SettingsError as exc:
         print(f"fleetgate: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        version = asyncio.run(apply_schema(database_url, force=repair))
-    except (psycopg.Error, OSError, SchemaVersionError) as exc:
+        version = asyncio.run(_migrate_and_make_logins(options["database_url"], logins, repair))
+    except (psycopg.Error, OSError, SchemaVersionError, DatabaseLoginError) as exc:
         print(f"fleetgate: migrate failed: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     print(f"fleetgate: the schema is at version {version}")
+    for login in logins:
+        print(f"fleetgate: login {login.name}, a member of {login.group}: password set")
     return 0
+
+
+async def _migrate_and_make_logins(
+    database_url: str, logins: list[DatabaseLogin], repair: bool
+) -> int:
+    version = await apply_schema(database_url, force=repair)
+    if logins:
+        await ensure_logins(database_url, logins)
+    return version
 
 
 async def _serve(settings: Settings) -> int:
