@@ -1,5 +1,6 @@
-# The image of the gateway and the HTTP API (docker-compose.yml runs one container of each):
-# `python -m gateway` by default, `python -m http_api` when given as the command.
+# The image of every fleetgate process: `python -m gateway` by default; docker-compose.yml also
+# runs it as `python -m gateway migrate`, `python -m http_api`, `python -m gateway.broker_sync`
+# and the simulator. It runs unprivileged; database rights come from each service's login.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -9,16 +9,30 @@ from __future__ import annotations
 
 import importlib
 import re
+import urllib.parse
 from pathlib import PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
 
+from gateway.database_logins import DATABASE_LOGINS_OPTION, LoginSpec, logins_of
+from gateway.env_options import DATABASE_URL_OPTION, read_options
 from tests.services import PROJECT
 
 COMPOSE = PROJECT / "docker-compose.yml"
 APP_SERVICES = ("gateway", "http_api")
+# The one-shot service that migrates as the superuser and makes the services' logins; every
+# other service that connects to PostgreSQL does so with the login of its group role.
+MIGRATE = "migrate"
+ONE_SHOT = (MIGRATE, "broker-init")
+DATABASE_GROUPS = {
+    "gateway": "fleetgate_gateway",
+    "http_api": "fleetgate_api",
+    "broker-init": "fleetgate_api",
+    "broker-sync": "fleetgate_api",
+}
+FROM_DOT_ENV = re.compile(r"\$\{(\w+):\?set it in \.env\}")
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +56,12 @@ def settings_module(package: str) -> Any:
 
 
 def test_every_service_is_there_with_its_image(services: dict[str, Any]) -> None:
-    assert set(services) >= {"mosquitto", "postgres", "gateway", "http_api", "simulator"}
+    assert set(services) >= {MIGRATE, "mosquitto", "postgres", "gateway", "http_api", "simulator"}
     assert services["mosquitto"]["image"] == "eclipse-mosquitto:2"
     assert services["postgres"]["image"] == "postgres:15"
-    for name in (*APP_SERVICES, "simulator"):
+    for name in (MIGRATE, *APP_SERVICES, "simulator"):
         assert services[name]["build"] == ".", name
+    assert services[MIGRATE]["command"] == ["python", "-m", "gateway", "migrate"]
     assert services["gateway"]["command"] == ["python", "-m", "gateway"]
     assert services["http_api"]["command"] == ["python", "-m", "http_api"]
     assert "python -m gateway.simulate" in " ".join(services["simulator"]["command"])
@@ -84,6 +99,75 @@ def test_environment_names_are_ones_the_program_reads(
     env = environment(services[package])
     assert set(env) <= known, f"{package} does not read {sorted(set(env) - known)}"
     module.Settings.from_env(env)  # and the values parse
+
+
+def login_specs(services: dict[str, Any]) -> dict[str, LoginSpec]:
+    """The logins migrate makes (DATABASE_LOGINS), by name."""
+    text = environment(services[MIGRATE])["DATABASE_LOGINS"]
+    return {spec.name: spec for spec in DATABASE_LOGINS_OPTION.parse(text)}
+
+
+def database_login(service: dict[str, Any]) -> tuple[str, str]:
+    """The user and password of the service's DATABASE_URL, as written (``${...}`` included)."""
+    url = environment(service)["DATABASE_URL"]
+    found = re.fullmatch(r"postgresql://([^:@/]+):([^@]+)@postgres:5432/(\w+)", url)
+    assert found, url
+    return urllib.parse.unquote(found[1]), found[2]
+
+
+def test_migrate_is_given_only_what_it_reads(services: dict[str, Any]) -> None:
+    env = environment(services[MIGRATE])
+    specs = login_specs(services)
+    variables = {spec.password_variable for spec in specs.values()}
+    assert set(env) == {"DATABASE_URL", "DATABASE_LOGINS", *variables}
+    options = read_options((DATABASE_URL_OPTION, DATABASE_LOGINS_OPTION), env)
+    assert len(logins_of(options["database_logins"], env)) == len(specs)
+
+
+def test_only_migrate_connects_as_the_superuser_every_other_service_as_its_role(
+    services: dict[str, Any],
+) -> None:
+    superuser = services["postgres"]["environment"]["POSTGRES_USER"]
+    assert database_login(services[MIGRATE])[0] == superuser
+    specs = login_specs(services)
+    connecting = {
+        name for name, service in services.items() if "DATABASE_URL" in environment(service)
+    }
+    assert connecting == {MIGRATE, *DATABASE_GROUPS}, "a new service needs its role here"
+    for name, group in DATABASE_GROUPS.items():
+        user, _ = database_login(services[name])
+        assert user not in {superuser, "postgres"}, f"{name} connects as the superuser"
+        assert user in specs, f"{name} connects as {user}, a login migrate does not make"
+        assert specs[user].group == group, f"{name} connects as a member of {specs[user].group}"
+    assert "fleetgate_owner" not in {spec.group for spec in specs.values()}
+    # The read-only login (Grafana, analysts) is made, and documented in the file.
+    [readonly] = [spec.name for spec in specs.values() if spec.group == "fleetgate_readonly"]
+    assert f"postgresql://{readonly}:" in COMPOSE.read_text()
+
+
+def dot_env_variable(value: str) -> str:
+    """NAME of a value that is exactly ``${NAME:?set it in .env}``: compose refuses to start
+    until .env sets it, and nothing in the file is a default password."""
+    found = FROM_DOT_ENV.fullmatch(value)
+    assert found, f"{value!r} is not ${{NAME:?set it in .env}}"
+    return found[1]
+
+
+def test_every_database_password_comes_from_dot_env(services: dict[str, Any]) -> None:
+    specs = login_specs(services)
+    migrate_env = environment(services[MIGRATE])
+    _, superuser_password = database_login(services[MIGRATE])
+    assert superuser_password == services["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    superuser_variable = dot_env_variable(superuser_password)
+    for name in DATABASE_GROUPS:
+        user, password = database_login(services[name])
+        assert dot_env_variable(password) == specs[user].password_variable, name
+    for spec in specs.values():
+        assert dot_env_variable(migrate_env[spec.password_variable]) == spec.password_variable
+    # A password of its own for each login, and none is the superuser's.
+    variables = [spec.password_variable for spec in specs.values()]
+    assert len(set(variables)) == len(variables)
+    assert superuser_variable not in variables
 
 
 def test_the_broker_refuses_anonymous_clients_and_takes_logins_from_the_registry(
@@ -139,9 +223,11 @@ def test_every_long_running_service_has_a_health_check(services: dict[str, Any])
     )
 
 
-def test_services_start_only_after_what_they_need_is_healthy(services: dict[str, Any]) -> None:
+def test_services_start_only_after_what_they_need_is_ready(services: dict[str, Any]) -> None:
     expected = {
-        "gateway": {"mosquitto", "postgres"},
+        MIGRATE: {"postgres"},
+        "broker-init": {MIGRATE},
+        "gateway": {MIGRATE, "mosquitto", "postgres"},
         "http_api": {"gateway", "mosquitto", "postgres"},
         "simulator": {"gateway", "mosquitto"},
         "broker-sync": {"mosquitto"},
@@ -150,8 +236,20 @@ def test_services_start_only_after_what_they_need_is_healthy(services: dict[str,
         depends = services[name]["depends_on"]
         assert set(depends) == needs, name
         for dependency, condition in depends.items():
-            assert condition == {"condition": "service_healthy"}, f"{name} -> {dependency}"
-            assert "healthcheck" in services[dependency], dependency
+            if dependency in ONE_SHOT:
+                assert condition == {"condition": "service_completed_successfully"}, name
+                assert "restart" not in services[dependency], dependency
+            else:
+                assert condition == {"condition": "service_healthy"}, f"{name} -> {dependency}"
+                assert "healthcheck" in services[dependency], dependency
+
+    def after_migrate(name: str) -> bool:
+        return name == MIGRATE or any(
+            after_migrate(d) for d in services[name].get("depends_on", {})
+        )
+
+    for name in DATABASE_GROUPS:
+        assert after_migrate(name), f"{name} may start before its login exists"
 
 
 def test_published_ports_are_local_only(services: dict[str, Any]) -> None:
@@ -197,6 +295,5 @@ def test_postgres_keeps_its_data_in_a_volume(services: dict[str, Any]) -> None:
     assert "/var/lib/postgresql/data" in mounted
     env = services["postgres"]["environment"]
     assert env["POSTGRES_DB"] == "fleetgate"
-    url = environment(services["gateway"])["DATABASE_URL"]
-    assert url.startswith(f"postgresql://{env['POSTGRES_USER']}:")
-    assert url.endswith(f"/{env['POSTGRES_DB']}")
+    for name in (MIGRATE, *DATABASE_GROUPS):
+        assert environment(services[name])["DATABASE_URL"].endswith(f"/{env['POSTGRES_DB']}")
