@@ -11,7 +11,6 @@ import pytest
 from gateway.batch import Batch, BatchLimits, Received, refused_by_database, to_mwh
 from gateway.readings import Limits, decode_message
 from gateway.settings import OPTIONS, MqttAddress, Settings, SettingsError
-from http_api.settings import OPTIONS as API_OPTIONS
 from tests.services import PROJECT
 
 NOW = datetime(2026, 2, 9, 23, 59, tzinfo=UTC)
@@ -145,10 +144,3 @@ def test_help_lists_every_environment_variable_and_bad_settings_exit_2() -> None
     )
     assert refused.returncode == 2
     assert "BATCH_SIZE='lots'" in refused.stderr
-
-
-def test_readme_documents_every_setting_of_the_gateway_and_the_api() -> None:
-    readme = (PROJECT / "README.md").read_text()
-    options = [*OPTIONS, *API_OPTIONS]
-    missing = [option.env for option in options if f"`{option.env}`" not in readme]
-    assert missing == []
