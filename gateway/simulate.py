@@ -1,147 +1,43 @@
-"""``python -m gateway.simulate``: publish a simulated fleet's readings to the broker at QoS 1;
-with ``--register DATABASE_URL``, first register its devices with their true nominal voltage.
-
-Publishing uses paho directly, one thread, with a bounded window of unacknowledged messages
-(paho reuses message ids and stalls past 65,535 outstanding).
+"""``python -m gateway.simulate``: publish a simulated fleet's readings to the broker at QoS 1,
+all devices over one connection, or (``--device-logins FILE``) each device over its own, logged in
+as itself; with ``--register DATABASE_URL``, first register its devices with their true nominal
+voltage (and keep the secrets they are given in that file).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import csv
 import dataclasses
+import logging
 import os
 import signal
 import sys
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, TextIO
+from pathlib import Path
+from typing import TextIO
 
-import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.registry import register
-from gateway.schema import apply_schema
-from gateway.settings import MqttAddress, SettingsError
+from gateway.broker_logins import device_username
+from gateway.settings import SettingsError
 from gateway.simulated_fleet import Fleet, FleetProfile, Message
+from gateway.simulated_logins import read_device_logins, register_fleet, write_device_logins
+from gateway.simulated_publishers import (
+    DEFAULT_WINDOW,
+    Broker,
+    DevicePublishers,
+    Publisher,
+    PublishError,
+    Stats,
+)
 
-DEFAULT_WINDOW = 1000
+__all__ = ["Pace", "Publisher", "Stats", "build_parser", "live_stream", "main", "publish_messages"]
+
 OLDEST_START = timedelta(days=30)  # the gateway refuses readings older than 31 days
-
-
-class PublishError(Exception):
-    """The broker could not be reached or did not accept the connection."""
-
-
-@dataclasses.dataclass(slots=True)
-class Stats:
-    """What a run did; ``acked`` counts PUBACKs received from the broker."""
-
-    sent: int = 0
-    acked: int = 0
-    readings: int = 0
-    errors: int = 0
-    elapsed_s: float = 0.0
-
-    def line(self) -> str:
-        rate = self.sent / self.elapsed_s if self.elapsed_s else 0.0
-        return (
-            f"sent {self.sent:,}  acked {self.acked:,}  readings {self.readings:,}  "
-            f"rate {rate:,.0f} msg/s  errors {self.errors}  ({self.elapsed_s:.1f} s)"
-        )
-
-
-class Publisher:
-    """A paho client on its own socket, serviced by hand between publishes; at most ``window``
-    QoS 1 messages unacknowledged. Messages published while disconnected are kept by paho and
-    sent again after the reconnect."""
-
-    def __init__(self, address: MqttAddress, client_id: str, window: int = DEFAULT_WINDOW):
-        self.address = address
-        self.window = window
-        self.stats = Stats()
-        self._connected = False
-        self._closing = False
-        self._refused: str | None = None
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv311,
-            clean_session=True,
-        )
-        if address.username:
-            self._client.username_pw_set(address.username, address.password)
-        self._client.max_inflight_messages_set(window)
-        self._client.max_queued_messages_set(0)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_publish = self._on_publish
-
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        if reason.is_failure:
-            self._refused = str(reason)
-        else:
-            self._connected = True
-
-    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, _reason: Any, _p: Any) -> None:
-        if self._connected and not self._closing:
-            self.stats.errors += 1
-        self._connected = False
-
-    def _on_publish(self, _c: Any, _u: Any, _mid: int, _reason: Any, _p: Any) -> None:
-        self.stats.acked += 1
-
-    def connect(self, timeout_s: float = 10.0) -> None:
-        try:
-            self._client.connect(self.address.host, self.address.port, keepalive=30)
-        except OSError as exc:
-            where = f"{self.address.host}:{self.address.port}"
-            raise PublishError(f"cannot reach {where}: {exc}") from None
-        deadline = time.monotonic() + timeout_s
-        while not self._connected:
-            if self._refused or time.monotonic() > deadline:
-                raise PublishError(f"broker did not accept the connection: {self._refused}")
-            self._client.loop(0.05)
-
-    def publish(self, message: Message) -> None:
-        """Publish at QoS 1, first waiting while the window is full."""
-        while self.outstanding >= self.window:
-            self.service(0.05)
-        self._client.publish(message.topic, message.payload, qos=1)  # kept if disconnected
-        self.stats.sent += 1
-        self.stats.readings += message.readings
-        if self.stats.sent % 64 == 0:
-            self.service(0.0)
-
-    @property
-    def outstanding(self) -> int:
-        return self.stats.sent - self.stats.acked
-
-    def service(self, timeout_s: float) -> None:
-        """Read PUBACKs and keep the connection alive; reconnect if it dropped."""
-        if self._client.loop(timeout_s) == mqtt.MQTT_ERR_SUCCESS:
-            return
-        time.sleep(min(0.5, max(timeout_s, 0.05)))
-        try:
-            self._client.reconnect()
-        except OSError:
-            self.stats.errors += 1
-
-    def drain(self, timeout_s: float) -> bool:
-        """Wait for the outstanding acknowledgements; True if all came."""
-        deadline = time.monotonic() + timeout_s
-        while self.outstanding > 0 and time.monotonic() < deadline:
-            self.service(0.05)
-        return self.outstanding == 0
-
-    def disconnect(self) -> None:
-        self._closing = True
-        self._client.disconnect()
-        self._client.loop(0.1)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -168,7 +64,7 @@ def live_stream(fleet: Fleet) -> Iterator[Message]:
 
 
 def publish_messages(
-    publisher: Publisher,
+    publisher: Publisher | DevicePublishers,
     messages: Iterable[Message],
     pace: Pace,
     *,
@@ -250,7 +146,21 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--mqtt-url",
         default=os.environ.get("MQTT_URL", "mqtt://localhost:1883"),
-        help="broker, mqtt://[user:pass@]host[:port] (default: MQTT_URL, else mqtt://localhost:1883)",
+        help="broker, mqtt://[user:pass@]host[:port], or mqtts://... for TLS (port 8883) "
+        "(default: MQTT_URL, else mqtt://localhost:1883)",
+    )
+    add(
+        "--ca-file",
+        metavar="FILE",
+        help="with mqtts://: the CA certificate the broker's certificate is checked against "
+        "(default: the system's CAs)",
+    )
+    add(
+        "--device-logins",
+        metavar="FILE",
+        help="connect each device on its own, logged in as itself (username meter/ID or "
+        "vehicle/ID), with the secrets in this CSV file (columns mqttUsername,secret), which "
+        "--register writes; --mqtt-url then holds no login",
     )
     add("--devices", type=int, default=100, help="chargers: one meter and one vehicle each")
     add("--first-device", type=int, default=1, help="number of the first device (MTR-0001)")
@@ -288,30 +198,62 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--client-id",
         default=f"fleetgate-sim-{uuid.uuid4().hex[:8]}",
-        help="MQTT client id (default: fleetgate-sim-<random>)",
+        help="MQTT client id of the one connection (default: fleetgate-sim-<random>)",
     )
     add("--quiet", action="store_true", help="no progress line on stderr")
     add(
         "--register",
         metavar="DATABASE_URL",
         help="first register the fleet's meters (with their nominal voltage and phases) and "
-        "vehicles (battery capacity) in this database, as a bulk import does",
+        "vehicles (battery capacity) in this database, as a bulk import does; with "
+        "--device-logins, keep their secrets in that file (readable by its owner only): those "
+        "issued to new devices, and a new one for each device the file has none for. With "
+        "--count 0, register only",
     )
     return parser
 
 
-def register_fleet(database_url: str, fleet: Fleet) -> Counter[str]:
-    """Register (or update) the fleet's devices in one transaction, as POST /v1/devices/import
-    does, so that each meter is judged against its own nominal voltage: how many were created,
-    updated and already so. The secrets issued to new devices are not kept (rotate one to
-    connect it with its own login)."""
+def _fail(message: str) -> int:
+    print(f"fleetgate-sim: {message}", file=sys.stderr)
+    return 1
 
-    async def run() -> list[str]:
-        await apply_schema(database_url)
-        async with await psycopg.AsyncConnection.connect(database_url) as conn:
-            return [done.outcome for done in await register(conn, fleet.devices())]
 
-    return Counter(asyncio.run(run()))
+def _register(args: argparse.Namespace, fleet: Fleet, logins_file: Path | None) -> int:
+    kept: dict[str, str] | None = None
+    if logins_file is not None:
+        kept = read_device_logins(logins_file) if logins_file.exists() else {}
+    try:
+        done = register_fleet(args.register, fleet, kept)
+    except psycopg.OperationalError as exc:
+        return _fail(f"cannot register the fleet: {' '.join(str(exc).split())}")
+    outcomes = done.outcomes
+    print(
+        f"registered {outcomes.total()} devices: {outcomes['created']} created, "
+        f"{outcomes['updated']} updated, {outcomes['unchanged']} unchanged",
+        file=sys.stderr,
+    )
+    if logins_file is not None and kept is not None:
+        write_device_logins(logins_file, {**kept, **done.secrets})
+        print(
+            f"device logins in {logins_file}: {len(done.secrets)} new secrets "
+            f"({done.renewed} renewed: the file had none for them)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _device_publishers(
+    args: argparse.Namespace, broker: Broker, fleet: Fleet, logins_file: Path
+) -> DevicePublishers:
+    logins = read_device_logins(logins_file)
+    usernames = [device_username(d.kind, d.device_id) for d in fleet.devices()]
+    missing = [username for username in usernames if username not in logins]
+    if missing:
+        raise PublishError(
+            f"{logins_file} has no secret for {missing[0]} ({len(missing)} devices in all): "
+            f"register the fleet with --register DATABASE_URL --device-logins {logins_file}"
+        )
+    return DevicePublishers(broker, {u: logins[u] for u in usernames}, args.window)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,9 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.devices < 1 or args.array < 1 or args.window < 1 or not args.speed > 0:
         parser.error("--devices, --array, --window and --speed must be positive")
     try:
-        address = MqttAddress.parse(args.mqtt_url)
+        broker = Broker.from_url(args.mqtt_url, args.ca_file)
     except SettingsError as exc:
         parser.error(str(exc))
+    logins_file = Path(args.device_logins) if args.device_logins else None
+    if logins_file is not None and broker.address.username:
+        parser.error("with --device-logins each device logs in as itself: no login in --mqtt-url")
+    logging.basicConfig(format="fleetgate-sim: %(message)s", level=logging.INFO)
     profile = FleetProfile(
         devices=args.devices,
         first_device=args.first_device,
@@ -345,26 +291,26 @@ def main(argv: list[str] | None = None) -> int:
     def request_stop(_signum: int, _frame: object) -> None:
         stop[0] = True
 
-    if args.register:
-        try:
-            done = register_fleet(args.register, fleet)
-        except psycopg.OperationalError as exc:
-            print(f"fleetgate-sim: cannot register the fleet: {' '.join(str(exc).split())}",
-                  file=sys.stderr)  # fmt: skip
-            return 1
-        print(
-            f"registered {done.total()} devices: {done['created']} created, "
-            f"{done['updated']} updated, {done['unchanged']} unchanged",
-            file=sys.stderr,
-        )
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    publisher = Publisher(address, args.client_id, args.window)
     try:
-        publisher.connect()
-    except PublishError as exc:
-        print(f"fleetgate-sim: {exc}", file=sys.stderr)
-        return 1
+        if args.register and _register(args, fleet, logins_file):
+            return 1
+        if args.count == 0:
+            return 0  # nothing to publish: registration only
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        publisher: Publisher | DevicePublishers
+        refused: list[str] = []
+        if logins_file is not None:
+            publisher = _device_publishers(args, broker, fleet, logins_file)
+            refused = publisher.connect()
+        else:
+            publisher = Publisher(broker, args.client_id, args.window)
+            publisher.connect()
+    except (PublishError, OSError, ValueError, csv.Error) as exc:
+        return _fail(str(exc))
+    if refused:
+        more = f" and {len(refused) - 5} more" if len(refused) > 5 else ""
+        _fail(f"the broker refused {', '.join(refused[:5])}{more}: their readings are dropped")
     progress = None if args.quiet else sys.stderr
     try:
         stats = publish_messages(

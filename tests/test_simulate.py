@@ -1,26 +1,34 @@
 """The simulator: its readings are what the gateway accepts and behave like a fleet; its CLI
-publishes them to a real broker."""
+publishes them to a real broker, over one connection or each device logged in as itself."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import random
+import stat
 import sys
 import uuid
+from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import quote
 
 import aiomqtt
 import msgspec
 import psycopg
 import pytest
 
+from gateway.broker_sync import add_login
 from gateway.readings import Limits, MeterReading, VehicleReading, decode_message
 from gateway.registry import DeviceRecord, register
 from gateway.simulate import build_parser, default_start
 from gateway.simulated_fleet import Fleet, FleetProfile, Message, rfc3339
+from gateway.simulated_logins import read_device_logins
 from tests.conftest import StartGateway, count, query, wait_until
 from tests.services import PROJECT, Mosquitto
+from tests.test_broker_sync import execute, syncing
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 LIMITS = Limits(
@@ -258,3 +266,141 @@ async def test_a_registered_fleet_raises_no_false_voltage_alerts(
     assert await query(
         database_url, "SELECT device_name FROM alert WHERE rule = 'voltageOutOfRange'"
     ) == [("M-control",)]
+
+
+@pytest.fixture
+def secure_broker() -> Iterator[Mosquitto]:
+    server = Mosquitto(secure=True)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+async def simulate(*options: str) -> tuple[int, str]:
+    """Run the simulator's CLI to its end: its exit status and what it said on stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.simulate", *options,
+        cwd=PROJECT, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    said = stderr.decode()
+    assert process.returncode is not None
+    assert "Traceback" not in said, said
+    return process.returncode, said
+
+
+async def topics(reader: aiomqtt.Client, count: int, until: bytes | None = None) -> Counter[str]:
+    """Messages per topic: the next ``count``, or (``until``) up to one with that payload."""
+    seen: Counter[str] = Counter()
+    async with asyncio.timeout(30):
+        async for message in reader.messages:
+            seen[str(message.topic)] += 1
+            if seen.total() == count or message.payload == until:
+                return seen
+    raise AssertionError("the reader was disconnected")
+
+
+async def test_each_device_logs_in_as_itself_over_tls_with_the_secrets_register_kept(
+    database_url: str, secure_broker: Mosquitto, tmp_path: Path
+) -> None:
+    """--register with --device-logins keeps the secrets in a file only its owner reads; each
+    device then connects with its own login over TLS, in that run and in later ones; one
+    device's login reaches only its own topic; a device disabled meanwhile is dropped while
+    the others go on."""
+    logins_file = tmp_path / "sim" / "logins.csv"
+    fleet = ["--devices", "3", "--first-device", "8100", "--seed", "3", "--quiet",
+             "--silent-share", "0", "--malformed-share", "0", "--duplicate-share", "0",
+             "--late-share", "0"]  # fmt: skip
+    broker = f"127.0.0.1:{secure_broker.tls_port}"
+    tls = ["--mqtt-url", f"mqtts://{broker}", "--ca-file", str(secure_broker.ca_file)]
+    usernames = {f"{kind}/{prefix}-{n}" for n in (8100, 8101, 8102)
+                 for kind, prefix in (("meter", "MTR"), ("vehicle", "EV"))}  # fmt: skip
+    each = {f"fleet/{username}": 1 for username in usernames}
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def since(minutes: int) -> list[str]:  # each run its own readings
+        return ["--start", rfc3339(now - timedelta(minutes=minutes))]
+
+    reader_secret = await add_login(database_url, "reader", "gateway")
+    async with syncing(database_url, secure_broker):
+        await asyncio.sleep(1.0)  # the first sync and the broker's reload
+        async with aiomqtt.Client(
+            "127.0.0.1", secure_broker.port, username="reader", password=reader_secret
+        ) as reader:
+            await reader.subscribe("fleet/#", qos=1)
+            # Registered and published in one run: each device is let in once broker sync has
+            # reloaded the broker.
+            code, said = await simulate(
+                *tls, *fleet, *since(120), "--flood", "--count", "30",
+                "--register", database_url, "--device-logins", str(logins_file),
+            )  # fmt: skip
+            assert code == 0, said
+            assert "registered 6 devices: 6 created, 0 updated, 0 unchanged" in said
+            assert "6 new secrets" in said
+            assert stat.S_IMODE(logins_file.stat().st_mode) == 0o600
+            logins = read_device_logins(logins_file)
+            assert set(logins) == usernames
+            assert await topics(reader, 30) == {topic: 5 for topic in each}
+
+            # Later runs reuse the file; registering again changes nothing.
+            code, said = await simulate(
+                *tls, *fleet, *since(100), "--flood", "--count", "6",
+                "--device-logins", str(logins_file),
+            )  # fmt: skip
+            assert code == 0, said
+            assert await topics(reader, 6) == each
+            code, said = await simulate(
+                *tls, *fleet, *since(90), "--flood", "--count", "6",
+                "--register", database_url, "--device-logins", str(logins_file),
+            )  # fmt: skip
+            assert code == 0, said
+            assert "0 created, 0 updated, 6 unchanged" in said
+            assert "0 new secrets" in said
+            assert read_device_logins(logins_file) == logins
+            assert await topics(reader, 6) == each
+
+            # One device's login publishing the whole fleet over one connection: the broker
+            # takes its own readings only (and acknowledges the others, as MQTT 3.1.1 does).
+            meter = "meter/MTR-8100"
+            one_login = f"mqtts://{quote(meter, safe='')}:{quote(logins[meter])}@{broker}"
+            code, said = await simulate(
+                "--mqtt-url", one_login, "--ca-file", str(secure_broker.ca_file), *fleet,
+                *since(80), "--flood", "--count", "12",
+            )  # fmt: skip
+            assert code == 0, said
+            assert "acked 12" in said
+            async with aiomqtt.Client(
+                "127.0.0.1", secure_broker.port, username=meter, password=logins[meter]
+            ) as device:
+                await device.publish(f"fleet/{meter}", b"end", qos=1)
+            assert await topics(reader, 0, until=b"end") == {f"fleet/{meter}": 3}
+
+            # A device disabled while the fleet reports is disconnected, then refused and its
+            # readings dropped; the others go on.
+            arrivals: list[tuple[float, str]] = []
+            loop = asyncio.get_running_loop()
+
+            async def record() -> None:
+                async for message in reader.messages:
+                    arrivals.append((loop.time(), str(message.topic)))
+
+            live = [*tls, *fleet, "--rate", "30", "--duration", "8"]
+            async with asyncio.TaskGroup() as tasks:
+                running = tasks.create_task(
+                    simulate(*live, "--device-logins", str(logins_file)), name="simulator"
+                )
+                recorder = tasks.create_task(record(), name="reader")
+                await wait_until(
+                    lambda: asyncio.sleep(0, result=len(arrivals) >= 12), what="some readings"
+                )
+                disable = "UPDATE vehicle SET state = 'disabled' WHERE name = 'EV-8101'"
+                await execute(database_url, disable)
+                disabled_at = loop.time()
+                code, said = await running
+                recorder.cancel()
+            assert code == 1, said  # some of its readings were not delivered
+            assert "the broker refused vehicle/EV-8101" in said
+            later = Counter(topic for at, topic in arrivals if at > disabled_at + 2.0)
+            assert later["fleet/vehicle/EV-8101"] == 0, arrivals
+            assert later["fleet/vehicle/EV-8102"] > 0, arrivals
