@@ -572,6 +572,23 @@ CREATE OR REPLACE TRIGGER broker_login_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON broker_login
     FOR EACH STATEMENT EXECUTE FUNCTION fleetgate_notify_logins_changed();
 
+-- Each gateway's heartbeat (gateway/heartbeat.py): upserted every HEARTBEAT_INTERVAL_S on a
+-- connection of its own, read by the API's GET /health. beat_at is the database's clock, so the
+-- API judges every gateway's age on one clock; stopped_at is set when a gateway stopped on
+-- purpose (SIGTERM), and cleared when it starts again.
+CREATE TABLE IF NOT EXISTS gateway_heartbeat (
+    client_id        text PRIMARY KEY,  -- MQTT_CLIENT_ID: one row per gateway replica
+    host             text NOT NULL,
+    pid              integer NOT NULL,
+    version          text NOT NULL,
+    started_at       timestamptz NOT NULL,
+    beat_at          timestamptz NOT NULL,
+    broker_connected boolean NOT NULL,
+    backlog          integer NOT NULL,  -- readings taken from the broker, not yet committed
+    write_error      text,              -- why its writes fail, while they fail
+    stopped_at       timestamptz
+);
+
 -- Database roles: ownership and rights (the roles are made at the top of this file).
 -- Everything fleetgate made belongs to fleetgate_owner (identity sequences and indexes follow
 -- their table). Partitions are made by fleetgate_ensure_partition, which runs as the owner.
@@ -591,6 +608,7 @@ ALTER TABLE alert_event OWNER TO fleetgate_owner;
 ALTER TABLE vehicle_link OWNER TO fleetgate_owner;
 ALTER TABLE api_token OWNER TO fleetgate_owner;
 ALTER TABLE broker_login OWNER TO fleetgate_owner;
+ALTER TABLE gateway_heartbeat OWNER TO fleetgate_owner;
 ALTER FUNCTION fleetgate_ensure_partition(regclass, date) OWNER TO fleetgate_owner;
 ALTER FUNCTION fleetgate_notify_tokens_changed() OWNER TO fleetgate_owner;
 ALTER FUNCTION fleetgate_notify_logins_changed() OWNER TO fleetgate_owner;
@@ -600,10 +618,11 @@ ALTER AGGREGATE fleetgate_sum(bigint) OWNER TO fleetgate_owner;
 -- parent, whose rights are the ones checked. Identity columns need no right on their sequence.
 REVOKE ALL ON FUNCTION fleetgate_ensure_partition(regclass, date) FROM PUBLIC;
 
--- The gateway: readings with their rollups and live rows, dead letters, alerts and their outbox;
--- it reads the registry, links and history that the alert rules judge. It registers a device
--- only by name (open enrolment) and updates only its live columns, so it can neither enable a
--- disabled device nor set a broker secret; it never deletes, truncates or alters.
+-- The gateway: readings with their rollups and live rows, dead letters, alerts and their outbox,
+-- its heartbeat; it reads the registry, links and history that the alert rules judge. It
+-- registers a device only by name (open enrolment) and updates only its live columns, so it can
+-- neither enable a disabled device nor set a broker secret; it never deletes, truncates or
+-- alters.
 GRANT SELECT ON schema_migration, meter, vehicle, vehicle_link TO fleetgate_gateway;
 GRANT INSERT (name) ON meter, vehicle TO fleetgate_gateway;
 GRANT UPDATE (ts, received_at, consumed_ac_mwh, voltage) ON meter TO fleetgate_gateway;
@@ -612,7 +631,7 @@ GRANT UPDATE (ts, received_at, soc, delivered_dc_mwh, battery_temp) ON vehicle
 GRANT SELECT, INSERT ON meter_reading, vehicle_reading, dead_letter TO fleetgate_gateway;
 GRANT SELECT, INSERT, UPDATE
     ON meter_hourly, vehicle_hourly, meter_daily, vehicle_daily, dead_letter_overflow, alert,
-       alert_event
+       alert_event, gateway_heartbeat
     TO fleetgate_gateway;
 GRANT EXECUTE ON FUNCTION fleetgate_ensure_partition(regclass, date) TO fleetgate_gateway;
 
@@ -621,7 +640,7 @@ GRANT EXECUTE ON FUNCTION fleetgate_ensure_partition(regclass, date) TO fleetgat
 GRANT SELECT
     ON schema_migration, meter, vehicle, meter_reading, vehicle_reading, meter_hourly,
        vehicle_hourly, meter_daily, vehicle_daily, dead_letter, dead_letter_overflow, alert,
-       alert_event, vehicle_link, api_token, broker_login
+       alert_event, vehicle_link, api_token, broker_login, gateway_heartbeat
     TO fleetgate_api;
 GRANT INSERT, UPDATE ON vehicle_link, api_token TO fleetgate_api;
 GRANT INSERT, UPDATE, DELETE ON meter, vehicle, broker_login TO fleetgate_api;
@@ -630,5 +649,5 @@ GRANT INSERT, UPDATE, DELETE ON meter, vehicle, broker_login TO fleetgate_api;
 GRANT SELECT
     ON schema_migration, meter, vehicle, meter_reading, vehicle_reading, meter_hourly,
        vehicle_hourly, meter_daily, vehicle_daily, dead_letter, dead_letter_overflow, alert,
-       alert_event, vehicle_link
+       alert_event, vehicle_link, gateway_heartbeat
     TO fleetgate_readonly;
