@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
@@ -251,6 +252,10 @@ async def _no_repair() -> None:
     pass
 
 
+def _no_count(_: Exception) -> None:
+    pass
+
+
 class BatchWriter:
     """Commits batches, retrying through database outages; never gives up on a batch."""
 
@@ -263,6 +268,7 @@ class BatchWriter:
         on_permanent_error: Callable[[], Awaitable[None]] = _no_repair,
         *,
         open_enrolment: bool = False,
+        on_retry: Callable[[Exception], None] = _no_count,
     ):
         self._pool = pool
         self._partitions = partitions
@@ -270,7 +276,11 @@ class BatchWriter:
         self._on_committed = on_committed
         self._on_permanent_error = on_permanent_error  # counts it, repairs what it can
         self._open_enrolment = open_enrolment
+        self._on_retry = on_retry  # told of each failed attempt that will be tried again
         self.failing: Exception | None = None  # why the last attempt failed, while it fails
+        # How long the latest committed transaction took, from taking a connection to its
+        # commit; read by on_committed (not the time the batch waited, nor failed attempts).
+        self.last_commit_s = 0.0
 
     async def write(self, batch: Batch) -> WriteResult:
         """Write until committed. A batch the database refuses is split to find the culprit,
@@ -282,6 +292,7 @@ class BatchWriter:
                 result = await self._write_once(batch)
             except _TRANSIENT as exc:
                 self.failing = exc
+                self._on_retry(exc)
                 delay = backoff_delay(attempt, self._retry_max_delay_s)
                 attempt += 1
                 logger.warning(
@@ -294,6 +305,7 @@ class BatchWriter:
                 continue
             except Exception as exc:
                 if not _is_the_messages_fault(exc):  # permanent: repair, retry, never ack
+                    self._on_retry(exc)
                     delay = backoff_delay(attempt, self._retry_max_delay_s)
                     attempt += 1
                     await self._permanent_error(batch, exc, delay)
@@ -362,6 +374,7 @@ class BatchWriter:
         return result
 
     async def _write_once(self, batch: Batch) -> WriteResult:
+        started = time.monotonic()
         inserted = 0
         async with self._pool.connection() as conn, conn.transaction():
             cur = conn.cursor()
@@ -378,6 +391,7 @@ class BatchWriter:
                 await _copy(cur, _COPY_DEAD_LETTERS, _DEAD_LETTER_TYPES, dead_letters)
             if overflow:
                 await cur.executemany(_COUNT_OVERFLOW, overflow)
+        self.last_commit_s = time.monotonic() - started
         readings = len(meters) + len(vehicles)
         return WriteResult(
             messages=len(batch),
