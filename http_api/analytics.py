@@ -6,7 +6,7 @@ import dataclasses
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeAlias
 
-from http_api.render import iso, kwh
+from http_api.render import iso, kwh, ratio, tenth
 from http_api.settings import Settings
 
 Status: TypeAlias = Literal["excellent", "good", "warning", "critical", "suspect", "noData"]
@@ -70,7 +70,7 @@ def _coverage(readings: int, seconds: float, interval_s: float) -> float | None:
     expected = seconds / interval_s
     if expected <= 0:
         return None
-    return min(1.0, readings / expected)
+    return ratio(min(1.0, readings / expected))
 
 
 def figures_body(figures: Figures, settings: Settings) -> dict[str, Any]:
@@ -84,11 +84,11 @@ def figures_body(figures: Figures, settings: Settings) -> dict[str, Any]:
         "totalAc": kwh(figures.ac_mwh),
         "totalDc": kwh(figures.dc_mwh),
         "dcWhileLinked": kwh(figures.dc_linked_mwh),
-        "efficiency": efficiency,
+        "efficiency": ratio(efficiency),
         "efficiencyStatus": status_of(efficiency, settings),
-        "avgBatteryTemp": average,
-        "minBatteryTemp": figures.temp_min,
-        "maxBatteryTemp": figures.temp_max,
+        "avgBatteryTemp": tenth(average),
+        "minBatteryTemp": tenth(figures.temp_min),
+        "maxBatteryTemp": tenth(figures.temp_max),
         "readings": {"ac": figures.ac_readings, "dc": figures.dc_readings},
         "coverage": {
             "ac": _coverage(

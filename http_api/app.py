@@ -12,7 +12,7 @@ from gateway.database import apply_schema, open_pool
 from http_api.auth import require_token
 from http_api.background import BackgroundTasks
 from http_api.keys import BACKGROUND, POOL, PUBLISHER, SETTINGS, TOKEN_CACHE
-from http_api.middleware import request_id_and_errors
+from http_api.middleware import cors, known_query_parameters, request_id_and_errors
 from http_api.publisher import Publisher
 from http_api.routes import setup_routes
 from http_api.settings import Settings
@@ -57,7 +57,12 @@ async def _token_changes(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[request_id_and_errors, require_token],
+        middlewares=[
+            cors(settings.cors_origins),
+            request_id_and_errors,
+            require_token,
+            known_query_parameters,
+        ],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings

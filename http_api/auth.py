@@ -49,20 +49,30 @@ def allows(granted: str, needed: Scope) -> bool:
 @web.middleware
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Secure by default: every path but PUBLIC_PATHS needs a valid token of enough scope.
-    Tokens are checked in the database, or in its cache while that hears every revoke."""
+    Tokens are checked in the database, or in its cache while that hears every revoke. A known
+    token then learns that a path does not exist (404) or does not take the method (405, with
+    Allow) before it is told its scope falls short: a read token's POST to a GET route is a
+    405, not a 403 that would send it looking for a write token."""
     if request.path in PUBLIC_PATHS:
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise UnauthorizedError("an Authorization: Bearer <token> header is required")
+        raise UnauthorizedError(
+            "an Authorization: Bearer <token> header is required", token_given=False
+        )
     granted = await request.app[TOKEN_CACHE].look_up(
         hash_token(token.strip()), functools.partial(queries.find_token, request.app[POOL])
     )
     if granted is None:
-        raise UnauthorizedError("unknown or revoked token")
+        raise UnauthorizedError("unknown or revoked token", token_given=True)
+    not_routed = request.match_info.http_exception
+    if not_routed is not None:
+        raise not_routed
     resource = request.match_info.route.resource
     needed = required_scope(request.method, resource.canonical if resource else None)
     if not allows(granted, needed):
-        raise ForbiddenError(f"this endpoint needs a token of scope {needed!r}, not {granted!r}")
+        raise ForbiddenError(
+            f"this endpoint needs a token of scope {needed!r}, not {granted!r}", needed=needed
+        )
     return await handler(request)

@@ -11,10 +11,13 @@ class ApiError(Exception):
     status: ClassVar[int] = 400
     code: ClassVar[str] = "badRequest"
 
-    def __init__(self, message: str, parameter: str | None = None) -> None:
+    def __init__(
+        self, message: str, parameter: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.parameter = parameter
+        self.headers = headers or {}  # sent with the error (WWW-Authenticate, Retry-After)
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -27,6 +30,13 @@ class InvalidParameterError(ApiError):
     """A path or query parameter, or a field of the body, has a value the API cannot use."""
 
     code = "invalidParameter"
+
+
+class UnknownParameterError(ApiError):
+    """The query string names a parameter the endpoint does not take (a typo would otherwise
+    be silently ignored)."""
+
+    code = "unknownParameter"
 
 
 class InvalidBodyError(ApiError):
@@ -48,12 +58,23 @@ class UnauthorizedError(ApiError):
     status = 401
     code = "unauthorized"
 
+    def __init__(self, message: str, *, token_given: bool) -> None:
+        # RFC 6750: a challenge on every 401; an error code only when a token was presented.
+        challenge = 'Bearer realm="fleetgate"'
+        if token_given:
+            challenge += ', error="invalid_token", error_description="unknown or revoked token"'
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
+
 
 class ForbiddenError(ApiError):
     """The token's scope does not allow this endpoint."""
 
     status = 403
     code = "forbidden"
+
+    def __init__(self, message: str, *, needed: str) -> None:
+        challenge = f'Bearer realm="fleetgate", error="insufficient_scope", scope="{needed}"'
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
 
 
 class NotFoundError(ApiError):

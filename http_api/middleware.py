@@ -1,18 +1,28 @@
-"""Request ids, and every error answered as JSON: never a stack trace, never an HTML page."""
+"""The API's HTTP conventions at the edge: request ids; every error answered as JSON (never a
+stack trace, never an HTML page); CORS for the origins allowed; query parameters checked
+against those the endpoint documents."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import uuid
+from collections.abc import Collection
 from typing import Final
 
 import psycopg
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 from psycopg_pool import PoolTimeout
 
-from http_api.errors import ApiError, DatabaseUnavailableError
+from http_api.errors import (
+    ApiError,
+    DatabaseUnavailableError,
+    InvalidParameterError,
+    UnknownParameterError,
+)
+from http_api.openapi import query_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +59,7 @@ async def request_id_and_errors(request: web.Request, handler: Handler) -> web.S
         response = await handler(request)
     except ApiError as exc:
         response = error_response(exc.status, exc.body())
+        response.headers.update(exc.headers)
     except (psycopg.OperationalError, PoolTimeout) as exc:
         # Not the request's fault and not a bug: the database is down or restarting. A short
         # line, not a trace; the client is told to come back.
@@ -85,3 +96,77 @@ async def request_id_and_errors(request: web.Request, handler: Handler) -> web.S
         )
     response.headers[REQUEST_ID_HEADER] = request_id
     return response
+
+
+@web.middleware
+async def known_query_parameters(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A query parameter the endpoint does not document, or one given twice, is a 400 naming
+    it: a typo (``?form=``) would otherwise be ignored and answer for the default window."""
+    resource = request.match_info.route.resource
+    known = _query_parameters().get((request.method, resource.canonical if resource else ""))
+    if known is not None:
+        for name in request.query:
+            if name not in known:
+                takes = ", ".join(sorted(known)) if known else "no query parameters"
+                raise UnknownParameterError(
+                    f"unknown query parameter {name[:80]!r}; this endpoint takes {takes}",
+                    name[:80],
+                )
+            if len(request.query.getall(name)) > 1:
+                raise InvalidParameterError(f"{name!r} is given more than once", name)
+    return await handler(request)
+
+
+@functools.cache
+def _query_parameters() -> dict[tuple[str, str], frozenset[str]]:
+    return query_parameters()
+
+
+# What a browser may send cross-origin besides the safelisted headers, and may read back.
+CORS_REQUEST_HEADERS: Final = "Authorization, Content-Type, X-Request-Id"
+CORS_EXPOSED_HEADERS: Final = "X-Request-Id, Retry-After, WWW-Authenticate"
+# Seconds a browser may reuse a preflight's answer (Chromium caps it at 7200).
+CORS_MAX_AGE_S: Final = 3600
+
+
+def cors(allowed: Collection[str]) -> Middleware:
+    """CORS for the ``allowed`` origins (CORS_ORIGINS; ``*`` for any): a preflight is answered
+    here, before any token is asked for (a browser sends none with it), 204 and the headers
+    for an allowed origin, 204 without them for any other (so the browser refuses); an actual
+    response carries Access-Control-Allow-Origin only for an allowed origin."""
+    any_origin = "*" in allowed
+    origins = frozenset(allowed)
+
+    def allows(origin: str | None) -> bool:
+        return origin is not None and (any_origin or origin.lower() in origins)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        response: web.StreamResponse
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            response = web.Response(status=204)
+            not_routed = request.match_info.http_exception
+            if allows(origin) and isinstance(not_routed, web.HTTPMethodNotAllowed):
+                assert origin is not None
+                response.headers.update(
+                    {
+                        "Access-Control-Allow-Origin": origin,
+                        "Access-Control-Allow-Methods": ", ".join(
+                            sorted(not_routed.allowed_methods)
+                        ),
+                        "Access-Control-Allow-Headers": CORS_REQUEST_HEADERS,
+                        "Access-Control-Max-Age": str(CORS_MAX_AGE_S),
+                    }
+                )
+        else:
+            response = await handler(request)
+            if allows(origin):
+                assert origin is not None
+                response.headers["Access-Control-Allow-Origin"] = origin
+                response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED_HEADERS
+        if origins:
+            response.headers.add("Vary", "Origin")  # the answer depends on it: so must caches
+        return response
+
+    return middleware

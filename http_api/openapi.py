@@ -214,3 +214,17 @@ def document() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": {**_PATHS, **DEVICE_PATHS},
     }
+
+
+def query_parameters() -> dict[tuple[str, str], frozenset[str]]:
+    """The query parameters each operation documents, by (METHOD, path template): the API
+    refuses any other (http_api/middleware.py), so the document is also the check."""
+    return {
+        (method.upper(), path): frozenset(
+            parameter["name"]
+            for parameter in described.get("parameters", [])
+            if parameter["in"] == "query"
+        )
+        for path, operations in document()["paths"].items()
+        for method, described in operations.items()
+    }

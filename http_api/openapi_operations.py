@@ -64,8 +64,10 @@ def operation(
 ) -> dict[str, Any]:
     status, schema, description = ok
     responses: dict[str, Any] = {status: json_content(ref(schema), description)}
-    if params or body:
-        responses["400"] = error("A malformed parameter or body, named in the error.")
+    responses["400"] = error(
+        "A malformed parameter or body (invalidParameter, invalidBody), or a query parameter "
+        "this operation does not take (unknownParameter); the parameter is named in the error."
+    )
     for code, text in (errors or {}).items():
         responses[code] = error(text)
     described: dict[str, Any] = {"summary": summary, "parameters": params or []}

@@ -1,14 +1,27 @@
-"""How values leave the API: times as RFC 3339 UTC, energy in kWh, JSON numbers."""
+"""How values leave the API: times as RFC 3339 UTC, and numbers rounded to what they can mean,
+here and nowhere else: energy to 1 Wh (kWh with 3 decimals), power to 1 W (kW with 3),
+temperatures, voltages and state of charge to 0.1, ratios (efficiency, coverage) to 4
+decimals. A sensor's float32 (30.875 read as 30.87499976158142) and the float noise of
+arithmetic (51.12857999999999 kW) never reach a client."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 from aiohttp import web
 
-MWH_PER_KWH = 1_000_000
+MWH_PER_KWH: Final = 1_000_000
+# Decimals of an alert's value and threshold, by rule: in the unit of its message.
+_ALERT_DECIMALS: Final = {
+    "lowEfficiency": 4,  # a ratio
+    "batteryOverTemp": 1,  # °C
+    "voltageOutOfRange": 1,  # V
+    "deviceOffline": 1,  # seconds silent
+    "dcExceedsAc": 3,  # kWh
+    "badPayloads": 0,  # dead letters
+}
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -18,7 +31,27 @@ def iso(moment: datetime | None) -> str | None:
 
 
 def kwh(mwh: int | None) -> float | None:
-    return None if mwh is None else mwh / MWH_PER_KWH
+    """Exact integer mWh as kWh to the watt-hour."""
+    return None if mwh is None else round(mwh / 1_000) / 1_000  # mWh to Wh, Wh to kWh
+
+
+def kw(value: float) -> float:
+    return round(value, 3)
+
+
+def tenth(value: float | None) -> float | None:
+    """A temperature (°C), a voltage (V) or a state of charge (%)."""
+    return None if value is None else round(value, 1)
+
+
+def ratio(value: float | None) -> float | None:
+    """An efficiency (DC/AC) or a coverage (0-1)."""
+    return None if value is None else round(value, 4)
+
+
+def alert_number(rule: str, value: float | None) -> float | None:
+    """An alert's value or threshold, in its rule's unit (4 decimals for a rule unknown here)."""
+    return None if value is None else round(value, _ALERT_DECIMALS.get(rule, 4))
 
 
 def json(data: Any, status: int = 200) -> web.Response:

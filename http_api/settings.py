@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, Final, Self
 
 from gateway.env_options import (
     DATABASE_URL_OPTION,
@@ -30,6 +31,19 @@ def _shared(env: str, help_text: str) -> Option:
     return dataclasses.replace(option, help=help_text)
 
 
+# An origin as a browser sends it: scheme, host and an optional port; no path, no slash.
+_ORIGIN: Final = re.compile(r"https?://(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def origins(text: str) -> frozenset[str]:
+    """CORS_ORIGINS: origins separated by commas or spaces, or * for any origin."""
+    named = {origin.lower() for origin in re.split(r"[\s,]+", text.strip()) if origin}
+    for origin in named:
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ValueError(f"{origin!r} is not an origin such as https://dashboard.example.com")
+    return frozenset(named)
+
+
 OPTIONS: tuple[Option, ...] = (
     DATABASE_URL_OPTION,
     Option(
@@ -48,6 +62,14 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("HTTP_HOST", "http_host", "127.0.0.1", "Address the API listens on.", str),
     Option("HTTP_PORT", "http_port", "8080", "Port the API listens on.", port),
+    Option(
+        "CORS_ORIGINS",
+        "cors_origins",
+        "",
+        "Web origins whose pages may call the API from a browser (CORS), separated by commas: "
+        "https://dashboard.example.com; * for any. Empty: none (browsers refuse other origins).",
+        origins,
+    ),
     Option("DB_POOL_SIZE", "db_pool_size", "4", "Connections in the database pool.", positive_int),
     Option(
         "TOKEN_CACHE_S",
@@ -160,6 +182,7 @@ class Settings:
     enrolment: str
     http_host: str
     http_port: int
+    cors_origins: frozenset[str]
     db_pool_size: int
     token_cache_s: float
     online_silence_s: float

@@ -14,7 +14,7 @@ from http_api import params
 from http_api.alert_queries import AlertFilter, Row, alert_page
 from http_api.errors import InvalidParameterError
 from http_api.keys import POOL
-from http_api.render import iso, json
+from http_api.render import alert_number, iso, json
 
 STATES: Final = ("active", "cleared")
 _Key = tuple[datetime, Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]]
@@ -42,9 +42,9 @@ def _alert_body(row: Row) -> dict[str, Any]:
         "state": state,
         "deviceId": row["device_name"],
         "deviceKind": row["device_kind"],
-        "value": row["value"],
-        "threshold": row["threshold"],
-        "clearValue": row["clear_value"],
+        "value": alert_number(row["rule"], row["value"]),
+        "threshold": alert_number(row["rule"], row["threshold"]),
+        "clearValue": alert_number(row["rule"], row["clear_value"]),
         "raisedAt": iso(row["raised_at"]),
         "clearedAt": iso(row["cleared_at"]),
         "message": message,

@@ -21,7 +21,7 @@ from http_api.analytics import (
 from http_api.errors import NotFoundError
 from http_api.fleet_queries import AcSums, VehicleSums, fleet_sums
 from http_api.keys import POOL, SETTINGS
-from http_api.render import iso, json, kwh
+from http_api.render import iso, json, kwh, ratio
 from http_api.rollup_queries import Grouping, Stream, vehicle_sums
 from http_api.settings import Settings
 
@@ -215,7 +215,9 @@ async def fleet(request: web.Request) -> web.Response:
                 "totalDc": kwh(fleet.total_dc),
                 "matchedAc": kwh(fleet.matched_ac),
                 "matchedDc": kwh(fleet.matched_dc),
-                "efficiency": fleet.matched_dc / fleet.matched_ac if fleet.matched_ac else None,
+                "efficiency": ratio(fleet.matched_dc / fleet.matched_ac)
+                if fleet.matched_ac
+                else None,
                 "byStatus": dict(fleet.statuses),
             },
             "below": below,

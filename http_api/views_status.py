@@ -10,7 +10,7 @@ from aiohttp import web
 from http_api import params, queries
 from http_api.errors import NotFoundError
 from http_api.keys import POOL, SETTINGS
-from http_api.render import iso, json, kwh
+from http_api.render import iso, json, kw, kwh, tenth
 from http_api.settings import Settings
 
 
@@ -27,9 +27,9 @@ def _vehicle_body(row: queries.Row) -> dict[str, Any]:
         "takenAt": iso(row["ts"]),
         "receivedAt": iso(row["received_at"]),
         "firstSeenAt": iso(row["first_seen_at"]),
-        "soc": row["soc"],
+        "soc": tenth(row["soc"]),
         "deliveredDc": kwh(row["delivered_dc_mwh"]),
-        "batteryTemp": row["battery_temp"],
+        "batteryTemp": tenth(row["battery_temp"]),
         "meterId": row["meter_id"],
     }
 
@@ -59,7 +59,7 @@ async def meter(request: web.Request) -> web.Response:
             "receivedAt": iso(row["received_at"]),
             "firstSeenAt": iso(row["first_seen_at"]),
             "consumedAc": kwh(row["consumed_ac_mwh"]),
-            "voltage": row["voltage"],
+            "voltage": tenth(row["voltage"]),
             "vehicleId": row["vehicle_id"],
         }
     )
@@ -81,7 +81,7 @@ async def overview(request: web.Request) -> web.Response:
                 "charging": row["vehicles_charging"],
                 "batteryTempWarning": row["vehicles_warning"],
             },
-            "fleetPowerKw": float(power_kw),
+            "fleetPowerKw": kw(power_kw),
             "onlineSilenceSeconds": settings.online_silence_s,
         }
     )

@@ -148,6 +148,7 @@ async def test_a_link_between_registered_devices_made_before_they_report_is_exac
     )
     assert status == 200, figures
     ac_mwh, dc_mwh = 1_234_567 + 2_500_000 + 1, 1_100_000 + 2_200_000 + 1
-    assert (figures["totalAc"], figures["dcWhileLinked"]) == (ac_mwh / 1e6, dc_mwh / 1e6)
-    assert figures["efficiency"] == dc_mwh / ac_mwh  # exact: integer mWh on both sides
+    # kWh to the Wh and ratios to 4 decimals, of exact integer mWh on both sides
+    assert (figures["totalAc"], figures["dcWhileLinked"]) == (3.735, 3.3)
+    assert figures["efficiency"] == round(dc_mwh / ac_mwh, 4)
     assert figures["readings"] == {"ac": 3, "dc": 3}
