@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from datetime import UTC, date, datetime
 
 from gateway.dead_letter_cap import Suppressed
-from gateway.readings import Decoded, MeterReading, Reject
+from gateway.reading_kinds import KINDS, MeterRow, VehicleRow
+from gateway.readings import Decoded, Reject
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -29,16 +30,6 @@ class Received:
     def items(self) -> int:
         """What it costs to hold and write: its readings and its dead letters."""
         return len(self.decoded.readings) + len(self.decoded.rejects) + 1
-
-
-MeterRow = tuple[str, datetime, int, float, datetime]
-VehicleRow = tuple[str, datetime, int, float, float, datetime]
-MWH_PER_KWH = 1_000_000
-
-
-def to_mwh(kwh: float) -> int:
-    """Energy as stored: whole milliwatt-hours, so that every sum is exact."""
-    return round(kwh * MWH_PER_KWH)
 
 
 DeadLetterRow = tuple[datetime, str, str | None, str | None, str, bytes, int]
@@ -123,29 +114,14 @@ class Batch:
                 )
                 dead.append(_dead_letter_row(message, whole))
                 continue
-            for reading in decoded.readings:
-                assert name is not None  # a reading always comes with its device
-                if isinstance(reading, MeterReading):
-                    meters.append(
-                        (
-                            name,
-                            reading.timestamp,
-                            to_mwh(reading.kwh_consumed_ac),
-                            reading.voltage,
-                            message.received_at,
-                        )
-                    )
-                else:
-                    vehicles.append(
-                        (
-                            name,
-                            reading.timestamp,
-                            to_mwh(reading.kwh_delivered_dc),
-                            reading.soc,
-                            reading.battery_temp,
-                            message.received_at,
-                        )
-                    )
+            if decoded.readings:
+                # a reading always comes with its device
+                assert name is not None
+                assert decoded.device_kind is not None
+                row = KINDS[decoded.device_kind].row
+                rows = meters if decoded.device_kind == "meter" else vehicles
+                for reading in decoded.readings:
+                    rows.append(row(name, reading, message.received_at))
             dead.extend(_dead_letter_row(message, reject) for reject in decoded.rejects)
         return meters, vehicles, dead, sorted(overflow.values())  # in key order: no deadlock
 
@@ -153,9 +129,10 @@ class Batch:
         """(kind, UTC day) pairs the readings fall in: the partitions they need."""
         days: set[tuple[str, date]] = set()
         for message in self.messages:
-            for reading in message.decoded.readings:
-                kind = "meter" if isinstance(reading, MeterReading) else "vehicle"
-                days.add((kind, reading.timestamp.astimezone(UTC).date()))
+            decoded = message.decoded
+            for reading in decoded.readings:
+                assert decoded.device_kind is not None  # a reading always comes with its device
+                days.add((decoded.device_kind, reading.timestamp.astimezone(UTC).date()))
         return days
 
 

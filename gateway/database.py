@@ -1,43 +1,28 @@
-"""The database connection pool and the daily history partitions."""
+"""The database connection pool: connections checked before use, each with the write side's
+staging tables."""
 
 from __future__ import annotations
 
-import logging
 import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, date, datetime, timedelta
-from typing import Any, Final
+from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.partitions import Partitions
 from gateway.schema import apply_schema
+from gateway.write_statements import STAGING_DDL
 
-# apply_schema moved to gateway.schema; the API, the tests and the benchmarks still take it here.
-__all__ = ["HISTORY_TABLES", "Partitions", "apply_schema", "open_pool"]
-
-logger = logging.getLogger(__name__)
-
-HISTORY_TABLES: Final = {"meter": "meter_reading", "vehicle": "vehicle_reading"}
-
-# Per-connection staging tables for binary COPY. ON COMMIT DELETE ROWS empties them at each
-# commit, so they never grow (temporary tables are never autovacuumed).
-_STAGING_DDL: Final = """
-CREATE TEMP TABLE IF NOT EXISTS meter_stage (
-    name text, ts timestamptz, consumed_ac_mwh bigint, voltage real,
-    received_at timestamptz
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS vehicle_stage (
-    name text, ts timestamptz, delivered_dc_mwh bigint, soc real, battery_temp real,
-    received_at timestamptz
-) ON COMMIT DELETE ROWS;
-"""
+# Partitions (gateway.partitions) and apply_schema (gateway.schema) have modules of their own;
+# the gateway's service, the API, some tests and the benchmarks still import them from here.
+__all__ = ["Partitions", "apply_schema", "open_pool"]
 
 
 async def _configure(conn: psycopg.AsyncConnection[object]) -> None:
-    await conn.execute(_STAGING_DDL.encode())
+    await conn.execute(STAGING_DDL.encode())
     await conn.commit()  # else the pool sees the connection left in a transaction
 
 
@@ -82,41 +67,3 @@ async def open_pool(
     )
     async with pool:
         yield pool
-
-
-class Partitions:
-    """Creates daily history partitions ahead of time, and on demand for the days a batch needs."""
-
-    def __init__(self, pool: AsyncConnectionPool) -> None:
-        self._pool = pool
-        self._known: set[tuple[str, date]] = set()
-
-    async def ensure(self, days: set[tuple[str, date]]) -> None:
-        missing = days - self._known
-        if not missing:
-            return
-        async with self._pool.connection() as conn:
-            for kind, day in sorted(missing):
-                await conn.execute(
-                    "SELECT fleetgate_ensure_partition(%s::regclass, %s)",
-                    (HISTORY_TABLES[kind], day),
-                )
-                await conn.commit()  # one short lock per partition
-                self._known.add((kind, day))
-        logger.info(
-            "history partitions ready: %s", ", ".join(f"{k} {d}" for k, d in sorted(missing))
-        )
-
-    async def ensure_ahead(self, days_ahead: int, now: datetime | None = None) -> None:
-        today = (now or datetime.now(UTC)).date()
-        await self.ensure(
-            {
-                (kind, today + timedelta(days=offset))
-                for kind in HISTORY_TABLES
-                for offset in range(-1, days_ahead + 1)
-            }
-        )
-
-    def forget(self) -> None:
-        """Forget what was seen: a partition may have been dropped (retention) meanwhile."""
-        self._known.clear()

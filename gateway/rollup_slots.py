@@ -1,5 +1,6 @@
 """The parts kept inside rollup rows, as SQL fragments for whoever writes those rows (the
-gateway's writer and the API benchmark's generator); schema.sql declares the columns.
+gateway's writer, gateway/write_statements.py, and the rebuild from history,
+gateway/rollup_rebuild.py); schema.sql declares the columns.
 
 - the 10-minute slots of the hourly rollups (slotK_mwh, slotK_readings: minutes 10K to 10K + 9
   of the hour);

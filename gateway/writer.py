@@ -1,5 +1,6 @@
 """Writes a batch in one transaction: binary COPY into staging, then history, live rows and
-dead letters. The write side's SQL lives here."""
+dead letters (the statements: gateway/write_statements.py); retries it through outages and
+splits it to find a message the database refuses."""
 
 from __future__ import annotations
 
@@ -15,200 +16,16 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway import registry
 from gateway.batch import Batch, is_refusal, refused_by_database
-from gateway.database import Partitions
-from gateway.rollup_slots import (
-    HOUR_OF_DAY,
-    HOURS,
-    SLOT_OF_TS,
-    additions,
-    hour_columns,
-    part_pivot,
-    slot_columns,
-    slot_pivot,
-)
+from gateway.partitions import Partitions
 from gateway.waiting import backoff_delay
+from gateway.write_statements import (
+    COPY_DEAD_LETTERS,
+    COUNT_OVERFLOW,
+    DEAD_LETTER_TYPES,
+    STATEMENTS,
+)
 
 logger = logging.getLogger(__name__)
-
-_COPY_METERS: Final = (
-    "COPY meter_stage (name, ts, consumed_ac_mwh, voltage, received_at) FROM STDIN (FORMAT BINARY)"
-)
-_METER_TYPES: Final = ["text", "timestamptz", "int8", "float4", "timestamptz"]
-_COPY_VEHICLES: Final = (
-    "COPY vehicle_stage (name, ts, delivered_dc_mwh, soc, battery_temp, received_at)"
-    " FROM STDIN (FORMAT BINARY)"
-)
-_VEHICLE_TYPES: Final = ["text", "timestamptz", "int8", "float4", "float4", "timestamptz"]
-_COPY_DEAD_LETTERS: Final = (
-    "COPY dead_letter (received_at, topic, device_kind, device_name, reason, payload,"
-    " payload_bytes) FROM STDIN (FORMAT BINARY)"
-)
-_DEAD_LETTER_TYPES: Final = ["timestamptz", "text", "text", "text", "text", "bytea", "int4"]
-# One row per device and minute: the first batch inserts it with its sample, later ones add.
-_COUNT_OVERFLOW: Final = b"""
-INSERT INTO dead_letter_overflow AS o (window_start, device_kind, device_name, dead_letters,
-    last_received_at, sample_reason, sample_payload, sample_bytes)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (device_kind, device_name, window_start) DO UPDATE SET
-    dead_letters = o.dead_letters + EXCLUDED.dead_letters,
-    last_received_at = greatest(o.last_received_at, EXCLUDED.last_received_at)
-"""
-
-# New devices only: ON CONFLICT alone would draw an identity value for every staged row.
-_REGISTER_METERS: Final = """
-INSERT INTO meter (name)
-SELECT DISTINCT s.name FROM meter_stage s
-WHERE NOT EXISTS (SELECT 1 FROM meter m WHERE m.name = s.name)
-ON CONFLICT (name) DO NOTHING
-"""
-# Daily rollups, with each hour's sums, from the hour groups of the same statement, for either
-# kind.
-_ROLLED_DAILY: Final = """rolled_daily AS (
-    INSERT INTO {kind}_daily AS d ({device}, day, {energy}, readings, {hour_columns})
-    SELECT {device}, date_bin('1 day', hour, '2000-01-01 00:00:00+00') AS day,
-           sum({energy})::bigint, sum(readings)::int, {hour_pivot}
-    FROM (SELECT {device}, hour, {energy}, readings, {hour_of_day} AS hour_of_day FROM hours) h
-    GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT ({device}, day) DO UPDATE SET
-        {energy} = d.{energy} + EXCLUDED.{energy},
-        readings = d.readings + EXCLUDED.readings,
-        {hour_additions}
-)"""
-
-
-def _rollup_fragments(kind: str, device: str, energy: str) -> dict[str, str]:
-    """What the two history statements below share, filled in for one kind."""
-    daily = {
-        "kind": kind,
-        "device": device,
-        "energy": energy,
-        "hour_columns": hour_columns(),
-        "hour_pivot": part_pivot("hour", HOURS, energy, key="hour_of_day"),
-        "hour_of_day": HOUR_OF_DAY,
-        "hour_additions": additions("d", hour_columns()),
-    }
-    return {
-        "slot_columns": slot_columns(),
-        "slot_pivot": slot_pivot(),
-        "slot_of_ts": SLOT_OF_TS,
-        "slot_additions": additions("h", slot_columns()),
-        "rolled_daily": _ROLLED_DAILY.format(**daily),
-    }
-
-
-# History and its rollups (hourly with 10-minute slots, daily with each hour's sums) in one
-# statement: the rollups add up only the rows that were really inserted, so a duplicate never
-# counts twice. Rows are taken in key order so that two gateways updating the same rollup rows
-# lock them in the same order (no deadlock).
-_INSERT_METER_HISTORY: Final = """
-WITH inserted AS (
-    INSERT INTO meter_reading (ts, consumed_ac_mwh, meter_id, voltage)
-    SELECT s.ts, s.consumed_ac_mwh, m.meter_id, s.voltage
-    FROM meter_stage s JOIN meter m ON m.name = s.name
-    ON CONFLICT DO NOTHING
-    RETURNING meter_id, ts, consumed_ac_mwh, voltage
-), slots AS (
-    -- by slot first: an array of readings gives a few slots, and the pivot below reads those
-    SELECT meter_id, date_bin('1 hour', ts, '2000-01-01 00:00:00+00') AS hour,
-           {slot_of_ts} AS slot, sum(consumed_ac_mwh)::bigint AS energy, count(*)::int AS readings,
-           min(voltage) AS voltage_min, max(voltage) AS voltage_max
-    FROM inserted GROUP BY 1, 2, 3
-), hours AS (
-    SELECT meter_id, hour, sum(energy)::bigint AS consumed_ac_mwh, sum(readings)::int AS readings,
-           min(voltage_min) AS voltage_min, max(voltage_max) AS voltage_max, {slot_pivot}
-    FROM slots GROUP BY 1, 2
-), rolled AS (
-    INSERT INTO meter_hourly AS h
-        (meter_id, hour, consumed_ac_mwh, readings, voltage_min, voltage_max, {slot_columns})
-    SELECT * FROM hours ORDER BY 1, 2
-    ON CONFLICT (meter_id, hour) DO UPDATE SET
-        consumed_ac_mwh = h.consumed_ac_mwh + EXCLUDED.consumed_ac_mwh,
-        readings = h.readings + EXCLUDED.readings,
-        voltage_min = least(h.voltage_min, EXCLUDED.voltage_min),
-        voltage_max = greatest(h.voltage_max, EXCLUDED.voltage_max),
-        {slot_additions}
-), {rolled_daily}
-SELECT count(*) FROM inserted
-""".format(**_rollup_fragments("meter", "meter_id", "consumed_ac_mwh"))
-# The latest staged reading per device replaces the live one only if it is newer: readings
-# that arrive late after an outage go to history but never turn the live state back.
-_UPDATE_METER_LIVE: Final = """
-UPDATE meter m
-SET ts = s.ts, received_at = s.received_at, consumed_ac_mwh = s.consumed_ac_mwh,
-    voltage = s.voltage
-FROM (SELECT DISTINCT ON (name) * FROM meter_stage ORDER BY name, ts DESC) s
-WHERE m.name = s.name AND (m.ts IS NULL OR m.ts < s.ts)
-"""
-_REGISTER_VEHICLES: Final = """
-INSERT INTO vehicle (name)
-SELECT DISTINCT s.name FROM vehicle_stage s
-WHERE NOT EXISTS (SELECT 1 FROM vehicle v WHERE v.name = s.name)
-ON CONFLICT (name) DO NOTHING
-"""
-_INSERT_VEHICLE_HISTORY: Final = """
-WITH inserted AS (
-    INSERT INTO vehicle_reading (ts, delivered_dc_mwh, vehicle_id, soc, battery_temp)
-    SELECT s.ts, s.delivered_dc_mwh, v.vehicle_id, s.soc, s.battery_temp
-    FROM vehicle_stage s JOIN vehicle v ON v.name = s.name
-    ON CONFLICT DO NOTHING
-    RETURNING vehicle_id, ts, delivered_dc_mwh, battery_temp
-), slots AS (
-    SELECT vehicle_id, date_bin('1 hour', ts, '2000-01-01 00:00:00+00') AS hour,
-           {slot_of_ts} AS slot, sum(delivered_dc_mwh)::bigint AS energy, count(*)::int AS readings,
-           sum(battery_temp::double precision) AS battery_temp_sum,
-           min(battery_temp) AS battery_temp_min, max(battery_temp) AS battery_temp_max
-    FROM inserted GROUP BY 1, 2, 3
-), hours AS (
-    SELECT vehicle_id, hour, sum(energy)::bigint AS delivered_dc_mwh,
-           sum(readings)::int AS readings, sum(battery_temp_sum) AS battery_temp_sum,
-           min(battery_temp_min) AS battery_temp_min, max(battery_temp_max) AS battery_temp_max,
-           {slot_pivot}
-    FROM slots GROUP BY 1, 2
-), rolled AS (
-    INSERT INTO vehicle_hourly AS h (vehicle_id, hour, delivered_dc_mwh, readings,
-                                     battery_temp_sum, battery_temp_min, battery_temp_max,
-                                     {slot_columns})
-    SELECT * FROM hours ORDER BY 1, 2
-    ON CONFLICT (vehicle_id, hour) DO UPDATE SET
-        delivered_dc_mwh = h.delivered_dc_mwh + EXCLUDED.delivered_dc_mwh,
-        readings = h.readings + EXCLUDED.readings,
-        battery_temp_sum = h.battery_temp_sum + EXCLUDED.battery_temp_sum,
-        battery_temp_min = least(h.battery_temp_min, EXCLUDED.battery_temp_min),
-        battery_temp_max = greatest(h.battery_temp_max, EXCLUDED.battery_temp_max),
-        {slot_additions}
-), {rolled_daily}
-SELECT count(*) FROM inserted
-""".format(**_rollup_fragments("vehicle", "vehicle_id", "delivered_dc_mwh"))
-_UPDATE_VEHICLE_LIVE: Final = """
-UPDATE vehicle v
-SET ts = s.ts, received_at = s.received_at, soc = s.soc, delivered_dc_mwh = s.delivered_dc_mwh,
-    battery_temp = s.battery_temp
-FROM (SELECT DISTINCT ON (name) * FROM vehicle_stage ORDER BY name, ts DESC) s
-WHERE v.name = s.name AND (v.ts IS NULL OR v.ts < s.ts)
-"""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _KindStatements:
-    """What writing one kind of reading takes, in order."""
-
-    copy: str
-    types: list[str]
-    register: str
-    insert_history: str
-    update_live: str
-
-
-_METER_STATEMENTS: Final = _KindStatements(
-    _COPY_METERS, _METER_TYPES, _REGISTER_METERS, _INSERT_METER_HISTORY, _UPDATE_METER_LIVE
-)
-_VEHICLE_STATEMENTS: Final = _KindStatements(
-    _COPY_VEHICLES,
-    _VEHICLE_TYPES,
-    _REGISTER_VEHICLES,
-    _INSERT_VEHICLE_HISTORY,
-    _UPDATE_VEHICLE_LIVE,
-)
 
 # Worth retrying as they are: the database or the network is the problem, not the data.
 _TRANSIENT: Final = (
@@ -380,7 +197,10 @@ class BatchWriter:
             cur = conn.cursor()
             refused = None if self._open_enrolment else await _refused_devices(conn, batch)
             meters, vehicles, dead_letters, overflow = batch.rows(refused)
-            for rows, statements in ((meters, _METER_STATEMENTS), (vehicles, _VEHICLE_STATEMENTS)):
+            for rows, statements in (
+                (meters, STATEMENTS["meter"]),
+                (vehicles, STATEMENTS["vehicle"]),
+            ):
                 if rows:
                     await _copy(cur, statements.copy, statements.types, rows)
                     if self._open_enrolment:
@@ -388,9 +208,9 @@ class BatchWriter:
                     inserted += await _count_inserted(cur, statements.insert_history)
                     await cur.execute(statements.update_live)
             if dead_letters:
-                await _copy(cur, _COPY_DEAD_LETTERS, _DEAD_LETTER_TYPES, dead_letters)
+                await _copy(cur, COPY_DEAD_LETTERS, DEAD_LETTER_TYPES, dead_letters)
             if overflow:
-                await cur.executemany(_COUNT_OVERFLOW, overflow)
+                await cur.executemany(COUNT_OVERFLOW, overflow)
         self.last_commit_s = time.monotonic() - started
         readings = len(meters) + len(vehicles)
         return WriteResult(

@@ -8,7 +8,8 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from gateway.batch import Batch, BatchLimits, Received, refused_by_database, to_mwh
+from gateway.batch import Batch, BatchLimits, Received, refused_by_database
+from gateway.reading_kinds import to_mwh
 from gateway.readings import Limits, decode_message
 from gateway.settings import OPTIONS, MqttAddress, Settings, SettingsError
 from tests.services import PROJECT
