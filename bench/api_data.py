@@ -1,7 +1,7 @@
 """Synthetic fleet history for the API benchmark, generated with set-based SQL straight into the
-daily history partitions, with hourly (with their 10-minute slots) and daily rollups computed
-from the very rows stored (so rollups and raw history agree exactly, as the gateway keeps
-them)."""
+daily history partitions, with hourly (with their 10-minute slots) and daily rollups rebuilt
+from the very rows stored by gateway/rollup_rebuild.py (so rollups and raw history agree
+exactly, as the gateway keeps them)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,9 @@ from typing import Final
 import psycopg
 
 from gateway.database import apply_schema
-from gateway.rollup_slots import (
-    HOUR_OF_DAY,
-    HOURS,
-    SLOT_OF_TS,
-    hour_columns,
-    part_pivot,
-    slot_columns,
-    slot_sums,
-)
+from gateway.reading_kinds import KINDS
+from gateway.readings import DeviceKind
+from gateway.rollup_rebuild import rebuild_rollups
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -81,57 +75,6 @@ SELECT %(origin)s::timestamptz + k * %(step)s::interval,
        20 + ({_DC}) * 100 / (72 + d %% 27), d, (228 + (d + k) %% 40 / 10.0)::real
 {_GRID}
 """
-_ORIGIN_2000: Final = "'2000-01-01 00:00:00+00'"
-# Rollup rows are stored in time order (ORDER BY 2, 1), as the gateway writes them: a slot's or
-# an hour's rows lie on neighbouring pages.
-_VEHICLE_HOURLY: Final = f"""
-INSERT INTO vehicle_hourly (vehicle_id, hour, delivered_dc_mwh, readings, battery_temp_sum,
-                            battery_temp_min, battery_temp_max, {slot_columns()})
-SELECT vehicle_id, date_bin('1 hour', ts, {_ORIGIN_2000}), sum(delivered_dc_mwh), count(*),
-       sum(battery_temp::float8), min(battery_temp), max(battery_temp),
-       {slot_sums("delivered_dc_mwh")}
-FROM (SELECT *, {SLOT_OF_TS} AS slot FROM vehicle_reading
-      WHERE ts >= %(day)s AND ts < %(next)s) r
-GROUP BY 1, 2 ORDER BY 2, 1
-"""
-_METER_HOURLY: Final = f"""
-INSERT INTO meter_hourly (meter_id, hour, consumed_ac_mwh, readings, voltage_min, voltage_max,
-                          {slot_columns()})
-SELECT meter_id, date_bin('1 hour', ts, {_ORIGIN_2000}), sum(consumed_ac_mwh), count(*),
-       min(voltage), max(voltage), {slot_sums("consumed_ac_mwh")}
-FROM (SELECT *, {SLOT_OF_TS} AS slot FROM meter_reading
-      WHERE ts >= %(day)s AND ts < %(next)s) r
-GROUP BY 1, 2 ORDER BY 2, 1
-"""
-# A day's daily rollups from its hourly ones (one row per device and hour, so each hour column
-# is that row's sums), stored together, as the gateway creates them (each device's first
-# reading of the day).
-_DAILY: Final = """
-INSERT INTO {kind}_daily ({device}, day, {energy}, readings, {hour_columns})
-SELECT {device}, date_bin('1 day', hour, {origin}), sum({energy})::bigint, sum(readings)::int,
-       {hour_pivot}
-FROM (SELECT *, {hour_of_day} AS hour_of_day FROM {kind}_hourly
-      WHERE hour >= %(day)s AND hour < %(next)s) h
-GROUP BY 1, 2 ORDER BY 2, 1
-"""
-_VEHICLE_DAILY: Final = _DAILY.format(
-    kind="vehicle",
-    device="vehicle_id",
-    energy="delivered_dc_mwh",
-    origin=_ORIGIN_2000,
-    hour_columns=hour_columns(),
-    hour_pivot=part_pivot("hour", HOURS, "delivered_dc_mwh", key="hour_of_day"),
-    hour_of_day=HOUR_OF_DAY,
-)
-_METER_DAILY: Final = _DAILY.format(
-    kind="meter",
-    device="meter_id",
-    energy="consumed_ac_mwh",
-    origin=_ORIGIN_2000,
-    hour_columns=hour_columns(),
-    hour_pivot=part_pivot("hour", HOURS, "consumed_ac_mwh", key="hour_of_day"),
-    hour_of_day=HOUR_OF_DAY,
-)
 _DEVICES: Final = (
     """
 INSERT INTO vehicle (name, first_seen_at, ts, received_at, soc, delivered_dc_mwh, battery_temp)
@@ -168,16 +111,12 @@ def _days(fleet: Fleet) -> list[date]:
     return [first + timedelta(days=i) for i in range((fleet.now.date() - first).days + 1)]
 
 
-async def _fill(url: str, kind: str, fleet: Fleet) -> None:
+async def _fill(url: str, kind: DeviceKind, fleet: Fleet) -> None:
     """History and rollups of one kind, day by day (one transaction per day)."""
     step = timedelta(minutes=fleet.step_minutes)
     per_day = 1440 // fleet.step_minutes
     last_tick = int((fleet.now - fleet.origin) / step)
-    reading, hourly, daily = (
-        (_VEHICLE_DAY, _VEHICLE_HOURLY, _VEHICLE_DAILY)
-        if kind == "vehicle"
-        else (_METER_DAY, _METER_HOURLY, _METER_DAILY)
-    )
+    reading = _VEHICLE_DAY if kind == "vehicle" else _METER_DAY
     async with await psycopg.AsyncConnection.connect(url) as conn:
         await conn.execute("SET work_mem = '256MB'")
         for number, day in enumerate(_days(fleet)):
@@ -202,9 +141,7 @@ async def _fill(url: str, kind: str, fleet: Fleet) -> None:
                 "SELECT fleetgate_ensure_partition(%s::regclass, %s)", (f"{kind}_reading", day)
             )
             await conn.execute(reading.encode(), params)
-            span = {"day": start, "next": start + timedelta(days=1)}
-            await conn.execute(hourly.encode(), span)
-            await conn.execute(daily.encode(), span)
+            await rebuild_rollups(conn, start, start + timedelta(days=1), (kind,))
             await conn.commit()
 
 
@@ -220,7 +157,7 @@ async def generate(url: str, fleet: Fleet) -> dict[str, float]:
             await conn.execute(sql.encode(), params | {"moved": moved})
     began = time.monotonic()
     async with asyncio.TaskGroup() as tasks:  # one core each
-        for kind in ("vehicle", "meter"):
+        for kind in KINDS:
             tasks.create_task(_fill(url, kind, fleet), name=f"fill-{kind}")
     timings["generate_s"] = time.monotonic() - began
     began = time.monotonic()

@@ -1,6 +1,7 @@
 """``python -m gateway``: run the ingestion gateway until SIGTERM or SIGINT;
 ``python -m gateway migrate``: bring the database's schema up to date (and the services' logins
-of DATABASE_LOGINS), and exit."""
+of DATABASE_LOGINS), and exit;
+``python -m gateway rebuild-rollups``: recompute the rollups of a range from history, and exit."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import signal
 import sys
 import threading
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 
@@ -23,6 +25,7 @@ from gateway.database_logins import (
     logins_of,
 )
 from gateway.env_options import DATABASE_URL_OPTION, describe_options, read_options
+from gateway.rollup_rebuild import Rebuilt, rebuild_rollups
 from gateway.schema import SchemaVersionError, apply_schema
 from gateway.service import Gateway, TaskDiedError
 from gateway.settings import OPTIONS, Settings, SettingsError
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog=describe_options(OPTIONS),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", metavar="{run,migrate}")
+    commands = parser.add_subparsers(dest="command", metavar="{run,migrate,rebuild-rollups}")
     commands.add_parser("run", help="run the gateway (what no command does)")
     migrate = commands.add_parser(
         "migrate",
@@ -50,9 +53,35 @@ def main(argv: list[str] | None = None) -> int:
     migrate.add_argument(
         "--repair", action="store_true", help="also apply schema.sql again: make what is missing"
     )
+    rebuild = commands.add_parser(
+        "rebuild-rollups",
+        help="delete and recompute from history the hourly and daily rollups of every device"
+        " for the hours and days that a range touches, in one transaction, and exit: run as the"
+        " schema's owner; a running gateway's writes wait until it commits",
+    )
+    rebuild.add_argument(
+        "--from",
+        dest="start",
+        type=_utc_time,
+        required=True,
+        metavar="DATE",
+        help="start of the range: an ISO 8601 date or time (UTC unless it has an offset)",
+    )
+    rebuild.add_argument(
+        "--to",
+        dest="end",
+        type=_utc_time,
+        required=True,
+        metavar="DATE",
+        help="end of the range, not included",
+    )
     args = parser.parse_args(argv)
     if args.command == "migrate":
         return _migrate(os.environ, repair=args.repair)
+    if args.command == "rebuild-rollups":
+        if args.end <= args.start:
+            parser.error("rebuild-rollups: --to must be later than --from")
+        return _rebuild_rollups(os.environ, args.start, args.end)
     try:
         settings = Settings.from_env(os.environ)
     except SettingsError as exc:
@@ -93,6 +122,41 @@ async def _migrate_and_make_logins(
     if logins:
         await ensure_logins(database_url, logins)
     return version
+
+
+def _utc_time(text: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {text!r}") from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _rebuild_rollups(environ: Mapping[str, str], start: datetime, end: datetime) -> int:
+    """0 once rebuilt (what was rebuilt printed), else 1 and the reason in one line."""
+    try:
+        database_url = read_options((DATABASE_URL_OPTION,), environ)["database_url"]
+    except SettingsError as exc:
+        print(f"fleetgate: {exc}", file=sys.stderr)
+        return 2
+
+    async def rebuild() -> list[Rebuilt]:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            return await rebuild_rollups(conn, start, end)
+
+    try:
+        rebuilt = asyncio.run(rebuild())
+    except (psycopg.Error, OSError) as exc:
+        print(f"fleetgate: rebuild-rollups failed: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    first = rebuilt[0]
+    print(
+        f"fleetgate: rollups rebuilt from history, hours {first.hours_from:%Y-%m-%d %H:%M} to"
+        f" {first.hours_to:%Y-%m-%d %H:%M} UTC, days {first.days_from:%Y-%m-%d} to"
+        f" {first.days_to - timedelta(days=1):%Y-%m-%d}: "
+        + "; ".join(f"{r.kind} {r.hourly_rows} hourly, {r.daily_rows} daily rows" for r in rebuilt)
+    )
+    return 0
 
 
 async def _serve(settings: Settings) -> int:
