@@ -31,6 +31,11 @@ SELECT (SELECT coalesce(sum(readings), 0) FROM meter_hourly)
 """
 
 
+# A probe reported: with closed enrolment the probes are registered beforehand, so their rows
+# exist from the start; received_at is set by the gateway when a reading arrives.
+PROBE_REPORTED = "SELECT count(*) FROM meter WHERE name LIKE 'PROBE-%%' AND received_at IS NOT NULL"
+
+
 def machine() -> str:
     model = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -135,29 +140,15 @@ class CpuMeter:
         return percent
 
 
-class GatewayProcess:
-    """``python -m gateway`` with the benchmark's settings; stopped with SIGTERM (drains)."""
+class ServiceProcess:
+    """``python ARGV...`` run from the project, its output in ``log``; stopped with SIGTERM (the
+    project's services drain on it), killed after 60 s."""
 
-    def __init__(
-        self,
-        database_url: str,
-        mqtt_url: str,
-        client_id: str,
-        log: Path,
-        settings: dict[str, str] | None = None,
-    ):
-        self.env = {
-            **(settings or {}),
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "MQTT_URL": mqtt_url,
-            "MQTT_CLIENT_ID": client_id,
-            "METRICS_PORT": "0",
-            "LOG_LEVEL": "WARNING",
-            "ENROLMENT": "open",  # the benchmark's publishers are not registered devices
-        }
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path):
+        self.name = name
+        self.argv = argv
+        self.env = env
         self.log = log
-        self.argv = ["-m", "gateway"]  # bench.drain --tracemalloc runs it under a wrapper
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -190,7 +181,32 @@ class GatewayProcess:
     def check_alive(self) -> None:
         if self.process is not None and self.process.poll() is not None:
             tail = self.log.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"gateway exited with {self.process.returncode}:\n{tail}")
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{tail}")
+
+
+class GatewayProcess(ServiceProcess):
+    """``python -m gateway`` with the benchmark's settings; stopped with SIGTERM (drains)."""
+
+    def __init__(
+        self,
+        database_url: str,
+        mqtt_url: str,
+        client_id: str,
+        log: Path,
+        settings: dict[str, str] | None = None,
+    ):
+        env = {
+            **(settings or {}),
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "MQTT_URL": mqtt_url,
+            "MQTT_CLIENT_ID": client_id,
+            "METRICS_PORT": "0",
+            "LOG_LEVEL": "WARNING",
+            "ENROLMENT": "open",  # the benchmark's publishers are not registered devices
+        }
+        # argv: bench.drain --tracemalloc runs it under a wrapper
+        super().__init__("gateway", ["-m", "gateway"], env, log)
 
 
 class Database:
@@ -229,7 +245,7 @@ def wait_for_gateway(gateway: GatewayProcess, db: Database, mqtt_url: str) -> No
             while time.monotonic() < deadline:
                 publisher.service(0.1)
                 try:
-                    if db.value("SELECT count(*) FROM meter WHERE name LIKE 'PROBE-%%'"):
+                    if db.value(PROBE_REPORTED):
                         return
                 except psycopg.errors.UndefinedTable:
                     pass  # the gateway has not applied the schema yet
@@ -272,8 +288,9 @@ def with_hostile(messages: list[Message], every: int) -> list[Message]:
     return mixed
 
 
-def _run_job(job: PublisherJob, ready: Any, go: Any, results: Any) -> None:
-    profile = FleetProfile(
+def job_profile(job: PublisherJob) -> FleetProfile:
+    """The fleet a publisher job simulates: its devices (to register them) and its readings."""
+    return FleetProfile(
         devices=job.devices,
         first_device=job.first_device,
         array=job.array,
@@ -283,6 +300,10 @@ def _run_job(job: PublisherJob, ready: Any, go: Any, results: Any) -> None:
         silent_share=0.0,
         seed=job.first_device,
     )
+
+
+def _run_job(job: PublisherJob, ready: Any, go: Any, results: Any) -> None:
+    profile = job_profile(job)
     now = datetime.now(UTC).replace(microsecond=0)
     fleet = Fleet(profile, now - profile.time_for(job.count or 0) - timedelta(minutes=1))
     # Generated before the clock starts, so that the figures are the pipeline's, not generation's.
