@@ -29,10 +29,10 @@ ROLLUPS: Final = (
 Rollups = dict[str, list[tuple[Any, ...]]]
 
 
-async def ingest(database_url: str) -> None:
-    """Readings of three meters and three vehicles over three UTC days, written by the gateway's
-    writer in batches, with duplicates and out of order."""
-    rng = random.Random(16)
+def readings(seed: int = 16) -> list[dict[str, Any]]:
+    """Readings of three meters and three vehicles over three UTC days, with duplicates and out
+    of order."""
+    rng = random.Random(seed)
     readings = []
     for _ in range(900):
         at = DAY0 + timedelta(seconds=rng.randrange(DAYS * 86400))
@@ -49,7 +49,12 @@ async def ingest(database_url: str) -> None:
         )
     readings += rng.sample(readings, 200)
     rng.shuffle(readings)
-    await write_readings(database_url, readings, per_batch=97)
+    return readings
+
+
+async def ingest(database_url: str) -> None:
+    """The readings, written by the gateway's writer in batches."""
+    await write_readings(database_url, readings(), per_batch=97)
 
 
 async def rollups(database_url: str) -> Rollups:
@@ -130,6 +135,24 @@ async def test_a_range_within_days_rebuilds_only_its_hours_and_the_days_it_touch
                 assert after == (*before[:3], before[3] + 1000, *before[4:])
                 untouched += 1
     assert untouched > 100
+
+
+async def test_rebuilds_while_the_writer_writes_neither_lose_nor_double_a_reading(
+    database_url: str,
+) -> None:
+    await ingest(database_url)
+    writing = asyncio.create_task(write_readings(database_url, readings(seed=17), per_batch=23))
+    rebuilds = 0
+    while not writing.done() or rebuilds < 3:
+        await rebuild(database_url, DAY0, DAY0 + timedelta(days=DAYS))
+        rebuilds += 1
+    await writing
+    written = await rollups(database_url)
+    await rebuild(database_url, DAY0, DAY0 + timedelta(days=DAYS))
+    assert await rollups(database_url) == written
+    assert await query(database_url, "SELECT count(*) FROM vehicle_reading") == await query(
+        database_url, "SELECT sum(readings)::bigint FROM vehicle_daily"
+    )
 
 
 async def run_command(database_url: str, *args: str) -> tuple[int, str, str]:
