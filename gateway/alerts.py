@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -43,9 +43,12 @@ WITH raised AS (
     SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[],
                          %s::double precision[], %s::double precision[], %s::text[])
     ON CONFLICT (device_kind, device_name, rule) WHERE cleared_at IS NULL DO NOTHING
-    RETURNING alert_id
+    RETURNING alert_id, rule
+), events AS (
+    INSERT INTO alert_event (alert_id, state)
+    SELECT alert_id, 'raised' FROM raised ORDER BY alert_id
 )
-INSERT INTO alert_event (alert_id, state) SELECT alert_id, 'raised' FROM raised ORDER BY alert_id
+SELECT rule FROM raised
 """
 _WORSEN: Final = """
 UPDATE alert a SET value = w.value
@@ -57,9 +60,12 @@ WITH cleared AS (
     UPDATE alert a SET cleared_at = %s, clear_value = c.value
     FROM unnest(%s::bigint[], %s::double precision[]) AS c(alert_id, value)
     WHERE a.alert_id = c.alert_id AND a.cleared_at IS NULL
-    RETURNING a.alert_id
+    RETURNING a.alert_id, a.rule
+), events AS (
+    INSERT INTO alert_event (alert_id, state)
+    SELECT alert_id, 'cleared' FROM cleared ORDER BY alert_id
 )
-INSERT INTO alert_event (alert_id, state) SELECT alert_id, 'cleared' FROM cleared ORDER BY alert_id
+SELECT rule FROM cleared
 """
 _UNPUBLISHED: Final = """
 SELECT e.event_id, e.state, a.alert_id, a.device_kind, a.device_name, a.rule, a.value,
@@ -93,9 +99,15 @@ class AlertEvaluator:
     """Judges the rules for the devices each committed batch touched, and for all devices on a
     timer; turns verdicts into raises and clears."""
 
-    def __init__(self, pool: AsyncConnectionPool, settings: Settings) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        settings: Settings,
+        counted: Callable[[str, list[str]], None] = lambda state, rules: None,
+    ) -> None:
         self._pool = pool
         self._settings = settings
+        self._counted = counted  # told the rule of each alert raised or cleared, once committed
         self._meters: set[str] = set()
         self._vehicles: set[str] = set()
         self.touched = asyncio.Event()
@@ -152,7 +164,10 @@ class AlertEvaluator:
                 (kind, name, rule): (alert_id, value)
                 for alert_id, kind, name, rule, value in await cur.fetchall()
             }
-            changes = await self._apply(conn, observations, active, now)
+            changed = await self._apply(conn, observations, active, now)
+        for state, rules in changed.items():
+            self._counted(state, rules)
+        changes = sum(len(rules) for rules in changed.values())
         if changes:
             self.changed.set()
         return changes
@@ -163,7 +178,8 @@ class AlertEvaluator:
         observations: list[Observation],
         active: dict[tuple[str, str, str], tuple[int, float]],
         now: datetime,
-    ) -> int:
+    ) -> dict[str, list[str]]:
+        """The rules of the alerts raised and of those cleared, by state."""
         raises: list[Observation] = []
         worsened: list[tuple[int, float]] = []
         clears: list[tuple[int, float]] = []
@@ -179,7 +195,7 @@ class AlertEvaluator:
                 worsened.append((current[0], obs.value))
             elif obs.verdict == "clear" and current is not None:
                 clears.append((current[0], obs.value))
-        changes = 0
+        changed: dict[str, list[str]] = {"raised": [], "cleared": []}
         if raises:
             cur = await conn.execute(
                 _RAISE.encode(),
@@ -196,7 +212,7 @@ class AlertEvaluator:
                     ],
                 ),
             )
-            changes += cur.rowcount
+            changed["raised"] = [rule for (rule,) in await cur.fetchall()]
         if worsened:
             await conn.execute(
                 _WORSEN.encode(), ([w[0] for w in worsened], [w[1] for w in worsened])
@@ -205,10 +221,12 @@ class AlertEvaluator:
             cur = await conn.execute(
                 _CLEAR.encode(), (now, [c[0] for c in clears], [c[1] for c in clears])
             )
-            changes += cur.rowcount
-        if changes:
-            logger.info("alerts: %d raised, %d cleared", len(raises), len(clears))
-        return changes
+            changed["cleared"] = [rule for (rule,) in await cur.fetchall()]
+        if changed["raised"] or changed["cleared"]:
+            logger.info(
+                "alerts: %d raised, %d cleared", len(changed["raised"]), len(changed["cleared"])
+            )
+        return changed
 
 
 class AlertPublisher:
