@@ -5,12 +5,33 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import psycopg
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from psycopg_pool import PoolTimeout
 
+from gateway.alert_rules import RULES
 from gateway.writer import WriteResult
 
 logger = logging.getLogger(__name__)
+
+# Why a write was tried again (fleetgate_database_retries' label): see retry_reason.
+RETRY_REASONS: Final = ("unreachable", "pool_timeout", "conflict", "refused_statement", "schema")
+
+
+def retry_reason(error: BaseException) -> str:
+    """The reason a failed batch write is retried: the database unreachable (refused or lost
+    connection), no pooled connection in time, a deadlock or serialization failure, or a
+    statement the database refused for a reason no retry fixes by itself (the schema is
+    re-applied first)."""
+    if isinstance(error, PoolTimeout):
+        return "pool_timeout"
+    if isinstance(error, psycopg.errors.TransactionRollback):
+        return "conflict"
+    if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
+        return "unreachable"
+    return "refused_statement"
 
 
 class Metrics:
@@ -53,7 +74,8 @@ class Metrics:
         )
         self.batch_seconds = Histogram(
             "fleetgate_batch_commit_seconds",
-            "Time to write and commit one batch",
+            "Time to write and commit one batch: its transaction, from taking a connection to "
+            "the commit (not the time the batch took to fill, nor earlier failed attempts)",
             registry=self.registry,
         )
         self.commit_lag_seconds = Histogram(
@@ -62,6 +84,43 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
+        self.broker_connected = Gauge(
+            "fleetgate_broker_connected",
+            "1 while connected and subscribed to the broker, else 0",
+            registry=self.registry,
+        )
+        self.database_retries = Counter(
+            "fleetgate_database_retries",
+            "Database attempts that failed and are tried again, by reason: unreachable, "
+            "pool_timeout, conflict (deadlock or serialization failure), refused_statement (a "
+            "batch the database refused for a reason no retry fixes by itself), schema (the "
+            "schema could not be applied at start)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.readings_waiting = Gauge(
+            "fleetgate_readings_waiting",
+            "Readings and dead letters taken from the broker and not yet committed: the batch "
+            "filling, the one queued and the one being written",
+            registry=self.registry,
+        )
+        self.alerts_raised = Counter(
+            "fleetgate_alerts_raised", "Alerts raised, by rule", ["rule"], registry=self.registry
+        )
+        self.alerts_cleared = Counter(
+            "fleetgate_alerts_cleared", "Alerts cleared, by rule", ["rule"], registry=self.registry
+        )
+        self.heartbeat_failures = Counter(
+            "fleetgate_heartbeat_failures",
+            "Heartbeats that could not be recorded in gateway_heartbeat (the gateway goes on)",
+            registry=self.registry,
+        )
+        # Every series from the start, at 0: a rate over the first raise or retry needs one.
+        for reason in RETRY_REASONS:
+            self.database_retries.labels(reason=reason)
+        for rule in RULES:
+            self.alerts_raised.labels(rule=rule)
+            self.alerts_cleared.labels(rule=rule)
         self.summary = Summary()
 
     def committed(
@@ -76,6 +135,12 @@ class Metrics:
         self.batch_seconds.observe(seconds)
         self.commit_lag_seconds.observe(oldest_lag_s)
         self.summary.add(result, oldest_lag_s)
+
+    def alerts_changed(self, state: str, rules: list[str]) -> None:
+        """``rules``: one entry per alert raised (``state`` 'raised') or cleared."""
+        counter = self.alerts_raised if state == "raised" else self.alerts_cleared
+        for rule in rules:
+            counter.labels(rule=rule).inc()
 
 
 @dataclasses.dataclass(slots=True)

@@ -17,9 +17,10 @@ from gateway.batch import Batch, BatchLimits, Received
 from gateway.broker import ALERTS_PREFIX, Broker
 from gateway.database import Partitions, open_pool
 from gateway.dead_letter_cap import DeadLetterCap
-from gateway.metrics import Metrics
+from gateway.heartbeat import GatewayState, Heartbeat
+from gateway.metrics import Metrics, retry_reason
 from gateway.monitoring import HealthReport, serve_monitoring
-from gateway.readings import Limits, decode_message
+from gateway.readings import Decoded, Limits, decode_message
 from gateway.schema import apply_schema
 from gateway.settings import Settings
 from gateway.waiting import backoff_delay, sleep_unless
@@ -70,15 +71,25 @@ class Gateway:
         self.writer: BatchWriter | None = None
         self.failure: TaskDiedError | None = None  # why the gateway stopped by itself
         self._run_task: asyncio.Task[object] | None = None
+        self._startup_error = "starting: the schema is not checked yet"  # until the writer runs
+        self._readings_waiting = 0  # taken from the broker, not yet committed
+        self.metrics.broker_connected.set_function(lambda: float(self._broker_connected()))
+        self.metrics.readings_waiting.set_function(lambda: self._readings_waiting)
+        self.heartbeat = Heartbeat(
+            settings.database_url,
+            settings.client_id,
+            settings.heartbeat_interval_s,
+            self._heartbeat_state,
+            self.metrics.heartbeat_failures.inc,
+        )
 
     async def run(self) -> None:
         """Run until ``stop`` is set. If a background task fails or ends on its own, the
         gateway stops as on SIGTERM (what was taken is committed) and raises TaskDiedError:
         never alive but idle."""
-        await self._wait_for_database()
-        if self.stop.is_set():
-            return
         async with contextlib.AsyncExitStack() as resources:
+            # Before the database: /health/live answers (and /health says why it waits) while
+            # the database is down at start.
             if self.settings.metrics_port:
                 await resources.enter_async_context(
                     serve_monitoring(
@@ -88,17 +99,34 @@ class Gateway:
                         self.health,
                     )
                 )
+            await self._wait_for_database()
+            if self.stop.is_set():
+                return
             await self._run_tasks()
         logger.info("gateway stopped")
         if self.failure is not None:
             raise self.failure
 
     def health(self) -> HealthReport:
-        failing = self.writer.failing if self.writer else None
         return HealthReport(
-            broker_connected=self.subscribed.is_set() and self.broker.connected,
-            database_error=None if failing is None else f"{type(failing).__name__}: {failing}",
+            broker_connected=self._broker_connected(),
+            database_error=self._write_error() if self.writer else self._startup_error,
+            heartbeat_error=self.heartbeat.error,
+            backlog=self._readings_waiting,
         )
+
+    def _broker_connected(self) -> bool:
+        return self.subscribed.is_set() and self.broker.connected
+
+    def _write_error(self) -> str | None:
+        failing = self.writer.failing if self.writer else None
+        return None if failing is None else f"{type(failing).__name__}: {failing}".strip()
+
+    def _heartbeat_state(self) -> GatewayState:
+        return GatewayState(self._broker_connected(), self._readings_waiting, self._write_error())
+
+    def _retrying(self, error: Exception) -> None:
+        self.metrics.database_retries.labels(reason=retry_reason(error)).inc()
 
     async def _run_tasks(self) -> None:
         self._run_task = asyncio.current_task()
@@ -113,15 +141,17 @@ class Gateway:
                 self._acknowledge,
                 on_permanent_error=self._repair_schema,
                 open_enrolment=self.settings.enrolment == "open",
+                on_retry=self._retrying,
             )
             if alerts:
-                self.alerts = AlertEvaluator(pool, self.settings)
+                self.alerts = AlertEvaluator(pool, self.settings, self.metrics.alerts_changed)
                 self.alert_publisher = AlertPublisher(pool, self.settings, self.alerts.changed)
             work: dict[str, Awaitable[None]] = {
                 "consume": self._consume(),
                 "write": self._write(writer),
                 "partitions": self._maintain_partitions(partitions),
                 "stats": self._log_stats(),
+                "heartbeat": self.heartbeat.run(self.stop),
             }
             if self.alerts and self.alert_publisher:
                 work["alert-rules"] = self.alerts.run(self.stop)
@@ -175,10 +205,14 @@ class Gateway:
                 await apply_schema(self.settings.database_url)
             except psycopg.OperationalError as exc:
                 logger.warning("database unreachable, retrying: %s", exc)
+                self._startup_error = f"waiting for the database: {' '.join(str(exc).split())}"
+                self.metrics.database_retries.labels(reason="unreachable").inc()
             except psycopg.Error as exc:
                 logger.error(  # noqa: TRY400 - the database's message says it all
                     "could not apply the schema (%s: %s); retrying", type(exc).__name__, exc
                 )
+                self._startup_error = f"could not apply the schema: {type(exc).__name__}: {exc}"
+                self.metrics.database_retries.labels(reason="schema").inc()
             else:
                 logger.info("schema applied")
                 return
@@ -275,6 +309,7 @@ class Gateway:
         decoded, suppressed = self._dead_letter_cap.admit(
             decode_message(topic, payload, now, self._limits), now
         )
+        self._readings_waiting += _backlog(decoded)
         batch.add(
             Received(
                 topic,
@@ -296,6 +331,8 @@ class Gateway:
                 if batch is None:
                     return
                 await writer.write(batch)
+                # Once the whole batch is in (a refused message is written as another batch).
+                self._readings_waiting -= sum(_backlog(m.decoded) for m in batch.messages)
             finally:
                 self._batches.task_done()
 
@@ -317,7 +354,7 @@ class Gateway:
             self.alerts.devices_written(meters, vehicles)
         self.metrics.committed(
             result,
-            now - batch.started_monotonic,
+            self.writer.last_commit_s if self.writer else 0.0,
             now - batch.messages[0].received_monotonic,
             skipped,
         )
@@ -342,3 +379,8 @@ class Gateway:
             await asyncio.wait_for(self._drained.wait(), self.settings.shutdown_timeout_s)
         except TimeoutError:
             raise ShutdownTimeoutError from None
+
+
+def _backlog(decoded: Decoded) -> int:
+    """What a message adds to the backlog: its readings and its dead letters."""
+    return len(decoded.readings) + len(decoded.rejects)

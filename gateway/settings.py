@@ -166,11 +166,20 @@ OPTIONS: tuple[Option, ...] = (
         "METRICS_PORT",
         "metrics_port",
         "9464",
-        "Port of the Prometheus /metrics and the /health endpoint on METRICS_HOST; 0 turns "
-        "them off.",
+        "Port of the Prometheus /metrics and the /health, /health/live and /health/ready "
+        "endpoints on METRICS_HOST; 0 turns them off.",
         non_negative_int,
     ),
     Option("METRICS_HOST", "metrics_host", "127.0.0.1", "Address the metrics endpoint binds.", str),
+    Option(
+        "HEARTBEAT_INTERVAL_S",
+        "heartbeat_interval_s",
+        "5",
+        "How often the gateway records its heartbeat in gateway_heartbeat (broker connection, "
+        "backlog), on a connection of its own, for the API's GET /health; a beat waits at most "
+        "this long (at least 1 s).",
+        positive_float,
+    ),
     Option("LOG_LEVEL", "log_level", "INFO", "DEBUG, INFO, WARNING or ERROR.", str.upper),
     Option(
         "ALERTS_ENABLED",
@@ -290,6 +299,7 @@ class Settings:
     stats_interval_s: float
     metrics_port: int
     metrics_host: str
+    heartbeat_interval_s: float
     log_level: str
     alerts_enabled: bool
     alert_check_interval_s: float
