@@ -86,9 +86,11 @@ def publish_messages(
         due = pace.due_at(started, sim_start, number, message)
         if duration_s is not None and max(now, due) - started >= duration_s:
             break  # its turn comes after the end
-        while now < due:
+        while now < due and not (stop and stop[0]):  # in real time, seconds apart
             publisher.service(min(due - now, 0.05))
             now = time.monotonic()
+        if stop and stop[0]:
+            break
         publisher.publish(message)
         if progress and now >= next_progress:
             stats.elapsed_s = now - started

@@ -1,26 +1,27 @@
 """``./scripts/demo``: broker, database, gateway, HTTP API and simulator, until Ctrl-C.
 
-Without DATABASE_URL / MQTT_URL a private PostgreSQL and Mosquitto run from the state folder
-(kept between runs). Parts of the stack that do not exist yet are reported and left out.
+The stack runs as docs/security.md describes: the simulated devices are registered (closed
+enrolment), each logs in as itself over TLS, the broker lets in nobody else but the services'
+logins (kept equal to the registry by broker sync), and every process has its own database
+login. Without DATABASE_URL / MQTT_URL a private PostgreSQL and Mosquitto run from the state
+folder (kept between runs).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import functools
 import os
 import shutil
+import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Final
 
-import psycopg
-from stack_api import create_token, http_ok, link_chargers
+from stack_api import create_token, http_ok, link_chargers, revoke_token
+from stack_banner import STATUS_INTERVAL_S, print_status, print_summary, query_one
 from stack_processes import (
     PROJECT,
     Child,
@@ -30,31 +31,40 @@ from stack_processes import (
     accepts_connections,
     choose_port,
     install_signal_handlers,
-    mosquitto_config,
     pause,
     spawn,
     stopped_at_exit,
     wait_for,
 )
+from stack_security import (
+    DatabaseUrls,
+    PrivateBroker,
+    make_database_logins,
+    migrate,
+)
 
 PYTHON = sys.executable
-STATUS_INTERVAL_S = 10.0
 FIRST_DATA_TIMEOUT_S = 30.0
+# One fleet in every run (and in the registration before them): the seed decides each meter's
+# nominal voltage, which the registry must know.
+FLEET_SEED: Final = 1
 
 ENVIRONMENT_HELP = """\
 environment variables:
-  DATABASE_URL          use this PostgreSQL instead of a private one in the state folder
-  MQTT_URL              use this broker (mqtt://host:port) instead of a private Mosquitto
+  DATABASE_URL          use this PostgreSQL (every process with its login) instead of a private
+                        one in the state folder
+  MQTT_URL              use this broker (mqtt://[user:pass@]host:port; every client with its
+                        login) instead of a private Mosquitto
+  ENROLMENT             the gateway's (default closed: only registered devices report)
   FLEETGATE_STATE_DIR   state folder (default .state/ in the project), kept between runs
-  FLEETGATE_MQTT_PORT   port of the private broker (default 1883, or a free one if taken)
+  FLEETGATE_MQTT_PORT   plain MQTT port of the private broker, for the services (default 1883,
+                        or a free one if taken)
+  FLEETGATE_MQTTS_PORT  its MQTT over TLS port, for devices and engineers (default 8883, or a
+                        free one if taken)
   FLEETGATE_PG_PORT     port of the private database (default 5432, or a free one if taken)
   HTTP_PORT             port of the HTTP API (default 8080, or a free one if taken)
   METRICS_PORT          port of the gateway's /metrics (default 9464, or a free one if taken)
 The private services listen on 127.0.0.1 only; logs are in the state folder's logs/."""
-
-COUNTS_SQL = """
-SELECT (SELECT count(*) FROM meter_reading), (SELECT count(*) FROM vehicle_reading),
-       (SELECT count(*) FROM dead_letter)"""
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -64,7 +74,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         epilog=ENVIRONMENT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--devices", type=int, default=20, help="simulated devices (20)")
+    parser.add_argument("--devices", type=int, default=20, help="simulated chargers (20)")
     parser.add_argument(
         "--catch-up",
         type=float,
@@ -77,19 +87,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def has_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ImportError:
-        return False
-
-
-def query_one(database_url: str, sql: str) -> tuple[Any, ...] | None:
-    try:
-        with psycopg.connect(database_url, connect_timeout=3) as conn:
-            return conn.execute(sql.encode()).fetchone()
-    except psycopg.Error:
-        return None
+def run_tool(argv: list[str], env: Mapping[str, str], what: str) -> str:
+    """Run one of fleetgate's commands to its end: what it printed (StackError if it failed)."""
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, cwd=PROJECT)
+    if done.returncode:
+        raise StackError(f"{what} failed:\n{done.stdout}{done.stderr}")
+    return done.stdout + done.stderr
 
 
 class Stack:
@@ -103,72 +106,148 @@ class Stack:
         self.children: list[Child] = []
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.lines: list[str] = []  # what runs where, printed once everything is up
+        self.database = DatabaseUrls.one_for_all("")
+        self.private_database: str | None = None  # the superuser's URL, when it is ours
+        self.broker: PrivateBroker | None = None  # None: the broker of MQTT_URL
         self.mqtt_url = ""
-        self.database_url = ""
         self.api_url: str | None = None
-        self.token: str | None = None
+        self.tokens: dict[str, str] = {}  # scope: token
+        self.logins_file = state / "simulator" / "device-logins.csv"
         self.simulator: list[str] = []  # the command, without pacing options
         self.catching_up: Child | None = None
+        self.registered = ""
 
-    def spawn(self, name: str, argv: list[str], *, required: bool, stop_s: float) -> Child:
-        child = spawn(name, argv, self.env, self.logs, required=required)
+    def spawn(
+        self, name: str, argv: list[str], env: Mapping[str, str], *, required: bool, stop_s: float
+    ) -> Child:
+        child = spawn(name, argv, {**self.env, **env}, self.logs, required=required)
         self.children.append(child)
         self.stops.append(lambda: child.stop(stop_s))
         return child
 
+    def start_database(self) -> None:
+        if "DATABASE_URL" in os.environ:
+            self.database = DatabaseUrls.one_for_all(os.environ["DATABASE_URL"])
+            self.lines.append(
+                "database   given by DATABASE_URL: every process uses its login (the demo makes "
+                "a login per process on its private PostgreSQL only; docs/security.md)"
+            )
+        else:
+            postgres = EmbeddedPostgres(
+                self.state / "postgres", choose_port("FLEETGATE_PG_PORT", 5432)
+            )
+            self.stops.append(postgres.stop)  # also when start fails halfway
+            postgres.start()
+            make_database_logins(postgres.url)
+            self.private_database = postgres.url
+            self.database = DatabaseUrls(
+                migrator=postgres.login_url("fleetgate_migrator"),
+                gateway=postgres.login_url("gateway"),
+                api=postgres.login_url("api"),
+                readonly=postgres.login_url("readonly"),
+            )
+            self.lines.append(
+                f"database   {postgres.url} (private PostgreSQL, data {postgres.datadir}); "
+                "logins fleetgate_migrator (migrates), gateway, api, readonly"
+            )
+        migrated = migrate(self.env, self.database.migrator).removeprefix("fleetgate: ")
+        who = "DATABASE_URL's login" if self.private_database is None else "fleetgate_migrator"
+        self.lines.append(f"           {migrated} (python -m gateway migrate, as {who})")
+
+    def register_simulated_devices(self, devices: int) -> None:
+        """Before the broker starts: the fleet in the registry (closed enrolment lets in
+        nothing else), and each device's secret kept for the simulator (mode 0600)."""
+        fleet = ["--devices", str(devices), "--seed", str(FLEET_SEED)]
+        logins = ["--device-logins", str(self.logins_file)] if "MQTT_URL" not in os.environ else []
+        said = run_tool(
+            [PYTHON, "-m", "gateway.simulate", "--register", self.database.api, *logins, *fleet,
+             "--count", "0"],
+            self.env,
+            "registering the simulated devices",
+        )  # fmt: skip
+        self.simulator = [PYTHON, "-m", "gateway.simulate", *fleet, *logins]
+        self.registered = said.splitlines()[0]  # registered N devices: ... created, ...
+
     def start_broker(self) -> None:
         if "MQTT_URL" in os.environ:
             self.mqtt_url = os.environ["MQTT_URL"]
-            self.lines.append(f"broker     {self.mqtt_url} (given by MQTT_URL)")
+            self.lines.append(
+                f"broker     {self.mqtt_url} (given by MQTT_URL: the demo cannot give it logins, "
+                "ACLs or TLS; every client uses this URL's login, the simulator one connection "
+                "for all devices)"
+            )
+            if self.simulator:
+                self.simulator += ["--mqtt-url", self.mqtt_url]
             return
-        port = choose_port("FLEETGATE_MQTT_PORT", 1883)
+        broker = PrivateBroker(
+            self.state / "mosquitto",
+            choose_port("FLEETGATE_MQTT_PORT", 1883),
+            choose_port("FLEETGATE_MQTTS_PORT", 8883),
+        )
+        broker.init(self.env, self.database.api)
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        config = mosquitto_config(self.state / "mosquitto", port)
-        broker = self.spawn("mosquitto", [binary, "-c", str(config)], required=True, stop_s=10)
-        wait_for(
-            f"broker on 127.0.0.1:{port}", lambda: accepts_connections("127.0.0.1", port), broker
+        mosquitto = self.spawn(
+            "mosquitto", [binary, "-c", str(broker.config())], {}, required=True, stop_s=10
         )
-        self.mqtt_url = f"mqtt://127.0.0.1:{port}"
-        self.lines.append(f"broker     {self.mqtt_url} (private Mosquitto, log {broker.log})")
+        for port in (broker.port, broker.tls_port):
+            wait_for(
+                f"broker on 127.0.0.1:{port}",
+                functools.partial(accepts_connections, "127.0.0.1", port),
+                mosquitto,
+            )
+        sync = self.spawn(
+            "broker-sync",
+            [PYTHON, "-m", "gateway.broker_sync", "run"],
+            broker.sync_env(self.database.api),
+            required=True,
+            stop_s=10,
+        )
+        self.broker = broker
+        self.mqtt_url = f"mqtt://127.0.0.1:{broker.port}"
+        if self.simulator:
+            self.simulator += ["--mqtt-url", broker.tls_url, "--ca-file", str(broker.ca_file)]
+        self.lines += [
+            f"broker     {broker.tls_url} for devices and engineers (TLS, CA {broker.ca_file}), "
+            f"{self.mqtt_url} for the services; nobody without a login (private Mosquitto, "
+            f"log {mosquitto.log})",
+            f"           broker sync keeps its logins equal to the registry (log {sync.log})",
+        ]
 
-    def start_database(self) -> None:
-        if "DATABASE_URL" in os.environ:
-            self.database_url = os.environ["DATABASE_URL"]
-            self.lines.append("database   (given by DATABASE_URL)")
-            return
-        postgres = EmbeddedPostgres(self.state / "postgres", choose_port("FLEETGATE_PG_PORT", 5432))
-        self.stops.append(postgres.stop)  # also when start fails halfway
-        postgres.start()
-        self.database_url = postgres.url
-        self.lines.append(
-            f"database   {postgres.url} (private PostgreSQL, data {postgres.datadir})"
-        )
+    def service_mqtt(self, role: str) -> dict[str, str]:
+        """MQTT_URL (and for the gateway MQTT_ALERTS_URL) of a service: its own logins."""
+        if self.broker is None:
+            return {"MQTT_URL": self.mqtt_url}
+        urls = {"MQTT_URL": self.broker.service_url(role)}
+        if role == "gateway":
+            urls["MQTT_ALERTS_URL"] = self.broker.service_url("alerts")
+        return urls
 
     def start_gateway(self) -> None:
-        self.env.update(DATABASE_URL=self.database_url, MQTT_URL=self.mqtt_url)
-        # The demo's simulated devices are not registered: they enrol by their first reading.
-        self.env.setdefault("ENROLMENT", "open")
+        enrolment = os.environ.get("ENROLMENT", "closed")
         metrics_port = choose_port("METRICS_PORT", 9464)
-        self.env["METRICS_PORT"] = str(metrics_port)
+        env = {
+            "DATABASE_URL": self.database.gateway,
+            **self.service_mqtt("gateway"),
+            "ENROLMENT": enrolment,
+            "METRICS_PORT": str(metrics_port),
+        }
         # SIGTERM makes the gateway commit what it took; give it its own deadline and a little.
-        gateway = self.spawn("gateway", [PYTHON, "-m", "gateway"], required=True, stop_s=20)
+        gateway = self.spawn("gateway", [PYTHON, "-m", "gateway"], env, required=True, stop_s=20)
         wait_for(
             "subscription of the gateway",
             lambda: "subscribed (QoS 1)" in gateway.log.read_text(errors="replace"),
             gateway,
         )
         metrics = f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else "off"
-        self.lines.append(f"gateway    metrics {metrics}, log {gateway.log}")
+        self.lines.append(f"gateway    {enrolment} enrolment, metrics {metrics}, log {gateway.log}")
 
     def start_api(self) -> None:
-        if not has_module("http_api.__main__"):
-            self.lines.append("http api   not started: http_api has no __main__ yet")
-            return
         port = choose_port("HTTP_PORT", 8080)
-        host = self.env.setdefault("HTTP_HOST", "127.0.0.1")
-        self.env["HTTP_PORT"] = str(port)
+        host = self.env.get("HTTP_HOST", "127.0.0.1")
+        env = {"DATABASE_URL": self.database.api, **self.service_mqtt("api")}
+        env.update(HTTP_HOST=host, HTTP_PORT=str(port))
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-        api = self.spawn("http_api", [PYTHON, "-m", "http_api"], required=False, stop_s=10)
+        api = self.spawn("http_api", [PYTHON, "-m", "http_api"], env, required=False, stop_s=10)
         try:
             wait_for(f"answer from {url}/health", lambda: http_ok(f"{url}/health"), api)
         except StackError as exc:
@@ -176,39 +255,43 @@ class Stack:
             self.lines.append(f"http api   failed to start: {exc}")
             return
         self.api_url = url
-        read = create_token(self.env, "read")
-        self.token = read[1] if read else None
         self.lines.append(f"http api   {url} (log {api.log})")
-        if self.token:
-            self.lines.append(f"read token {self.token}")
+        tool_env = {**self.env, "DATABASE_URL": self.database.api}
+        for scope in ("read", "admin"):
+            created = create_token(tool_env, scope)
+            if created:
+                token_id, self.tokens[scope] = created
+                # The demo leaves no access behind it.
+                self.stops.append(functools.partial(revoke_token, tool_env, token_id))
 
     def start_simulator(self, devices: int, catch_up_s: float) -> None:
         """Replay the last 24 h quickly, so that the 24 h analytics have data at once; once
         that run ends (check_children), the same fleet goes on in real time."""
-        if not has_module("gateway.simulate"):
-            self.lines.append("simulator  not started: gateway.simulate does not exist yet")
-            return
-        self.simulator = [PYTHON, "-m", "gateway.simulate", "--mqtt-url", self.mqtt_url]
-        self.simulator += ["--devices", str(devices)]
         speed = f"{24 * 3600 / catch_up_s:g}"
         catch_up = [*self.simulator, "--speed", speed, "--duration", f"{catch_up_s:g}"]
-        self.catching_up = self.spawn("simulator", catch_up, required=False, stop_s=10)
-        self.lines.append(
-            f"simulator  {devices} chargers and their vehicles: the last 24 h in {catch_up_s:g} s, "
-            f"then live (log {self.catching_up.log})"
-        )
+        self.catching_up = self.spawn("simulator", catch_up, {}, required=False, stop_s=10)
+        if self.broker:
+            how = f"each device logged in as itself over TLS, logins in {self.logins_file}"
+        else:
+            how = "all devices over one connection"
+        self.lines += [
+            f"simulator  {devices} chargers and their vehicles, the last 24 h in {catch_up_s:g} s, "
+            f"then live (log {self.catching_up.log})",
+            f"           {self.registered}; {how}",
+        ]
 
     def go_live(self, caught_up: Child) -> None:
         caught_up.reported = True
         self.catching_up = None
-        live = self.spawn("simulator-live", self.simulator, required=False, stop_s=10)
+        live = self.spawn("simulator-live", self.simulator, {}, required=False, stop_s=10)
         print(f"simulator caught up with the last 24 h; now live (log {live.log})", flush=True)
 
     def wait_for_first_reading(self) -> str | None:
         """The name of a vehicle once one has sent a reading, None if none did in time."""
         deadline = time.monotonic() + FIRST_DATA_TIMEOUT_S
         while time.monotonic() < deadline:
-            row = query_one(self.database_url, "SELECT min(name) FROM vehicle")
+            sql = "SELECT min(name) FROM vehicle WHERE received_at IS NOT NULL"
+            row = query_one(self.database.readonly, sql)
             if row and row[0]:
                 return str(row[0])
             pause(0.5)
@@ -233,45 +316,12 @@ class Stack:
             )
 
 
-def print_summary(stack: Stack, vehicle: str | None, startup_s: float) -> None:
-    mqtt = urllib.parse.urlsplit(stack.mqtt_url)
-    out = [f"\nfleetgate demo is running ({startup_s:.1f} s to start); Ctrl-C stops everything.\n"]
-    out += [f"  {line}" for line in stack.lines]
-    out.append("\nTry:")
-    if stack.api_url:
-        auth = f"-H 'Authorization: Bearer {stack.token}' " if stack.token else ""
-        path = f"/v1/analytics/performance/{vehicle or '<vehicleId>'}"
-        out.append(f"  curl {auth}{stack.api_url}{path}   # 24 h efficiency of a vehicle")
-    out.append(f"  mosquitto_sub -h {mqtt.hostname} -p {mqtt.port or 1883} -t 'fleet/alerts/#' -v")
-    out.append(
-        f"  mosquitto_sub -h {mqtt.hostname} -p {mqtt.port or 1883} -t 'fleet/#' -v   # everything"
-    )
-    if "DATABASE_URL" not in os.environ:
-        out.append(f"  psql {stack.database_url} -c 'SELECT * FROM vehicle'")
-    if vehicle is None:
-        out.append("\nNo vehicle reading has arrived yet: publish one to fleet/vehicle/<id>.")
-    print("\n".join(out) + "\n", flush=True)
-
-
-def print_status(stack: Stack, previous: list[int]) -> None:
-    row = query_one(stack.database_url, COUNTS_SQL)
-    if row is None:
-        print("readings: database unreachable", flush=True)
-        return
-    meters, vehicles, dead = (int(value) for value in row)
-    added = meters + vehicles - sum(previous)
-    previous[:] = [meters, vehicles]
-    print(
-        f"readings stored: {meters} meter, {vehicles} vehicle (+{added} in "
-        f"{STATUS_INTERVAL_S:.0f} s), dead letters: {dead}",
-        flush=True,
-    )
-
-
 def run(args: argparse.Namespace, stack: Stack) -> None:
     started = time.monotonic()
-    stack.start_broker()
     stack.start_database()
+    if not args.no_simulator:
+        stack.register_simulated_devices(args.devices)
+    stack.start_broker()
     stack.start_gateway()
     stack.start_api()
     if args.no_simulator:
@@ -280,7 +330,8 @@ def run(args: argparse.Namespace, stack: Stack) -> None:
         stack.start_simulator(args.devices, args.catch_up)
     vehicle = stack.wait_for_first_reading() if stack.simulator else None
     if vehicle and stack.api_url:
-        linked = link_chargers(stack.api_url, stack.env, args.devices)
+        linked = link_chargers(stack.api_url, {**stack.env, "DATABASE_URL": stack.database.api},
+                               args.devices)  # fmt: skip
         stack.lines.append(
             f"links      meter MTR-NNNN feeds vehicle EV-NNNN ({linked} of {args.devices} linked)"
         )

@@ -179,7 +179,12 @@ class EmbeddedPostgres:
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/fleetgate"
+        """The superuser's."""
+        return self.login_url("postgres")
+
+    def login_url(self, login: str) -> str:
+        # trust: only 127.0.0.1 and a socket in the state folder are listened on.
+        return f"postgresql://{login}@127.0.0.1:{self.port}/fleetgate"
 
     def _pg(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
@@ -231,26 +236,6 @@ class EmbeddedPostgres:
             self._pg(
                 "pg_ctl", "-D", str(self.datadir), "-m", "immediate", "-w", "stop", check=False
             )
-
-
-def mosquitto_config(root: Path, port: int) -> Path:
-    """The private broker's configuration: the project's settings plus a local listener, open
-    to anonymous clients on 127.0.0.1 (the trial mode: the demo's devices enrol by their first
-    reading; docs/security.md says how the production configuration differs)."""
-    root.mkdir(parents=True, exist_ok=True)
-    config = root / "mosquitto.conf"
-    settings = (PROJECT / "mosquitto" / "fleetgate.conf").read_text()
-    config.write_text(
-        "# Written by scripts/stack.py at every start; edit mosquitto/fleetgate.conf instead.\n"
-        f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
-        f"persistence_location {root}/\n"
-        f"log_dest file {root}/mosquitto.log\n"
-        "log_type error\nlog_type warning\nlog_type notice\n"
-        f"{settings}\n"
-    )
-    return config
 
 
 @contextlib.contextmanager
