@@ -162,6 +162,8 @@ async def test_demo_runs_the_stack_secured_and_stops_everything_on_sigint(demo: 
 
     await wait_until(running, 90, "the demo's summary")  # includes a first pip install
     printed = demo.printed()
+    for client in ("mosquitto_sub", "mosquitto_pub"):  # the demo installs them when it may
+        assert shutil.which(client), f"{client} is missing: apt-get install -y mosquitto-clients"
     api = f"http://127.0.0.1:{demo.http_port}"
     admin = printed_line(printed, r"admin token (\S+)")[1]
     engineer = printed_line(printed, r"mosquitto_sub -h 127\.0\.0\.1 .*-t 'fleet/alerts/#' -v")[0]
