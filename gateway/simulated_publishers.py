@@ -35,6 +35,7 @@ _KEEPALIVE_S: Final = 30
 _RETRY_CAP_S: Final = 5.0  # reconnects after a dropped connection
 _REFUSED_RETRY_CAP_S: Final = 30.0  # a device the broker refused asks again this rarely
 _MISC_INTERVAL_S: Final = 1.0  # keepalives and reconnects are looked after this often
+_ANSWER_WAIT_S: Final = 10.0  # a CONNECT the broker has not answered by then is sent again
 
 
 class PublishError(Exception):
@@ -150,6 +151,7 @@ class _Connection:
     def open(self) -> None:
         """TCP (and the TLS handshake), then CONNECT; the broker's answer comes later."""
         address = self.broker.address
+        self.retry_at = time.monotonic() + _ANSWER_WAIT_S  # unless the broker answers first
         try:
             self.client.connect(address.host, address.port, keepalive=_KEEPALIVE_S)
         except OSError as exc:  # TLS errors too (ssl.SSLError is an OSError)
