@@ -195,7 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--duplicate-share", type=float, default=0.001, help="messages sent twice")
     add("--late-share", type=float, default=0.001, help="messages sent out of order, later")
     add("--malformed-share", type=float, default=0.001, help="messages with a broken payload")
-    add("--seed", type=int, help="random seed, for a repeatable fleet")
+    add(
+        "--seed",
+        type=int,
+        help="random seed, for a repeatable fleet (the same fleet for --register and the runs "
+        "that publish: it decides each meter's nominal voltage)",
+    )
     add("--window", type=int, default=DEFAULT_WINDOW, help="unacknowledged messages at most")
     add(
         "--client-id",
