@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime, timedelta
-from typing import Any, Literal, TypeAlias
+from typing import Any
 
-from http_api.render import iso, kwh, ratio, tenth
+from http_api.bodies import EfficiencyStatus, ReadingCounts, ReadingCoverage, Window
+from http_api.render import kwh, ratio, tenth, utc
 from http_api.settings import Settings
-
-Status: TypeAlias = Literal["excellent", "good", "warning", "critical", "suspect", "noData"]
 
 
 @dataclasses.dataclass(slots=True)
@@ -52,7 +51,7 @@ class Figures:
         return self.dc_linked_mwh / self.ac_mwh
 
 
-def status_of(efficiency: float | None, settings: Settings) -> Status:
+def status_of(efficiency: float | None, settings: Settings) -> EfficiencyStatus:
     if efficiency is None:
         return "noData"
     if efficiency > 1.0:
@@ -73,7 +72,9 @@ def _coverage(readings: int, seconds: float, interval_s: float) -> float | None:
     return ratio(min(1.0, readings / expected))
 
 
-def figures_body(figures: Figures, settings: Settings) -> dict[str, Any]:
+def figure_fields(figures: Figures, settings: Settings) -> dict[str, Any]:
+    """The fields of an answer's bodies.Figures (a Performance, a TrendHour, a FleetVehicle),
+    by name, rounded."""
     efficiency = figures.efficiency()
     average = (
         figures.temp_sum / figures.dc_readings
@@ -81,26 +82,24 @@ def figures_body(figures: Figures, settings: Settings) -> dict[str, Any]:
         else None
     )
     return {
-        "totalAc": kwh(figures.ac_mwh),
-        "totalDc": kwh(figures.dc_mwh),
-        "dcWhileLinked": kwh(figures.dc_linked_mwh),
+        "total_ac": kwh(figures.ac_mwh),
+        "total_dc": kwh(figures.dc_mwh),
+        "dc_while_linked": kwh(figures.dc_linked_mwh),
         "efficiency": ratio(efficiency),
-        "efficiencyStatus": status_of(efficiency, settings),
-        "avgBatteryTemp": tenth(average),
-        "minBatteryTemp": tenth(figures.temp_min),
-        "maxBatteryTemp": tenth(figures.temp_max),
-        "readings": {"ac": figures.ac_readings, "dc": figures.dc_readings},
-        "coverage": {
-            "ac": _coverage(
-                figures.ac_readings, figures.linked_seconds, settings.reading_interval_s
-            ),
-            "dc": _coverage(figures.dc_readings, figures.seconds, settings.reading_interval_s),
-        },
+        "efficiency_status": status_of(efficiency, settings),
+        "avg_battery_temp": tenth(average),
+        "min_battery_temp": tenth(figures.temp_min),
+        "max_battery_temp": tenth(figures.temp_max),
+        "readings": ReadingCounts(ac=figures.ac_readings, dc=figures.dc_readings),
+        "coverage": ReadingCoverage(
+            ac=_coverage(figures.ac_readings, figures.linked_seconds, settings.reading_interval_s),
+            dc=_coverage(figures.dc_readings, figures.seconds, settings.reading_interval_s),
+        ),
     }
 
 
-def window_body(start: datetime, end: datetime) -> dict[str, Any]:
-    return {"from": iso(start), "to": iso(end)}
+def window_body(start: datetime, end: datetime) -> Window:
+    return Window(from_=utc(start), to=utc(end))
 
 
 def overlap_seconds(a: tuple[datetime, datetime], b: tuple[datetime, datetime]) -> float:

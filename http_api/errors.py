@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
+
+from msgspec import UNSET
+
+from http_api.bodies import Error, ErrorCode, ErrorDetail
 
 
 class ApiError(Exception):
     """An error a client can act on: a status, a camelCase code and a message."""
 
     status: ClassVar[int] = 400
-    code: ClassVar[str] = "badRequest"
+    code: ClassVar[ErrorCode] = "badRequest"
 
     def __init__(
         self, message: str, parameter: str | None = None, headers: dict[str, str] | None = None
@@ -19,11 +23,9 @@ class ApiError(Exception):
         self.parameter = parameter
         self.headers = headers or {}  # sent with the error (WWW-Authenticate, Retry-After)
 
-    def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.parameter is not None:
-            error["parameter"] = self.parameter
-        return {"error": error}
+    def body(self) -> Error:
+        parameter = UNSET if self.parameter is None else self.parameter
+        return Error(ErrorDetail(code=self.code, message=self.message, parameter=parameter))
 
 
 class InvalidParameterError(ApiError):

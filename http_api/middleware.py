@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from psycopg_pool import PoolTimeout
 
+from http_api.bodies import Error, ErrorCode, ErrorDetail
 from http_api.errors import (
     ApiError,
     DatabaseUnavailableError,
@@ -23,6 +24,7 @@ from http_api.errors import (
     UnknownParameterError,
 )
 from http_api.openapi import query_parameters
+from http_api.render import json
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ _CLIENT_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")  # fullmatch: no
 RETRY_AFTER_S: Final = 5
 
 # aiohttp's own refusals (unknown path, wrong method, body too large) in the API's vocabulary.
-_CODES: Final = {
+_CODES: Final[dict[int, ErrorCode]] = {
     400: "badRequest",
     401: "unauthorized",
     403: "forbidden",
@@ -44,8 +46,8 @@ _CODES: Final = {
 }
 
 
-def error_response(status: int, body: dict[str, object]) -> web.Response:
-    return web.json_response(body, status=status)
+def error_response(status: int, body: Error) -> web.Response:
+    return json(body, status=status)
 
 
 @web.middleware
@@ -77,7 +79,7 @@ async def request_id_and_errors(request: web.Request, handler: Handler) -> web.S
         if exc.status < 400:
             raise
         code = _CODES.get(exc.status, "httpError")
-        response = error_response(exc.status, {"error": {"code": code, "message": exc.reason}})
+        response = error_response(exc.status, Error(ErrorDetail(code=code, message=exc.reason)))
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
     except Exception:
@@ -86,13 +88,13 @@ async def request_id_and_errors(request: web.Request, handler: Handler) -> web.S
         )
         response = error_response(
             500,
-            {
-                "error": {
-                    "code": "internalError",
-                    "message": f"unexpected error; quote request id {request_id}",
-                    "requestId": request_id,
-                }
-            },
+            Error(
+                ErrorDetail(
+                    code="internalError",
+                    message=f"unexpected error; quote request id {request_id}",
+                    request_id=request_id,
+                )
+            ),
         )
     response.headers[REQUEST_ID_HEADER] = request_id
     return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 import msgspec
@@ -37,6 +38,32 @@ _UNKNOWN_DEVICE: Final = (
 _BROKER_DOWN: Final = "Broker (brokerUnavailable) or database (databaseUnavailable) down."
 
 
+def _health() -> dict[str, Any]:
+    described = operation(
+        "Database, broker and gateway lag", ("200", "Health", "Healthy."), public=True
+    )
+    described["responses"]["503"] = json_content(
+        ref("Health"), "Something is down (body says what)."
+    )
+    return described
+
+
+def _create_link() -> dict[str, Any]:
+    described = operation(
+        "Link a vehicle to the meter feeding its charger",
+        ("201", "Link", "Linked"),
+        body="NewLink",
+        errors={
+            "404": "Unknown vehicle or meter.",
+            "409": "Meter in use, or overlapping link.",
+        },
+    )
+    described["responses"]["200"] = json_content(
+        ref("Link"), "The vehicle is linked to that meter already: nothing changed."
+    )
+    return described
+
+
 def _ingest_batch() -> dict[str, Any]:
     described = operation(
         "Ingest readings",
@@ -64,18 +91,17 @@ _WINDOW_PARAMS: Final = [
     query_param("to", TIME, "Window end (exclusive), clamped to now; default: now."),
 ]
 _PATHS: Final[dict[str, dict[str, Any]]] = {
-    "/health": {
-        "get": operation(
-            "Database, broker and gateway lag",
-            ("200", "Health", "Healthy."),
-            errors={"503": "Something is down (body says what)."},
-            public=True,
-        )
-    },
+    "/health": {"get": _health()},
     "/openapi.json": {
         "get": {
             **operation("This document", ("200", "Error", "OpenAPI 3.1")),
-            "responses": {"200": {"description": "OpenAPI 3.1 document"}, **COMMON_ERRORS},
+            "responses": {
+                "200": json_content(
+                    {"type": "object", "required": ["openapi", "info", "paths", "components"]},
+                    "OpenAPI 3.1 document",
+                ),
+                **COMMON_ERRORS,
+            },
         }
     },
     "/v1/status/overview": {"get": operation("Fleet now", ("200", "Overview", "Counts"))},
@@ -109,21 +135,13 @@ _PATHS: Final[dict[str, dict[str, Any]]] = {
         )
     },
     "/v1/links": {
-        "get": operation("Current links", ("200", "Link", "{links: [Link]}")),
-        "post": operation(
-            "Link a vehicle to the meter feeding its charger",
-            ("201", "Link", "Linked"),
-            body="NewLink",
-            errors={
-                "404": "Unknown vehicle or meter.",
-                "409": "Meter in use, or overlapping link.",
-            },
-        ),
+        "get": operation("Current links", ("200", "LinkList", "Every link that holds now")),
+        "post": _create_link(),
     },
     "/v1/links/{vehicleId}": {
         "get": operation(
             "A vehicle's current link and history",
-            ("200", "Link", "Links"),
+            ("200", "VehicleLinks", "Its current link (or null) and all its links, newest first"),
             params=[VEHICLE],
             errors={"404": "Unknown vehicle."},
         ),
@@ -156,7 +174,11 @@ _PATHS: Final[dict[str, dict[str, Any]]] = {
             ("200", "Fleet", "Totals and a page of vehicles"),
             params=[
                 *_WINDOW_PARAMS,
-                query_param("below", {"type": "number"}, "Threshold (default EFFICIENCY_GOOD)."),
+                query_param(
+                    "below",
+                    {"type": "number", "minimum": 0, "maximum": 10},
+                    "Threshold (default EFFICIENCY_GOOD).",
+                ),
                 *PAGE_PARAMS,
             ],
         )
@@ -203,16 +225,72 @@ _PATHS: Final[dict[str, dict[str, Any]]] = {
 }
 
 
+# Each operation's name, for clients generated from this document.
+OPERATION_IDS: Final = {
+    ("get", "/health"): "getHealth",
+    ("get", "/openapi.json"): "getOpenApi",
+    ("get", "/v1/status/overview"): "getOverview",
+    ("get", "/v1/status/vehicles"): "listVehicleStatus",
+    ("get", "/v1/status/vehicle/{vehicleId}"): "getVehicleStatus",
+    ("get", "/v1/status/meter/{meterId}"): "getMeterStatus",
+    ("get", "/v1/links"): "listLinks",
+    ("post", "/v1/links"): "createLink",
+    ("get", "/v1/links/{vehicleId}"): "getVehicleLinks",
+    ("delete", "/v1/links/{vehicleId}"): "endLink",
+    ("get", "/v1/analytics/performance/{vehicleId}"): "getPerformance",
+    ("get", "/v1/analytics/trend/{vehicleId}"): "getTrend",
+    ("get", "/v1/analytics/fleet"): "getFleet",
+    ("get", "/v1/alerts"): "listAlerts",
+    ("post", "/v1/telemetry"): "ingestReading",
+    ("post", "/v1/telemetry/batch"): "ingestBatch",
+    ("post", "/v1/devices"): "createDevice",
+    ("get", "/v1/devices"): "listDevices",
+    ("post", "/v1/devices/import"): "importDevices",
+    ("get", "/v1/devices/{kind}/{id}"): "getDevice",
+    ("patch", "/v1/devices/{kind}/{id}"): "updateDevice",
+    ("delete", "/v1/devices/{kind}/{id}"): "deleteDevice",
+    ("post", "/v1/devices/{kind}/{id}/rotate-secret"): "rotateDeviceSecret",
+    ("post", "/v1/devices/{kind}/{id}/disable"): "disableDevice",
+}
+
+
+def _operation_id(method: str, path: str) -> str:
+    """The operation's name in OPERATION_IDS (a test wants every operation there), else one
+    made of its method and path."""
+    words = [word for word in re.split(r"[^A-Za-z0-9]+", path) if word]
+    return OPERATION_IDS.get(
+        (method, path), method + "".join(word[0].upper() + word[1:] for word in words)
+    )
+
+
+def _with_operation_ids(paths: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        path: {
+            method: {"operationId": _operation_id(method, path), **described}
+            for method, described in operations.items()
+        }
+        for path, operations in paths.items()
+    }
+
+
 def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
-        "info": {"title": "fleetgate HTTP API", "version": "1.0.0"},
+        "info": {
+            "title": "fleetgate HTTP API",
+            "version": "1.0.0",
+            "description": "Live status, links, charging analytics, alerts, ingestion and the "
+            'device registry of an EV fleet. Errors are {"error": {"code", "message", '
+            '"parameter"?}}; numbers are rounded to what they mean (kWh to the Wh, °C and V '
+            "to 0.1, ratios to 4 decimals).",
+        },
+        "servers": [{"url": "/", "description": "The API that serves this document."}],
         "components": {
             "schemas": {**SCHEMAS, **_INGEST_SCHEMAS, **DEVICE_SCHEMAS},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
-        "paths": {**_PATHS, **DEVICE_PATHS},
+        "paths": _with_operation_ids({**_PATHS, **DEVICE_PATHS}),
     }
 
 

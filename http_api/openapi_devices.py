@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-import msgspec
-
 from gateway.registry import KINDS, STATES
 from http_api.device_bodies import (
     SITE_PATTERN,
@@ -20,38 +18,26 @@ from http_api.device_bodies import (
     VehicleChange,
 )
 from http_api.device_import import CSV_COLUMNS
-from http_api.openapi_operations import PAGE_PARAMS, operation, path_param, query_param
-from http_api.openapi_schemas import ref
-
-
-def _ecma(pattern: str) -> str:
-    """msgspec and ``re`` take Python's anchors (\\A, \\Z); JSON Schema takes ECMA-262's."""
-    return pattern.replace("\\A", "^").replace("\\Z", "$")
-
-
-def _with_ecma_patterns(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {
-            key: _ecma(value) if key == "pattern" else _with_ecma_patterns(value)
-            for key, value in node.items()
-        }
-    if isinstance(node, list):
-        return [_with_ecma_patterns(value) for value in node]
-    return node
+from http_api.openapi_operations import (
+    PAGE_PARAMS,
+    json_content,
+    operation,
+    path_param,
+    query_param,
+)
+from http_api.openapi_schemas import ecma, generated, ref
 
 
 def _schemas() -> dict[str, Any]:
     named = {"NewDevice": NewDevice, "Device": Device}
     structs = (*named.values(), MeterChange, VehicleChange, DeviceList, DeviceWithSecret)
-    unions, components = msgspec.json.schema_components(
-        (*structs, ImportResult), ref_template="#/components/schemas/{name}"
-    )
+    unions, components = generated((*structs, ImportResult))
     components.update(zip(named, unions[: len(named)], strict=True))
     components["DeviceChange"] = {
         "description": "The fields to change (null clears one); metadata of the path's kind.",
         "oneOf": [ref("MeterChange"), ref("VehicleChange")],
     }
-    return dict(_with_ecma_patterns(components))
+    return components
 
 
 DEVICE_SCHEMAS: Final = _schemas()
@@ -69,10 +55,11 @@ def _import() -> dict[str, Any]:
         "Register or update many devices in one transaction" + _ADMIN,
         ("200", "ImportResult", "Every row imported: created, updated or unchanged"),
         body="NewDevice",
-        errors={
-            "207": "Some rows refused (row, column and message in results); the others imported.",
-            "415": "Neither text/csv nor application/json.",
-        },
+        errors={"415": "Neither text/csv nor application/json."},
+    )
+    described["responses"]["207"] = json_content(
+        ref("ImportResult"),
+        "Some rows refused (row, column and message in results); the others imported.",
     )
     described["requestBody"]["content"] = {
         "text/csv": {
@@ -104,11 +91,11 @@ DEVICE_PATHS: Final[dict[str, dict[str, Any]]] = {
                     "state", {"type": "string", "enum": list(STATES)}, "Only devices in it."
                 ),
                 query_param(
-                    "site", {"type": "string", "pattern": _ecma(SITE_PATTERN)}, "Only this site."
+                    "site", {"type": "string", "pattern": ecma(SITE_PATTERN)}, "Only this site."
                 ),
                 query_param(
                     "tag",
-                    {"type": "string", "pattern": _ecma(TAG_PATTERN)},
+                    {"type": "string", "pattern": ecma(TAG_PATTERN)},
                     "Only devices with it.",
                 ),
                 *PAGE_PARAMS,

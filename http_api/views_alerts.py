@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Final, Literal
 
 import msgspec
 from aiohttp import web
@@ -12,17 +12,18 @@ from aiohttp import web
 from gateway.alert_rules import RULES, describe
 from http_api import params
 from http_api.alert_queries import AlertFilter, Row, alert_page
+from http_api.bodies import Alert, AlertList
 from http_api.errors import InvalidParameterError
 from http_api.keys import POOL
-from http_api.render import alert_number, iso, json
+from http_api.render import alert_number, iso, json, utc
 
 STATES: Final = ("active", "cleared")
 _Key = tuple[datetime, Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]]
 _KEY_DECODER: Final = msgspec.json.Decoder(_Key)
 
 
-def _alert_body(row: Row) -> dict[str, Any]:
-    state = "active" if row["cleared_at"] is None else "cleared"
+def _alert_body(row: Row) -> Alert:
+    state: Literal["active", "cleared"] = "active" if row["cleared_at"] is None else "cleared"
     message = row["message"]
     # The sentence of the MQTT alert events, with the worst value so far; the stored message
     # (written at the raise) only for a rule this version no longer knows.
@@ -36,19 +37,20 @@ def _alert_body(row: Row) -> dict[str, Any]:
             row["threshold"],
             clear_value=row["clear_value"],
         )
-    return {
-        "alertId": str(row["alert_id"]),
-        "rule": row["rule"],
-        "state": state,
-        "deviceId": row["device_name"],
-        "deviceKind": row["device_kind"],
-        "value": alert_number(row["rule"], row["value"]),
-        "threshold": alert_number(row["rule"], row["threshold"]),
-        "clearValue": alert_number(row["rule"], row["clear_value"]),
-        "raisedAt": iso(row["raised_at"]),
-        "clearedAt": iso(row["cleared_at"]),
-        "message": message,
-    }
+    rule = row["rule"]
+    return Alert(
+        alert_id=str(row["alert_id"]),
+        rule=rule,
+        state=state,
+        device_id=row["device_name"],
+        device_kind=row["device_kind"],
+        value=alert_number(rule, row["value"]),
+        threshold=alert_number(rule, row["threshold"]),
+        clear_value=alert_number(rule, row["clear_value"]),
+        raised_at=utc(row["raised_at"]),
+        cleared_at=utc(row["cleared_at"]),
+        message=message,
+    )
 
 
 def _encode_key(row: Row) -> str:
@@ -84,4 +86,4 @@ async def alerts(request: web.Request) -> web.Response:
     rows = await alert_page(request.app[POOL], found, limit + 1)  # one more: is there a next page
     page = rows[:limit]
     cursor = _encode_key(page[-1]) if len(rows) > limit else None
-    return json({"alerts": [_alert_body(row) for row in page], "nextCursor": cursor})
+    return json(AlertList(alerts=[_alert_body(row) for row in page], next_cursor=cursor))

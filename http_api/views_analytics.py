@@ -8,20 +8,31 @@ from typing import Any, Final
 
 import msgspec
 from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
 
 from http_api import params
 from http_api.analytics import (
     Figures,
-    figures_body,
+    figure_fields,
     hours_of,
     overlap_seconds,
     status_of,
     window_body,
 )
+from http_api.bodies import (
+    Fleet,
+    FleetTotals,
+    FleetVehicle,
+    MeterSegment,
+    Performance,
+    StatusCounts,
+    Trend,
+    TrendHour,
+)
 from http_api.errors import NotFoundError
 from http_api.fleet_queries import AcSums, VehicleSums, fleet_sums
 from http_api.keys import POOL, SETTINGS
-from http_api.render import iso, json, kwh, ratio
+from http_api.render import json, kwh, ratio, utc
 from http_api.rollup_queries import Grouping, Stream, vehicle_sums
 from http_api.settings import Settings
 
@@ -78,18 +89,22 @@ async def performance(request: web.Request) -> web.Response:
         figures.add_ac(row)
         figures.linked_seconds += (row["e"] - row["s"]).total_seconds()
         meters.append(
-            {
-                "meterId": row["device_name"],
-                "from": iso(row["s"]),
-                "to": iso(row["e"]),
-                "totalAc": kwh(int(row["energy"])),
-                "readings": int(row["readings"]),
-            }
+            MeterSegment(
+                meter_id=row["device_name"],
+                from_=utc(row["s"]),
+                to=utc(row["e"]),
+                total_ac=kwh(int(row["energy"])),
+                readings=int(row["readings"]),
+            )
         )
-    body: dict[str, object] = {"vehicleId": name, "window": window_body(*window)}
-    body |= figures_body(figures, request.app[SETTINGS])
-    body["meters"] = meters
-    return json(body)
+    return json(
+        Performance(
+            vehicle_id=name,
+            window=window_body(*window),
+            meters=meters,
+            **figure_fields(figures, request.app[SETTINGS]),
+        )
+    )
 
 
 async def trend(request: web.Request) -> web.Response:
@@ -118,14 +133,14 @@ async def trend(request: web.Request) -> web.Response:
             figures.linked_seconds += overlap_seconds(span, (segment["s"], segment["e"]))
     settings = request.app[SETTINGS]
     return json(
-        {
-            "vehicleId": name,
-            "window": window_body(*window),
-            "hours": [
-                {"hour": iso(hour)} | figures_body(figures, settings)
+        Trend(
+            vehicle_id=name,
+            window=window_body(*window),
+            hours=[
+                TrendHour(hour=utc(hour), **figure_fields(figures, settings))
                 for hour, figures in sorted(hours.items())
             ],
-        }
+        )
     )
 
 
@@ -193,38 +208,51 @@ class FleetPage:
             figures.linked_seconds = row["linked_seconds"]
 
 
-async def fleet(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
-    window = _window(request)
-    below = params.ratio(request.query, "below", settings.efficiency_good)
-    limit = params.integer(request.query, "limit", 100, 1, 1000)
+async def fleet_view(
+    pool: AsyncConnectionPool,
+    settings: Settings,
+    window: Window,
+    below: float,
+    limit: int,
+    *,
+    after: tuple[float, str] | None = None,
+) -> Fleet:
+    """The fleet over ``window``: totals, and the page of vehicles below ``below`` after the
+    cursor's ``after``."""
+    computed_at = datetime.now(UTC)
     fleet = FleetPage(window, settings, below, limit)
-    fleet.after = params.decode_json_cursor(request.query, _FLEET_CURSOR)
-    page_rows = await fleet_sums(request.app[POOL], window, fleet.pick)
+    fleet.after = after
+    page_rows = await fleet_sums(pool, window, fleet.pick)
     fleet.add_page(page_rows)
     page = list(fleet.page.values())
     cursor = None
     if len(fleet.ranked) > limit:
         cursor = params.encode_cursor(msgspec.json.encode([page[-1][0], page[-1][1]]).decode())
-    return json(
-        {
-            "window": window_body(*window),
-            "totals": {
-                "vehicles": fleet.vehicles,
-                "totalAc": kwh(fleet.total_ac),
-                "totalDc": kwh(fleet.total_dc),
-                "matchedAc": kwh(fleet.matched_ac),
-                "matchedDc": kwh(fleet.matched_dc),
-                "efficiency": ratio(fleet.matched_dc / fleet.matched_ac)
-                if fleet.matched_ac
-                else None,
-                "byStatus": dict(fleet.statuses),
-            },
-            "below": below,
-            "vehicles": [
-                {"vehicleId": vehicle_name} | figures_body(vehicle, settings)
-                for _, vehicle_name, vehicle in page
-            ],
-            "nextCursor": cursor,
-        }
+    return Fleet(
+        window=window_body(*window),
+        computed_at=computed_at,
+        totals=FleetTotals(
+            vehicles=fleet.vehicles,
+            total_ac=kwh(fleet.total_ac),
+            total_dc=kwh(fleet.total_dc),
+            matched_ac=kwh(fleet.matched_ac),
+            matched_dc=kwh(fleet.matched_dc),
+            efficiency=ratio(fleet.matched_dc / fleet.matched_ac) if fleet.matched_ac else None,
+            by_status=msgspec.convert(fleet.statuses, StatusCounts),
+        ),
+        below=below,
+        vehicles=[
+            FleetVehicle(vehicle_id=vehicle_name, **figure_fields(vehicle, settings))
+            for _, vehicle_name, vehicle in page
+        ],
+        next_cursor=cursor,
     )
+
+
+async def fleet(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    window = _window(request)
+    below = params.ratio(request.query, "below", settings.efficiency_good)
+    limit = params.integer(request.query, "limit", 100, 1, 1000)
+    after = params.decode_json_cursor(request.query, _FLEET_CURSOR)
+    return json(await fleet_view(request.app[POOL], settings, window, below, limit, after=after))

@@ -10,7 +10,7 @@ import asyncio
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, ClassVar, Final, Literal, NamedTuple
 
 import msgspec
 from aiohttp import web
@@ -26,6 +26,7 @@ from gateway.readings import (
     decode_message,
     nesting_exceeds,
 )
+from http_api.bodies import ErrorCode
 from http_api.errors import ApiError, InvalidBodyError
 from http_api.keys import POOL, PUBLISHER, SETTINGS
 from http_api.render import json
@@ -43,7 +44,7 @@ class _Kind(msgspec.Struct, rename="camel"):
 class InvalidReadingError(ApiError):
     """The reading would be dead-lettered by the gateway; the reason says why."""
 
-    code = "invalidReading"
+    code: ClassVar[ErrorCode] = "invalidReading"
 
 
 class ReadingTooLargeError(InvalidReadingError):

@@ -3,34 +3,37 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from gateway.readings import nesting_exceeds
 from http_api import params, queries
+from http_api.bodies import Link, LinkList, VehicleLinks
 from http_api.errors import InvalidBodyError, InvalidParameterError, NotFoundError
 from http_api.keys import POOL
-from http_api.render import iso, json
+from http_api.render import json, utc
 
 
 class NewLink(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    """Link a vehicle to the meter feeding its charger."""
+
     vehicle_id: str
     meter_id: str
-    since: str | None = None  # when the link took effect, if earlier than now
+    # When the link took effect (RFC 3339), if earlier than now; checked by params.timestamp.
+    since: str | None = None
 
 
 _NEW_LINK = msgspec.json.Decoder(NewLink)
 
 
-def _link_body(row: queries.Row) -> dict[str, Any]:
-    return {
-        "vehicleId": row["vehicle_id"],
-        "meterId": row["meter_id"],
-        "validFrom": iso(row["valid_from"]),
-        "validTo": iso(row["valid_to"]),
-    }
+def _link_body(row: queries.Row) -> Link:
+    return Link(
+        vehicle_id=row["vehicle_id"],
+        meter_id=row["meter_id"],
+        valid_from=utc(row["valid_from"]),
+        valid_to=utc(row["valid_to"]),
+    )
 
 
 async def create(request: web.Request) -> web.Response:
@@ -57,7 +60,7 @@ async def create(request: web.Request) -> web.Response:
 
 async def current(request: web.Request) -> web.Response:
     rows = await queries.current_links(request.app[POOL])
-    return json({"links": [_link_body(row) for row in rows]})
+    return json(LinkList([_link_body(row) for row in rows]))
 
 
 async def of_vehicle(request: web.Request) -> web.Response:
@@ -67,8 +70,8 @@ async def of_vehicle(request: web.Request) -> web.Response:
         raise NotFoundError(f"unknown vehicle {vehicle!r}", "vehicleId")
     rows = await queries.vehicle_links(pool, vehicle)
     links = [_link_body(row) for row in rows]
-    now_link = links[0] if links and links[0]["validTo"] is None else None
-    return json({"vehicleId": vehicle, "current": now_link, "history": links})
+    now_link = links[0] if links and links[0].valid_to is None else None
+    return json(VehicleLinks(vehicle_id=vehicle, current=now_link, history=links))
 
 
 async def end(request: web.Request) -> web.Response:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from aiohttp import web
 
 from http_api import params, queries
+from http_api.bodies import (
+    MeterCounts,
+    MeterStatus,
+    Overview,
+    VehicleCounts,
+    VehicleList,
+    VehicleStatus,
+)
 from http_api.errors import NotFoundError
 from http_api.keys import POOL, SETTINGS
-from http_api.render import iso, json, kw, kwh, tenth
+from http_api.render import json, kw, kwh, tenth, utc
 from http_api.settings import Settings
 
 
@@ -18,20 +25,20 @@ def _online_since(settings: Settings) -> datetime:
     return datetime.now(UTC) - timedelta(seconds=settings.online_silence_s)
 
 
-def _vehicle_body(row: queries.Row) -> dict[str, Any]:
-    return {
-        "vehicleId": row["vehicle_id"],
-        "online": row["online"],
-        "charging": row["charging"],
-        "batteryTempWarning": row["warning"],
-        "takenAt": iso(row["ts"]),
-        "receivedAt": iso(row["received_at"]),
-        "firstSeenAt": iso(row["first_seen_at"]),
-        "soc": tenth(row["soc"]),
-        "deliveredDc": kwh(row["delivered_dc_mwh"]),
-        "batteryTemp": tenth(row["battery_temp"]),
-        "meterId": row["meter_id"],
-    }
+def _vehicle_body(row: queries.Row) -> VehicleStatus:
+    return VehicleStatus(
+        vehicle_id=row["vehicle_id"],
+        online=row["online"],
+        charging=row["charging"],
+        battery_temp_warning=row["warning"],
+        taken_at=utc(row["ts"]),
+        received_at=utc(row["received_at"]),
+        first_seen_at=utc(row["first_seen_at"]),
+        soc=tenth(row["soc"]),
+        delivered_dc=kwh(row["delivered_dc_mwh"]),
+        battery_temp=tenth(row["battery_temp"]),
+        meter_id=row["meter_id"],
+    )
 
 
 async def vehicle(request: web.Request) -> web.Response:
@@ -52,16 +59,16 @@ async def meter(request: web.Request) -> web.Response:
     if row is None:
         raise NotFoundError(f"unknown meter {name!r}", "meterId")
     return json(
-        {
-            "meterId": row["meter_id"],
-            "online": row["online"],
-            "takenAt": iso(row["ts"]),
-            "receivedAt": iso(row["received_at"]),
-            "firstSeenAt": iso(row["first_seen_at"]),
-            "consumedAc": kwh(row["consumed_ac_mwh"]),
-            "voltage": tenth(row["voltage"]),
-            "vehicleId": row["vehicle_id"],
-        }
+        MeterStatus(
+            meter_id=row["meter_id"],
+            online=row["online"],
+            taken_at=utc(row["ts"]),
+            received_at=utc(row["received_at"]),
+            first_seen_at=utc(row["first_seen_at"]),
+            consumed_ac=kwh(row["consumed_ac_mwh"]),
+            voltage=tenth(row["voltage"]),
+            vehicle_id=row["vehicle_id"],
+        )
     )
 
 
@@ -73,17 +80,17 @@ async def overview(request: web.Request) -> web.Response:
     # Power from the energy of each online meter's latest interval of READING_INTERVAL_S.
     power_kw = int(row["online_meters_latest_mwh"]) / 1e6 * 3600 / settings.reading_interval_s
     return json(
-        {
-            "meters": {"online": row["meters_online"], "offline": row["meters_offline"]},
-            "vehicles": {
-                "online": row["vehicles_online"],
-                "offline": row["vehicles_offline"],
-                "charging": row["vehicles_charging"],
-                "batteryTempWarning": row["vehicles_warning"],
-            },
-            "fleetPowerKw": kw(power_kw),
-            "onlineSilenceSeconds": settings.online_silence_s,
-        }
+        Overview(
+            meters=MeterCounts(online=row["meters_online"], offline=row["meters_offline"]),
+            vehicles=VehicleCounts(
+                online=row["vehicles_online"],
+                offline=row["vehicles_offline"],
+                charging=row["vehicles_charging"],
+                battery_temp_warning=row["vehicles_warning"],
+            ),
+            fleet_power_kw=kw(power_kw),
+            online_silence_seconds=settings.online_silence_s,
+        )
     )
 
 
@@ -102,4 +109,4 @@ async def vehicles(request: web.Request) -> web.Response:
     )
     page = rows[:limit]
     cursor = params.encode_cursor(page[-1]["vehicle_id"]) if len(rows) > limit else None
-    return json({"vehicles": [_vehicle_body(row) for row in page], "nextCursor": cursor})
+    return json(VehicleList(vehicles=[_vehicle_body(row) for row in page], next_cursor=cursor))

@@ -1,24 +1,32 @@
-"""Helpers of the HTTP API tests: the app on a test server, a client that carries tokens, and
-readings written through the gateway's own BatchWriter (so history and rollups are the real
-thing)."""
+"""Helpers of the HTTP API tests: the app on a test server, a client that carries tokens and
+checks every JSON answer against the OpenAPI document, and readings written through the
+gateway's own BatchWriter (so history and rollups are the real thing)."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
-from aiohttp.test_utils import TestClient, TestServer
+import jsonschema
+import msgspec
+from aiohttp import ClientResponse, web
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
+from aiohttp.typedefs import StrOrURL
 
 from gateway.batch import Batch, Received
 from gateway.database import Partitions, apply_schema, open_pool
 from gateway.readings import Limits, decode_message
 from gateway.writer import BatchWriter
 from http_api.app import create_app
+from http_api.openapi import document
 from http_api.settings import Settings as ApiSettings
 from http_api.tokens import create_token
 
@@ -70,6 +78,112 @@ async def write_readings(
             await writer.write(batch)
 
 
+# An RFC 3339 time with its offset, as every time the API writes.
+_RFC3339: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
+_FORMATS = jsonschema.FormatChecker(formats=())
+_FORMATS.checks("date-time")(
+    lambda value: not isinstance(value, str) or bool(_RFC3339.fullmatch(value))
+)
+# What aiohttp answers before any operation is chosen (the token is asked for first).
+_UNROUTED_STATUSES: Final = frozenset({401, 404, 405})
+
+
+class UndocumentedResponseError(AssertionError):
+    """An answer that the OpenAPI document does not describe: the two have drifted."""
+
+
+@functools.cache
+def _served_document() -> dict[str, Any]:
+    """The document as GET /openapi.json serves it (encoded to JSON and back), with every
+    object that lists its properties closed (additionalProperties false, unless it says), so
+    that a field the document does not name fails too."""
+    served: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(document()))
+    closed = copy.deepcopy(served)
+
+    def close(node: Any) -> None:
+        if isinstance(node, dict):
+            if "properties" in node and "additionalProperties" not in node:
+                node["additionalProperties"] = False
+            for value in node.values():
+                close(value)
+        elif isinstance(node, list):
+            for value in node:
+                close(value)
+
+    close(closed["components"])
+    return closed
+
+
+@functools.cache
+def _validator(pointer: tuple[str, ...]) -> jsonschema.Draft202012Validator:
+    """A validator of the schema at ``pointer`` in the document, whose $refs resolve in it."""
+    served = _served_document()
+    node: Any = served
+    for key in pointer:
+        node = node[key]
+    schema = {**node, "components": served["components"]}
+    return jsonschema.Draft202012Validator(schema, format_checker=_FORMATS)
+
+
+async def check_against_document(
+    app: web.Application, method: str, response: ClientResponse
+) -> None:
+    """Raise UndocumentedResponseError unless the document has ``response``: its operation
+    (the route aiohttp chose for it), its status, and a body its schema allows."""
+    served = _served_document()
+    where = f"{method} {response.url.path} answered {response.status}"
+    is_json = response.content_type == "application/json"
+    body = await response.read()
+    match = await app.router.resolve(make_mocked_request(method, response.url.raw_path, app=app))
+    resource = match.route.resource
+    if match.http_exception is not None or resource is None:
+        if response.status not in _UNROUTED_STATUSES and not (
+            method == "OPTIONS" and response.status == 204
+        ):
+            raise UndocumentedResponseError(f"{where}: no operation, and not a 401, 404 or 405")
+        pointer: tuple[str, ...] = ("components", "schemas", "Error")
+    else:
+        path, verb, status = resource.canonical, method.lower(), str(response.status)
+        operation = served["paths"].get(path, {}).get(verb)
+        if operation is None:
+            raise UndocumentedResponseError(f"{where}: {verb} {path} is not in the document")
+        if status not in operation["responses"]:
+            raise UndocumentedResponseError(f"{where}: status {status} is not documented")
+        content = operation["responses"][status].get("content", {})
+        if not is_json:
+            if body and response.content_type not in content:
+                raise UndocumentedResponseError(f"{where}: {response.content_type} undocumented")
+            return
+        if "application/json" not in content:
+            raise UndocumentedResponseError(f"{where}: a JSON body is not documented")
+        pointer = ("paths", path, verb, "responses", status, "content", "application/json")
+        pointer += ("schema",)
+    if not is_json:
+        return
+    errors = sorted(_validator(pointer).iter_errors(json.loads(body)), key=str)
+    if errors:
+        first = errors[0]
+        at = "/".join(str(part) for part in first.absolute_path)
+        raise UndocumentedResponseError(
+            f"{where}: not as documented at /{at}: {first.message} ({len(errors)} error(s));"
+            f" body: {body[:500]!r}"
+        )
+
+
+class ContractClient(TestClient[web.Request, web.Application]):
+    """A test client that checks every answer against the served OpenAPI document, so that the
+    document and the API cannot drift: an answer it does not describe fails the test."""
+
+    async def _request(self, method: str, path: StrOrURL, **kwargs: Any) -> ClientResponse:
+        response = await super()._request(method, path, **kwargs)
+        await check_against_document(self.app, method.upper(), response)
+        return response
+
+
+def contract_client(app: web.Application) -> ContractClient:
+    return ContractClient(TestServer(app))
+
+
 @dataclass
 class Api:
     client: TestClient[Any, Any]
@@ -109,7 +223,7 @@ class Api:
 @contextlib.asynccontextmanager
 async def serving(settings: ApiSettings) -> AsyncIterator[Api]:
     """The app with ``settings`` on a test server, and a read, a write and an admin token."""
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings)))
+    client = contract_client(create_app(settings))
     async with client:
         _, read_token = await create_token(settings.database_url, "read", "dashboard")
         _, write_token = await create_token(settings.database_url, "write", "ops")

@@ -9,7 +9,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from http_api import queries
 from http_api.app import create_app
@@ -19,7 +18,7 @@ from http_api.settings import Settings as ApiSettings
 from http_api.token_cache import LISTENER_NAME, TokenCache
 from http_api.tokens import create_token, list_tokens, revoke_token
 from tests.conftest import query, wait_until
-from tests.http_helpers import Api, vehicle_reading, write_readings
+from tests.http_helpers import Api, contract_client, vehicle_reading, write_readings
 from tests.services import Postgres
 
 pytest_plugins = ["tests.http_fixtures"]
@@ -183,7 +182,7 @@ async def test_token_cache_s_0_checks_every_request_in_the_database(
     api_settings: ApiSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = api_settings.replace(token_cache_s=0.0)
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings)))
+    client = contract_client(create_app(settings))
     async with client:
         _, token = await create_token(settings.database_url, "read")
         api = Api(client, settings, token, token)

@@ -6,18 +6,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import psycopg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.settings import MqttAddress
 from http_api.app import create_app
 from http_api.settings import Settings as ApiSettings
 from http_api.tokens import create_token
 from tests.conftest import RunningGateway, count, wait_until
-from tests.http_helpers import Api, meter_reading
+from tests.http_helpers import Api, contract_client, meter_reading
 from tests.services import Mosquitto, Postgres
 
 pytest_plugins = ["tests.http_fixtures"]
@@ -99,7 +97,7 @@ async def test_broker_down_http_ingestion_is_a_503_then_publishes_again(
     start_gateway: StartGateway,
 ) -> None:
     settings = api_settings.replace(mqtt=MqttAddress.parse(own_broker.url), publish_timeout_s=2.0)
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings)))
+    client = contract_client(create_app(settings))
     await start_gateway(mqtt=MqttAddress.parse(own_broker.url))
     async with client:
         _, token = await create_token(database_url, "write", "ops")

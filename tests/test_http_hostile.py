@@ -10,14 +10,12 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiohttp.test_utils import TestClient, TestServer
-
 from gateway.settings import Settings as GatewaySettings
 from http_api.app import create_app
 from http_api.settings import Settings as ApiSettings
 from http_api.tokens import create_token
 from tests.conftest import RunningGateway, count, wait_until
-from tests.http_helpers import Api, meter_reading, vehicle_reading
+from tests.http_helpers import Api, contract_client, meter_reading, vehicle_reading
 
 pytest_plugins = ["tests.http_fixtures"]
 
@@ -130,9 +128,7 @@ async def test_the_reading_limit_is_the_gateways_setting(api_settings: ApiSettin
     for environ in ({}, {"MAX_PAYLOAD_BYTES": "1000"}):
         limit = GatewaySettings.from_env(environ).max_payload_bytes
         assert ApiSettings.from_env(environ).max_payload_bytes == limit
-    client: TestClient[Any, Any] = TestClient(
-        TestServer(create_app(api_settings.replace(max_payload_bytes=1000)))
-    )
+    client = contract_client(create_app(api_settings.replace(max_payload_bytes=1000)))
     async with client:
         _, token = await create_token(api_settings.database_url, "write")
         api = Api(client, api_settings, token, token)

@@ -12,7 +12,6 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.settings import MqttAddress
 from http_api import publisher as publisher_module
@@ -22,7 +21,7 @@ from http_api.keys import PUBLISHER
 from http_api.settings import Settings as ApiSettings
 from http_api.tokens import create_token
 from tests.conftest import RunningGateway, count, wait_until
-from tests.http_helpers import Api, meter_reading
+from tests.http_helpers import Api, contract_client, meter_reading
 from tests.services import Mosquitto
 
 pytest_plugins = ["tests.http_fixtures"]
@@ -82,9 +81,7 @@ async def test_after_a_broker_restart_ingestion_and_health_recover_within_second
     api_settings: ApiSettings, own_broker: Mosquitto, database_url: str, start_gateway: StartGateway
 ) -> None:
     address = MqttAddress.parse(own_broker.url)
-    client: TestClient[Any, Any] = TestClient(
-        TestServer(create_app(api_settings.replace(mqtt=address)))
-    )
+    client = contract_client(create_app(api_settings.replace(mqtt=address)))
     await start_gateway(mqtt=address)
     async with client:
         _, token = await create_token(database_url, "write")
@@ -129,7 +126,7 @@ async def test_an_unforeseen_error_in_the_connection_is_followed_by_a_new_one(
         await real_drain(client)
 
     monkeypatch.setattr(publisher_module, "_drain", failing_once)
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(api_settings)))
+    client = contract_client(create_app(api_settings))
     async with client:
         _, token = await create_token(api_settings.database_url, "write")
         api = Api(client, api_settings, token, token)
