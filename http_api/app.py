@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.database import apply_schema, open_pool
+from http_api.access_log import log_access
 from http_api.auth import require_token
 from http_api.background import BackgroundTasks
 from http_api.keys import BACKGROUND, POOL, PUBLISHER, SETTINGS, TOKEN_CACHE
+from http_api.metrics import API_METRICS, ApiMetrics, count_requests
 from http_api.middleware import cors, known_query_parameters, request_id_and_errors
 from http_api.publisher import Publisher
 from http_api.routes import setup_routes
@@ -58,6 +60,8 @@ async def _token_changes(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[
+            count_requests,  # outermost: counts each answer as sent, errors included
+            *([log_access] if settings.access_log else []),
             cors(settings.cors_origins),
             request_id_and_errors,
             require_token,
@@ -66,6 +70,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[API_METRICS] = ApiMetrics(lambda: app.get(POOL))
     app[BACKGROUND] = BackgroundTasks()
     app[TOKEN_CACHE] = TokenCache(settings.token_cache_s)
     app.cleanup_ctx.append(_database)

@@ -19,7 +19,8 @@ Scope: TypeAlias = Literal["read", "write", "admin"]
 SCOPES: Final[tuple[Scope, ...]] = ("read", "write", "admin")
 _RANK: Final = {scope: rank for rank, scope in enumerate(SCOPES)}
 TOKEN_PREFIX: Final = "fgt_"
-PUBLIC_PATHS: Final = frozenset({"/health"})
+# Health answers orchestrators and load balancers, which carry no token (GET /metrics takes one).
+PUBLIC_PATHS: Final = frozenset({"/health", "/health/live", "/health/ready"})
 # The device registry (credentials included), read or changed, is for 'admin' tokens only.
 ADMIN_ROUTES: Final = "/v1/devices"
 _WRITE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})

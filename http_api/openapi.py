@@ -8,6 +8,7 @@ from typing import Any, Final
 import msgspec
 
 from gateway.alert_rules import RULES
+from http_api.health import HealthLiveness, HealthReadiness, HealthSummary
 from http_api.openapi_devices import DEVICE_PATHS, DEVICE_SCHEMAS
 from http_api.openapi_operations import (
     COMMON_ERRORS,
@@ -26,6 +27,9 @@ from http_api.views_ingest import Accepted, BatchResult
 _, _INGEST_SCHEMAS = msgspec.json.schema_components(
     (Accepted, BatchResult), ref_template="#/components/schemas/{name}"
 )
+_, _HEALTH_SCHEMAS = msgspec.json.schema_components(
+    (HealthSummary, HealthReadiness, HealthLiveness), ref_template="#/components/schemas/{name}"
+)
 _INVALID_READING: Final = (
     "A reading the gateway would dead-letter (invalidReading, with the gateway's reason and the "
     "field if one is at fault), or a body that is not one."
@@ -40,10 +44,24 @@ _BROKER_DOWN: Final = "Broker (brokerUnavailable) or database (databaseUnavailab
 
 def _health() -> dict[str, Any]:
     described = operation(
-        "Database, broker and gateway lag", ("200", "Health", "Healthy."), public=True
+        "Summary: database, broker, each gateway's heartbeat; ok, degraded or down",
+        ("200", "HealthSummary", "ok, or degraded (reasons say why): the API serves."),
+        public=True,
     )
     described["responses"]["503"] = json_content(
-        ref("Health"), "Something is down (body says what)."
+        ref("HealthSummary"), "down: the database is unreachable (reasons say why)."
+    )
+    return described
+
+
+def _readiness() -> dict[str, Any]:
+    described = operation(
+        "Readiness: the database and the broker are reachable",
+        ("200", "HealthReadiness", "Ready."),
+        public=True,
+    )
+    described["responses"]["503"] = json_content(
+        ref("HealthReadiness"), "Not ready: reasons name what is unreachable."
     )
     return described
 
@@ -92,6 +110,26 @@ _WINDOW_PARAMS: Final = [
 ]
 _PATHS: Final[dict[str, dict[str, Any]]] = {
     "/health": {"get": _health()},
+    "/health/live": {
+        "get": operation(
+            "Liveness: the process answers (for restart decisions)",
+            ("200", "HealthLiveness", "Alive."),
+            public=True,
+        )
+    },
+    "/health/ready": {"get": _readiness()},
+    "/metrics": {
+        "get": {
+            **operation("Prometheus metrics", ("200", "Error", "Prometheus text format")),
+            "responses": {
+                "200": {
+                    "description": "Prometheus text exposition format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                **COMMON_ERRORS,
+            },
+        }
+    },
     "/openapi.json": {
         "get": {
             **operation("This document", ("200", "Error", "OpenAPI 3.1")),
@@ -228,6 +266,9 @@ _PATHS: Final[dict[str, dict[str, Any]]] = {
 # Each operation's name, for clients generated from this document.
 OPERATION_IDS: Final = {
     ("get", "/health"): "getHealth",
+    ("get", "/health/live"): "getLiveness",
+    ("get", "/health/ready"): "getReadiness",
+    ("get", "/metrics"): "getMetrics",
     ("get", "/openapi.json"): "getOpenApi",
     ("get", "/v1/status/overview"): "getOverview",
     ("get", "/v1/status/vehicles"): "listVehicleStatus",
@@ -286,7 +327,7 @@ def document() -> dict[str, Any]:
         },
         "servers": [{"url": "/", "description": "The API that serves this document."}],
         "components": {
-            "schemas": {**SCHEMAS, **_INGEST_SCHEMAS, **DEVICE_SCHEMAS},
+            "schemas": {**SCHEMAS, **_INGEST_SCHEMAS, **_HEALTH_SCHEMAS, **DEVICE_SCHEMAS},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],

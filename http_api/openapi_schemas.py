@@ -65,18 +65,7 @@ def _readings() -> dict[str, Any]:
     }
 
 
-# GET /health's answer, until it is a Struct too.
-_HEALTH: Final = {
-    "type": "object",
-    "properties": {
-        "status": {"enum": ["ok", "unavailable"]},
-        "database": {"type": "object"},
-        "broker": {"type": "object"},
-        "gateway": {"type": "object"},
-    },
-}
 SCHEMAS: Final[dict[str, Any]] = {
     **generated((*bodies.RESPONSES, NewLink, MeterReading, VehicleReading))[1],
     **_readings(),
-    "Health": _HEALTH,
 }

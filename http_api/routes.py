@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from http_api import (
+    metrics,
     views_alerts,
     views_analytics,
     views_devices,
@@ -19,6 +20,9 @@ def setup_routes(app: web.Application) -> None:
     app.add_routes(
         [
             web.get("/health", views_operations.health, allow_head=False),
+            web.get("/health/live", views_operations.live, allow_head=False),
+            web.get("/health/ready", views_operations.ready, allow_head=False),
+            web.get("/metrics", metrics.serve_metrics, allow_head=False),
             web.get("/openapi.json", views_operations.openapi, allow_head=False),
             web.get("/v1/status/overview", views_status.overview, allow_head=False),
             web.get("/v1/status/vehicles", views_status.vehicles, allow_head=False),

@@ -12,6 +12,7 @@ from gateway.env_options import (
     MqttAddress,
     Option,
     SettingsError,
+    boolean,
     finite_float,
     non_negative_float,
     port,
@@ -151,10 +152,20 @@ OPTIONS: tuple[Option, ...] = (
         positive_float,
     ),
     Option(
-        "MAX_GATEWAY_LAG_S",
-        "max_gateway_lag_s",
-        "300",
-        "GET /health fails if the newest reading the gateway received is older than this.",
+        "HEARTBEAT_MAX_AGE_S",
+        "heartbeat_max_age_s",
+        "30",
+        "GET /health is degraded when no gateway has recorded a heartbeat for this long, or one "
+        "that did not stop on purpose has not (the gateways beat every HEARTBEAT_INTERVAL_S, "
+        "5 s).",
+        positive_float,
+    ),
+    Option(
+        "HEARTBEAT_FORGET_S",
+        "heartbeat_forget_s",
+        "86400",
+        "GET /health leaves out a gateway whose last heartbeat is older than this: a replica "
+        "removed or renamed without stopping on purpose.",
         positive_float,
     ),
     Option(
@@ -172,6 +183,14 @@ OPTIONS: tuple[Option, ...] = (
         positive_float,
     ),
     Option("LOG_LEVEL", "log_level", "INFO", "DEBUG, INFO, WARNING or ERROR.", str.upper),
+    Option(
+        "ACCESS_LOG",
+        "access_log",
+        "off",
+        "on: one line per request on the aiohttp.access logger (client address, method, path "
+        "without its query string, status, duration, request id); never a header or a token.",
+        boolean,
+    ),
 )
 
 
@@ -197,10 +216,12 @@ class Settings:
     max_batch_readings: int
     max_future_skew_s: float
     max_reading_age_days: float
-    max_gateway_lag_s: float
+    heartbeat_max_age_s: float
+    heartbeat_forget_s: float
     publish_timeout_s: float
     shutdown_timeout_s: float
     log_level: str
+    access_log: bool
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Self:

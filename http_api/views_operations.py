@@ -1,45 +1,48 @@
-"""Operations: health for load balancers and monitors, and the OpenAPI document."""
+"""Operations: health for orchestrators, load balancers and people, and the OpenAPI document.
+No token needed for health (http_api/auth.py); what each answer means: http_api/health.py."""
 
 from __future__ import annotations
-
-from datetime import UTC, datetime
 
 import psycopg
 from aiohttp import web
 from psycopg_pool import PoolTimeout
 
-from http_api import queries
+from http_api import health as judged
 from http_api.keys import POOL, PUBLISHER, SETTINGS
 from http_api.openapi import document
-from http_api.render import iso, json
+from http_api.render import json
+
+
+async def live(request: web.Request) -> web.Response:
+    """200 while the process answers: for restart decisions, never for a dependency's state."""
+    return json(judged.HealthLiveness())
+
+
+async def ready(request: web.Request) -> web.Response:
+    """200 if the database and the broker (HTTP ingestion publishes to it) are reachable, else
+    503 naming what is not."""
+    database = await judged.database_check(request.app[POOL])
+    broker = judged.broker_check(request.app[PUBLISHER].connected.is_set())
+    answer = judged.readiness(database, broker)
+    return json(answer, status=200 if answer.status == "ready" else 503)
 
 
 async def health(request: web.Request) -> web.Response:
-    """200 if the database and broker are reachable and the gateway keeps up; else 503."""
+    """The summary: ok or degraded (200), down (503, the database unreachable), with reasons,
+    and each gateway's heartbeat."""
     settings = request.app[SETTINGS]
-    database_ok, latest = True, None
+    broker = judged.broker_check(request.app[PUBLISHER].connected.is_set())
+    database = judged.HealthCheck(ok=True)
+    gateways: list[judged.GatewayHeartbeat] = []
+    latest = None
     try:
-        latest = await queries.gateway_latest(request.app[POOL])
-    except (psycopg.Error, PoolTimeout):
-        database_ok = False
-    lag = None if latest is None else (datetime.now(UTC) - latest).total_seconds()
-    gateway_ok = database_ok and (lag is None or lag <= settings.max_gateway_lag_s)
-    broker_ok = request.app[PUBLISHER].connected.is_set()
-    healthy = database_ok and broker_ok and gateway_ok
-    return json(
-        {
-            "status": "ok" if healthy else "unavailable",
-            "database": {"ok": database_ok},
-            "broker": {"ok": broker_ok},
-            "gateway": {
-                "ok": gateway_ok,
-                "lagSeconds": lag,
-                "latestReceivedAt": iso(latest),
-                "maxLagSeconds": settings.max_gateway_lag_s,
-            },
-        },
-        status=200 if healthy else 503,
-    )
+        gateways, latest = await judged.gateway_heartbeats(
+            request.app[POOL], settings.heartbeat_max_age_s, settings.heartbeat_forget_s
+        )
+    except (psycopg.Error, PoolTimeout, TimeoutError, OSError) as exc:
+        database = judged.HealthCheck(ok=False, error=judged.one_line(exc))
+    summary = judged.summarise(database, broker, gateways, settings.heartbeat_max_age_s, latest)
+    return json(summary, status=503 if summary.status == "down" else 200)
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -1,0 +1,112 @@
+"""The API's Prometheus metrics, served at ``GET /metrics`` (a read token): requests by route
+template and status, their latency, and the database pool's use (psycopg_pool's stats, read at
+each scrape)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Final
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from psycopg_pool import AsyncConnectionPool
+
+# A request no route matched: one label for them all, whatever the path (the label set stays
+# bounded however many paths clients try).
+UNMATCHED: Final = "unmatched"
+# Seconds: from a cached-token read (~1 ms) to a wide analytics window (seconds).
+_LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# psycopg_pool's stats exported, as gauges: (stat, metric name, help).
+_POOL_GAUGES: Final = (
+    ("pool_size", "fleetgate_api_db_pool_size", "Connections the pool holds, in use or not"),
+    ("pool_max", "fleetgate_api_db_pool_max", "Connections the pool may hold (DB_POOL_SIZE)"),
+    ("pool_available", "fleetgate_api_db_pool_available", "Connections idle in the pool"),
+    (
+        "requests_waiting",
+        "fleetgate_api_db_pool_waiting",
+        "Requests waiting for a connection of the pool",
+    ),
+)
+
+
+class ApiMetrics:
+    """One app's metrics, in a registry of its own (tests run several apps in one process)."""
+
+    def __init__(self, pool: Callable[[], AsyncConnectionPool | None]) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "fleetgate_api_requests",
+            "HTTP requests answered, by method, route template (unmatched: no route) and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "fleetgate_api_request_duration_seconds",
+            "From a request's arrival at the API's middlewares to its response, by method and "
+            "route template",
+            ["method", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_PoolCollector(pool))
+
+    def observe(self, request: web.Request, status: int, seconds: float) -> None:
+        route = route_template(request)
+        self.requests.labels(request.method, route, str(status)).inc()
+        self.latency.labels(request.method, route).observe(seconds)
+
+
+API_METRICS: Final = web.AppKey("api_metrics", ApiMetrics)
+
+
+def route_template(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: it counts every answer as the client gets it, errors and refusals too."""
+    started = time.perf_counter()
+    status = 500  # what aiohttp answers for an exception that escapes every middleware
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    else:
+        status = response.status
+        return response
+    finally:
+        request.app[API_METRICS].observe(request, status, time.perf_counter() - started)
+
+
+async def serve_metrics(request: web.Request) -> web.Response:
+    response = web.Response(body=generate_latest(request.app[API_METRICS].registry))
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+class _PoolCollector(Collector):
+    """The pool's stats at scrape time; nothing before the pool is open."""
+
+    def __init__(self, pool: Callable[[], AsyncConnectionPool | None]) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        pool = self._pool()
+        if pool is None:
+            return
+        stats = pool.get_stats()
+        for stat, name, help_text in _POOL_GAUGES:
+            yield GaugeMetricFamily(name, help_text, value=stats.get(stat, 0))
