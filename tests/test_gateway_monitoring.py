@@ -6,20 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import psycopg
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.settings import MqttAddress, Settings
 from tests.conftest import StartGateway, count, equals, query, wait_until
-from tests.services import Mosquitto, Postgres, free_port
+from tests.services import PROJECT, Mosquitto, Postgres, free_port
 from tests.test_http_faults import _set_database_reachable
 
 
@@ -199,3 +202,38 @@ async def test_the_batch_commit_time_is_the_commits_not_the_batchs_filling(
     lag = await metric(port, "fleetgate_receive_to_commit_seconds_sum")
     assert lag is not None
     assert lag >= 1.5
+
+
+async def test_the_compose_health_check_waits_for_readiness_once_then_asks_for_liveness(
+    start_gateway: StartGateway, own_broker: Mosquitto, tmp_path: Path
+) -> None:
+    """docker-compose.yml's check of the gateway, run as Docker runs it (its port and marker
+    file moved here): it fails until the gateway has been ready, then only if it stops
+    answering."""
+    port = free_port()
+    compose = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())
+    code = compose["services"]["gateway"]["healthcheck"]["test"][-1]
+    code = code.replace(":9464/", f":{port}/")
+    code = code.replace("/tmp/fleetgate-was-ready", str(tmp_path / "was-ready"))
+
+    async def health_check() -> int:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", code, stderr=asyncio.subprocess.DEVNULL
+        )
+        return await process.wait()
+
+    async def ready_status() -> int:
+        return (await answer(port, "/health/ready"))[0]
+
+    gateway = await start_gateway(mqtt=MqttAddress.parse(own_broker.url), metrics_port=port)
+    await asyncio.to_thread(own_broker.stop)
+    await wait_until(lambda: equals(ready_status(), 503), what="not ready")
+    assert await health_check() == 1  # not ready yet: dependents keep waiting
+    await asyncio.to_thread(own_broker.start)
+    await wait_until(lambda: equals(ready_status(), 200), 30, "ready")
+    assert await health_check() == 0
+    await asyncio.to_thread(own_broker.stop)
+    await wait_until(lambda: equals(ready_status(), 503), what="not ready again")
+    assert await health_check() == 0  # it answers, and was ready once: healthy
+    await gateway.close()
+    assert await health_check() == 1  # nothing answers
