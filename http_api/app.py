@@ -12,7 +12,9 @@ from gateway.database import apply_schema, open_pool
 from http_api.access_log import log_access
 from http_api.auth import require_token
 from http_api.background import BackgroundTasks
+from http_api.fleet_cache import FLEET_CACHE, fleet_view_cache
 from http_api.keys import BACKGROUND, POOL, PUBLISHER, SETTINGS, TOKEN_CACHE
+from http_api.limits import TokenLimits, limit_per_token
 from http_api.metrics import API_METRICS, ApiMetrics, count_requests
 from http_api.middleware import cors, known_query_parameters, request_id_and_errors
 from http_api.publisher import Publisher
@@ -57,6 +59,12 @@ async def _token_changes(app: web.Application) -> AsyncIterator[None]:
     await app[BACKGROUND].stop(task)
 
 
+async def _fleet_cache(app: web.Application) -> AsyncIterator[None]:
+    async with fleet_view_cache(app[SETTINGS].fleet_cache_s) as cache:
+        app[FLEET_CACHE] = cache
+        yield
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[
@@ -65,6 +73,9 @@ def create_app(settings: Settings) -> web.Application:
             cors(settings.cors_origins),
             request_id_and_errors,
             require_token,
+            limit_per_token(
+                TokenLimits(settings.token_concurrency, settings.token_rate, settings.token_burst)
+            ),
             known_query_parameters,
         ],
         client_max_size=settings.max_body_bytes,
@@ -74,6 +85,7 @@ def create_app(settings: Settings) -> web.Application:
     app[BACKGROUND] = BackgroundTasks()
     app[TOKEN_CACHE] = TokenCache(settings.token_cache_s)
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_fleet_cache)
     if settings.token_cache_s > 0:
         app.cleanup_ctx.append(_token_changes)
     app.cleanup_ctx.append(_broker)

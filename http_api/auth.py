@@ -21,6 +21,7 @@ _RANK: Final = {scope: rank for rank, scope in enumerate(SCOPES)}
 TOKEN_PREFIX: Final = "fgt_"
 # Health answers orchestrators and load balancers, which carry no token (GET /metrics takes one).
 PUBLIC_PATHS: Final = frozenset({"/health", "/health/live", "/health/ready"})
+TOKEN_HASH: Final = web.RequestKey("token_hash", bytes)
 # The device registry (credentials included), read or changed, is for 'admin' tokens only.
 ADMIN_ROUTES: Final = "/v1/devices"
 _WRITE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -62,11 +63,13 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
         raise UnauthorizedError(
             "an Authorization: Bearer <token> header is required", token_given=False
         )
+    token_hash = hash_token(token.strip())
     granted = await request.app[TOKEN_CACHE].look_up(
-        hash_token(token.strip()), functools.partial(queries.find_token, request.app[POOL])
+        token_hash, functools.partial(queries.find_token, request.app[POOL])
     )
     if granted is None:
         raise UnauthorizedError("unknown or revoked token", token_given=True)
+    request[TOKEN_HASH] = token_hash  # whose limits the request counts against
     not_routed = request.match_info.http_exception
     if not_routed is not None:
         raise not_routed

@@ -44,6 +44,7 @@ ErrorCode: TypeAlias = Literal[
     "readingTooLarge",
     "unsupportedMediaType",
     "unknownDevice",
+    "tooManyRequests",
     "internalError",
     "brokerUnavailable",
     "databaseUnavailable",

@@ -93,6 +93,16 @@ class ConflictError(ApiError):
     code = "conflict"
 
 
+class TooManyRequestsError(ApiError):
+    """The token is over its limit of requests in progress or a second (http_api/limits.py)."""
+
+    status = 429
+    code = "tooManyRequests"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
 class BrokerUnavailableError(ApiError):
     """The broker did not acknowledge in time; nothing can be promised about the reading."""
 

@@ -49,6 +49,10 @@ VEHICLE: Final = path_param("vehicleId", "Vehicle id, as in its MQTT topic.")
 COMMON_ERRORS: Final = {
     "401": error("Missing, unknown or revoked bearer token."),
     "403": error("The token's scope does not allow this."),
+    "429": error(
+        "The token has TOKEN_CONCURRENCY requests in progress, or sent more than TOKEN_RATE a "
+        "second (bursts of TOKEN_BURST): code tooManyRequests; Retry-After says when to retry."
+    ),
     "503": error("The database is unreachable (code databaseUnavailable; Retry-After)."),
 }
 

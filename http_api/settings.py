@@ -15,6 +15,7 @@ from gateway.env_options import (
     boolean,
     finite_float,
     non_negative_float,
+    non_negative_int,
     port,
     positive_float,
     positive_int,
@@ -72,6 +73,38 @@ OPTIONS: tuple[Option, ...] = (
         origins,
     ),
     Option("DB_POOL_SIZE", "db_pool_size", "4", "Connections in the database pool.", positive_int),
+    Option(
+        "TOKEN_CONCURRENCY",
+        "token_concurrency",
+        "8",
+        "Requests one bearer token may have in progress at once; one more is answered 429 "
+        "(Retry-After: 1) at once. 0: no limit.",
+        non_negative_int,
+    ),
+    Option(
+        "TOKEN_RATE",
+        "token_rate",
+        "20",
+        "Requests a second one bearer token may send, on average (a token bucket); past it, "
+        "429 with Retry-After. 0: no limit.",
+        non_negative_float,
+    ),
+    Option(
+        "TOKEN_BURST",
+        "token_burst",
+        "40",
+        "Requests one bearer token may send at once above TOKEN_RATE (the bucket's size).",
+        positive_int,
+    ),
+    Option(
+        "FLEET_CACHE_S",
+        "fleet_cache_s",
+        "60",
+        "GET /v1/analytics/fleet with default parameters is computed once per this period (a "
+        "UTC minute by default) and that answer served to every request within it (Age, "
+        "Cache-Control: max-age). 0: every request computes it.",
+        non_negative_float,
+    ),
     Option(
         "TOKEN_CACHE_S",
         "token_cache_s",
@@ -203,6 +236,10 @@ class Settings:
     http_port: int
     cors_origins: frozenset[str]
     db_pool_size: int
+    token_concurrency: int
+    token_rate: float
+    token_burst: int
+    fleet_cache_s: float
     token_cache_s: float
     online_silence_s: float
     reading_interval_s: float

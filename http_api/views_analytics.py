@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -30,6 +31,7 @@ from http_api.bodies import (
     TrendHour,
 )
 from http_api.errors import NotFoundError
+from http_api.fleet_cache import FLEET_CACHE
 from http_api.fleet_queries import AcSums, VehicleSums, fleet_sums
 from http_api.keys import POOL, SETTINGS
 from http_api.render import json, kwh, ratio, utc
@@ -38,6 +40,8 @@ from http_api.settings import Settings
 
 Window = tuple[datetime, datetime]
 _FLEET_CURSOR: Final = msgspec.json.Decoder(tuple[float, str])  # efficiency, vehicle name
+_LIMIT: Final = 100  # vehicles in a page, unless ?limit=
+_DAY: Final = timedelta(hours=24)
 
 
 def _window(request: web.Request) -> Window:
@@ -251,8 +255,24 @@ async def fleet_view(
 
 async def fleet(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
+    query = request.query
     window = _window(request)
-    below = params.ratio(request.query, "below", settings.efficiency_good)
-    limit = params.integer(request.query, "limit", 100, 1, 1000)
-    after = params.decode_json_cursor(request.query, _FLEET_CURSOR)
+    below = params.ratio(query, "below", settings.efficiency_good)
+    limit = params.integer(query, "limit", _LIMIT, 1, 1000)
+    after = params.decode_json_cursor(query, _FLEET_CURSOR)
+    cache = request.app[FLEET_CACHE]
+    default = not {"from", "to", "cursor"} & query.keys()
+    if cache.period_s and default and (below, limit) == (settings.efficiency_good, _LIMIT):
+        view = await cache.get(functools.partial(_default_view, request.app[POOL], settings))
+        return web.Response(
+            body=view.body, content_type="application/json", headers=cache.headers(view)
+        )
     return json(await fleet_view(request.app[POOL], settings, window, below, limit, after=after))
+
+
+async def _default_view(pool: AsyncConnectionPool, settings: Settings) -> bytes:
+    """The fleet over the 24 hours up to now, below EFFICIENCY_GOOD, its first page, encoded:
+    what most dashboards poll, and FleetViewCache serves."""
+    now = datetime.now(UTC)
+    view = await fleet_view(pool, settings, (now - _DAY, now), settings.efficiency_good, _LIMIT)
+    return msgspec.json.encode(view)
