@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 
+from gateway.database import apply_schema
 from gateway.settings import MqttAddress, Settings
 from http_api.health import GatewayHeartbeat, HealthCheck, summarise
 from http_api.settings import Settings as ApiSettings
-from tests.conftest import GatewayProcess, StartGateway, query, wait_until
+from tests.conftest import GatewayProcess, LoginAs, StartGateway, query, wait_until
 from tests.http_helpers import Api, meter_reading, serving, write_readings
 from tests.services import Mosquitto, Postgres
 from tests.test_http_faults import _set_database_reachable
@@ -147,6 +149,25 @@ async def test_a_gateway_cut_off_from_its_broker_makes_the_summary_degraded(
     assert [beat["brokerConnected"] for beat in body["gateways"]] == [False]
     await asyncio.to_thread(own_broker.start)
     await wait_until(has("/health", api, 200, status="ok"), what="/health ok again")
+
+
+async def test_the_roles_a_gateway_records_its_heartbeat_and_the_api_reads_it(
+    database_url: str, login_as: LoginAs, start_gateway: StartGateway, api_settings: ApiSettings
+) -> None:
+    """As their own database roles (docs/security.md): the gateway writes its row, the API and
+    the readonly role read it, and readonly cannot write it."""
+    await apply_schema(database_url)  # as its owner would
+    await start_gateway(
+        database_url=login_as(database_url, "fleetgate_gateway"), heartbeat_interval_s=0.2
+    )
+    as_api = api_settings.replace(database_url=login_as(database_url, "fleetgate_api"))
+    async with serving(as_api) as api:
+        await wait_until(has("/health", api, 200, status="ok"), what="/health ok as the roles")
+    readonly = login_as(database_url, "fleetgate_readonly")
+    [(running,)] = await query(readonly, "SELECT count(*) FROM gateway_heartbeat")
+    assert running == 1
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        await query(readonly, "UPDATE gateway_heartbeat SET backlog = 0 RETURNING 1")
 
 
 def _beat(state: str, **changes: Any) -> GatewayHeartbeat:
