@@ -31,6 +31,7 @@ DATABASE_GROUPS = {
     "http_api": "fleetgate_api",
     "broker-init": "fleetgate_api",
     "broker-sync": "fleetgate_api",
+    "simulator": "fleetgate_api",  # registers its devices
 }
 FROM_DOT_ENV = re.compile(r"\$\{(\w+):\?set it in \.env\}")
 
@@ -184,18 +185,30 @@ def test_the_broker_refuses_anonymous_clients_and_takes_logins_from_the_registry
     assert mounts(services["mosquitto"])["/mosquitto/logins"] == "mosquitto-logins"
 
 
-def test_the_simulator_is_given_only_what_it_reads(services: dict[str, Any]) -> None:
-    assert set(environment(services["simulator"])) <= {"MQTT_URL"}
+def test_the_simulator_registers_its_devices_and_connects_each_as_itself_over_tls(
+    services: dict[str, Any],
+) -> None:
+    simulator = services["simulator"]
+    env = environment(simulator)
+    assert set(env) <= {"MQTT_URL", "DATABASE_URL", "FLEET"}
+    # No login in the URL: each device logs in with the secret its registration gave it.
+    assert env["MQTT_URL"] == "mqtts://mosquitto:8883"
+    assert "--device-logins" in env["FLEET"]
+    assert "--ca-file /mosquitto/certs/ca.crt" in env["FLEET"]
+    assert mounts(simulator)["/mosquitto/certs"] == "mosquitto-certs"
+    script = " ".join(simulator["command"])
+    register, replay, live = script.split("&&")
+    assert "--register" in register and "--count 0" in register
+    assert all("$$FLEET" in step for step in (register, replay, live))
 
 
 def test_services_point_at_each_other_each_with_its_own_broker_login(
     services: dict[str, Any],
 ) -> None:
     logins = {}
-    for name in (*APP_SERVICES, "simulator"):
+    for name in APP_SERVICES:
         env = environment(services[name])
-        if name != "simulator":
-            assert "@postgres:5432/" in env["DATABASE_URL"], name
+        assert "@postgres:5432/" in env["DATABASE_URL"], name
         for variable in ("MQTT_URL", "MQTT_ALERTS_URL"):
             if variable in env:
                 login = re.fullmatch(r"mqtt://([\w.-]+):\$\{(\w+)\}@mosquitto:1883", env[variable])
