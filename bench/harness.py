@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 import multiprocessing
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -350,11 +351,28 @@ class Publishers:
         for process in self.processes:
             process.start()
         try:
-            self.pids = [self._ready.get(timeout=600) for _ in self.processes]
+            self.pids = [self._next_ready() for _ in self.processes]
         except BaseException:
             self.__exit__()
             raise
         return self
+
+    def _next_ready(self, timeout_s: float = 600) -> int:
+        """The pid of the next publisher that has connected; an error as soon as one exits
+        before that (it failed: say, it could not import or connect), not after the timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return int(self._ready.get(timeout=1.0))
+            except queue.Empty:
+                for process in self.processes:
+                    if process.exitcode is not None:
+                        raise RuntimeError(
+                            f"publisher process {process.pid} exited with {process.exitcode} "
+                            "before it was ready (its traceback is on stderr above)"
+                        ) from None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no publisher ready within {timeout_s} s") from None
 
     def go(self) -> float:
         started = time.monotonic()
