@@ -132,8 +132,9 @@ def publisher_logins(bench: Bench) -> list[str]:
 
 
 async def prepare_databases(bench: Bench) -> None:
-    """Both schemas; on the secure side the service logins (the publishers' are role api, as
-    the simulator's in compose), the probes wait_for_gateway publishes as, an admin token."""
+    """Both schemas; on the secure side the service logins (the publishers' are role api,
+    which may publish to every device's topic, as HTTP ingestion does), the probes that
+    wait_for_gateway publishes as, and an admin token."""
     with psycopg.connect(bench.postgres.url, autocommit=True) as admin:
         admin.execute(b"CREATE DATABASE fleetgate_open")
     for url in (bench.secure_url, bench.open_url):
