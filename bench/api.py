@@ -1,7 +1,8 @@
 """Latency of the HTTP API's analytics and status endpoints on a generated fleet, through real
-HTTP and as the SQL alone, on a private PostgreSQL.
+HTTP and as the SQL alone, on a private PostgreSQL; then the API under load (bench/api_load.py):
+dashboards polling the fleet view, and a greedy token next to a normal one.
 
-Run: .venv/bin/python -m bench.api [--quick] [--keep]
+Run: .venv/bin/python -m bench.api [--quick] [--keep] [--load-only]
 """
 
 from __future__ import annotations
@@ -21,6 +22,16 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from bench.api_data import Fleet, generate
+from bench.api_load import (
+    FULL_LOAD,
+    QUICK_LOAD,
+    LoadScale,
+    Samples,
+    greedy_next_to_normal,
+    poll_fleet,
+    read_tokens,
+    start_api,
+)
 from bench.api_timing import Plan, explain, percentile, timed
 from bench.harness import database_ms, loop_ms, machine
 from gateway.database import open_pool
@@ -42,10 +53,11 @@ class Scale:
     requests: int  # per latency figure
     rounds: int  # 1-day vs 30-day pairs
     fleet_requests: int
+    load: LoadScale
 
 
-FULL = Scale(devices=10_000, requests=500, rounds=150, fleet_requests=30)
-QUICK = Scale(devices=1_000, requests=150, rounds=40, fleet_requests=4)
+FULL = Scale(devices=10_000, requests=500, rounds=150, fleet_requests=30, load=FULL_LOAD)
+QUICK = Scale(devices=1_000, requests=150, rounds=40, fleet_requests=4, load=QUICK_LOAD)
 
 
 @dataclasses.dataclass(slots=True)
@@ -246,56 +258,96 @@ async def generate_fleet(server: Postgres, fleet: Fleet) -> None:
     )
 
 
-async def run(scale: Scale, quick: bool, keep: bool, reuse: Path | None) -> None:
-    fleet = Fleet(devices=scale.devices, days=7)
-    server = Postgres() if reuse is None else Postgres.existing(reuse)
-    broker = Mosquitto()
+async def measure_load(
+    server: Postgres, broker: Mosquitto, fleet: Fleet, scale: Scale
+) -> tuple[dict[str, Samples], dict[str, Samples]]:
+    """The load scenarios against python -m http_api in its own process, with its defaults."""
+    dashboards = await read_tokens(server.url, scale.load.dashboards, "dashboard")
+    greedy, normal = await read_tokens(server.url, 2, "load")
+    api, port = await asyncio.to_thread(start_api, server.url, broker.url, server.root)
+    base_url = f"http://127.0.0.1:{port}"
+    rng = random.Random(11)
+    paths = [
+        f"/v1/analytics/performance/{vehicle_name(rng.randint(1, fleet.devices))}"
+        for _ in range(200)
+    ]
     try:
-        if reuse is not None:
-            server.start()
-            print(
-                f"reusing the data set kept in {reuse} (its readings end when it was generated)",
-                flush=True,
-            )
-        else:
-            await generate_fleet(server, fleet)
-        settings = ApiSettings.from_env({}).replace(
-            database_url=server.url, mqtt=MqttAddress.parse(broker.url), log_level="WARNING"
-        )
-        runner = web.AppRunner(create_app(settings))
-        await runner.setup()
-        tune_garbage_collection()  # as python -m http_api does
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            _, token = await create_token(server.url, "read", "bench")
-            async with (
-                aiohttp.ClientSession(
-                    base_url=f"http://127.0.0.1:{port}",
-                    headers={"Authorization": f"Bearer {token}"},
-                ) as http,
-                open_pool(server.url, 2, "bench-sql") as pool,  # the fleet view takes two
-            ):
-                bench = Bench(http, pool, settings)
-                speed_before = loop_ms()
-                database_before = await asyncio.to_thread(database_ms, server.url)
-                rows = await measure(bench, fleet, scale, server.url)
-                speed_after = loop_ms()
-                database_after = await asyncio.to_thread(database_ms, server.url)
-                plans = await history_plans(bench, fleet, server.url)
-        finally:
-            await runner.cleanup()
+        polled = await poll_fleet(base_url, dashboards, scale.load)
+        contended = await greedy_next_to_normal(base_url, greedy, normal, paths, scale.load)
     finally:
-        broker.close()
-        if keep or reuse is not None:
-            server.stop()
-            print(
-                f"kept (stopped) in {server.root}: measure again with --reuse {server.root};"
-                f" to iterate on plans: pg_ctl -D {server.datadir} start (port {server.port})"
-            )
-        else:
-            server.close()
+        await asyncio.to_thread(api.stop)
+    return polled, contended
 
+
+def print_load(scale: LoadScale, polled: dict[str, Samples], fair: dict[str, Samples]) -> None:
+    print(
+        f"\nUnder load (python -m http_api, its default TOKEN_* limits and FLEET_CACHE_S):"
+        f" {scale.dashboards:,} dashboards, each its own token, polling the default fleet view"
+        f" every {scale.poll_s:g} s for {scale.duration_s:g} s"
+        f" (views computed: {polled['views'].statuses[200]}); then one greedy token keeping"
+        f" {scale.greedy_workers} performance requests going (ignoring 429) next to a normal"
+        f" one asking every {scale.normal_every_s:g} s"
+    )
+    print_table(
+        [
+            ["figure", "p50 / p99 ms", "requests", "429", "5xx or no answer", "target", ""],
+            polled["all"].cells("fleet view, every answer (incl. the minute's computation)", None),
+            polled["cached"].cells("fleet view, served from the cache", 5.0),
+            fair["normal"].cells("normal token next to a greedy one", 500.0),
+            fair["greedy"].cells("greedy token", None),
+        ]
+    )
+
+
+@dataclasses.dataclass(slots=True)
+class Latency:
+    rows: list[Row]
+    speeds: tuple[float, float, float, float]  # loop before, after; database before, after
+    plans: list[tuple[str, Plan]]
+
+
+async def measure_latency(
+    server: Postgres, broker: Mosquitto, fleet: Fleet, scale: Scale
+) -> Latency:
+    # The latency figures are of one client asking back to back, of the computation: no
+    # per-token limits and no fleet view cache (measure_load has both, as deployed).
+    settings = ApiSettings.from_env({}).replace(
+        database_url=server.url,
+        mqtt=MqttAddress.parse(broker.url),
+        log_level="WARNING",
+        token_concurrency=0,
+        token_rate=0.0,
+        fleet_cache_s=0.0,
+    )
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    tune_garbage_collection()  # as python -m http_api does
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        _, token = await create_token(server.url, "read", "bench")
+        async with (
+            aiohttp.ClientSession(
+                base_url=f"http://127.0.0.1:{port}",
+                headers={"Authorization": f"Bearer {token}"},
+            ) as http,
+            open_pool(server.url, 2, "bench-sql") as pool,  # the fleet view takes two
+        ):
+            bench = Bench(http, pool, settings)
+            speed_before = loop_ms()
+            database_before = await asyncio.to_thread(database_ms, server.url)
+            rows = await measure(bench, fleet, scale, server.url)
+            speed_after = loop_ms()
+            database_after = await asyncio.to_thread(database_ms, server.url)
+            plans = await history_plans(bench, fleet, server.url)
+    finally:
+        await runner.cleanup()
+    return Latency(rows, (speed_before, speed_after, database_before, database_after), plans)
+
+
+def print_latency(latency: Latency) -> None:
+    rows = latency.rows
+    speed_before, speed_after, database_before, database_after = latency.speeds
     where = machine()
     print()
     print_table(
@@ -311,12 +363,42 @@ async def run(scale: Scale, quick: bool, keep: bool, reuse: Path | None) -> None
     thirty = percentile(rows[2].http, 0.5)
     print(f"\n30 days / 1 day of history, HTTP p50: {thirty / one_day:.2f}")
     print("EXPLAIN (ANALYZE, BUFFERS) of the performance SQL (3 statements, 24 h window):")
-    for label, plan in plans:
+    for label, plan in latency.plans:
         print(
             f"  {label:>7} of history: {plan.buffers} buffers executing,"
             f" {plan.planning_buffers} planning; {plan.planning_ms:.2f} ms planning,"
             f" {plan.execution_ms:.2f} ms executing"
         )
+
+
+async def run(scale: Scale, quick: bool, keep: bool, reuse: Path | None, load_only: bool) -> None:
+    fleet = Fleet(devices=scale.devices, days=7)
+    server = Postgres() if reuse is None else Postgres.existing(reuse)
+    broker = Mosquitto()
+    try:
+        if reuse is not None:
+            server.start()
+            print(
+                f"reusing the data set kept in {reuse} (its readings end when it was generated)",
+                flush=True,
+            )
+        else:
+            await generate_fleet(server, fleet)
+        latency = None if load_only else await measure_latency(server, broker, fleet, scale)
+        polled, fair = await measure_load(server, broker, fleet, scale)
+    finally:
+        broker.close()
+        if keep or reuse is not None:
+            server.stop()
+            print(
+                f"kept (stopped) in {server.root}: measure again with --reuse {server.root};"
+                f" to iterate on plans: pg_ctl -D {server.datadir} start (port {server.port})"
+            )
+        else:
+            server.close()
+    if latency is not None:
+        print_latency(latency)
+    print_load(scale.load, polled, fair)
     if quick:
         print("(--quick: a scaled-down smoke run; the figures are not the issue's)")
 
@@ -336,8 +418,14 @@ def main() -> None:
         help="measure on a data set kept by --keep (the folder it printed, above data/) instead"
         " of generating one; it stays kept",
     )
+    parser.add_argument(
+        "--load-only",
+        action="store_true",
+        help="only the load scenarios (dashboards polling the fleet view, a greedy token)",
+    )
     args = parser.parse_args()
-    asyncio.run(run(QUICK if args.quick else FULL, args.quick, args.keep, args.reuse))
+    scale = QUICK if args.quick else FULL
+    asyncio.run(run(scale, args.quick, args.keep, args.reuse, args.load_only))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from http_api.openapi_operations import (
     operation,
     path_param,
     query_param,
+    with_headers,
 )
 from http_api.openapi_schemas import SCHEMAS, TIME, ref
 from http_api.views_alerts import STATES
@@ -78,6 +79,34 @@ def _create_link() -> dict[str, Any]:
     )
     described["responses"]["200"] = json_content(
         ref("Link"), "The vehicle is linked to that meter already: nothing changed."
+    )
+    return described
+
+
+def _fleet() -> dict[str, Any]:
+    described = operation(
+        "Each vehicle with its own meters; the worst below a threshold",
+        ("200", "Fleet", "Totals and a page of vehicles"),
+        params=[
+            *_WINDOW_PARAMS,
+            query_param(
+                "below",
+                {"type": "number", "minimum": 0, "maximum": 10},
+                "Threshold (default EFFICIENCY_GOOD).",
+            ),
+            *PAGE_PARAMS,
+        ],
+    )
+    described["description"] = (
+        "Without from, to, below, limit or cursor (what dashboards poll), the view of the "
+        "current FLEET_CACHE_S period (a UTC minute) is computed once, by the first request of "
+        "the period, and served to every request within it: its computedAt says when, Age how "
+        "long ago, Cache-Control: max-age its lifetime."
+    )
+    described["responses"]["200"] = with_headers(
+        described["responses"]["200"],
+        Age=("integer", "The default view only: seconds since it was computed."),
+        Cache_Control=("string", "The default view only: max-age=<its lifetime in seconds>."),
     )
     return described
 
@@ -206,21 +235,7 @@ _PATHS: Final[dict[str, dict[str, Any]]] = {
             errors={"404": "Unknown vehicle."},
         )
     },
-    "/v1/analytics/fleet": {
-        "get": operation(
-            "Each vehicle with its own meters; the worst below a threshold",
-            ("200", "Fleet", "Totals and a page of vehicles"),
-            params=[
-                *_WINDOW_PARAMS,
-                query_param(
-                    "below",
-                    {"type": "number", "minimum": 0, "maximum": 10},
-                    "Threshold (default EFFICIENCY_GOOD).",
-                ),
-                *PAGE_PARAMS,
-            ],
-        )
-    },
+    "/v1/analytics/fleet": {"get": _fleet()},
     "/v1/alerts": {
         "get": operation(
             "Alert history, newest first (raisedAt, then alertId, descending)",

@@ -16,6 +16,15 @@ def error(description: str) -> dict[str, Any]:
     return json_content(ref("Error"), description)
 
 
+def with_headers(response: dict[str, Any], **headers: tuple[str, str]) -> dict[str, Any]:
+    """``response`` with the headers it carries: by name, (JSON Schema type, description)."""
+    described = {
+        name.replace("_", "-"): {"schema": {"type": kind}, "description": text}
+        for name, (kind, text) in headers.items()
+    }
+    return {**response, "headers": described}
+
+
 def path_param(name: str, description: str) -> dict[str, Any]:
     schema = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}
     return {
@@ -47,13 +56,28 @@ PAGE_PARAMS: Final = [
 ]
 VEHICLE: Final = path_param("vehicleId", "Vehicle id, as in its MQTT topic.")
 COMMON_ERRORS: Final = {
-    "401": error("Missing, unknown or revoked bearer token."),
-    "403": error("The token's scope does not allow this."),
-    "429": error(
-        "The token has TOKEN_CONCURRENCY requests in progress, or sent more than TOKEN_RATE a "
-        "second (bursts of TOKEN_BURST): code tooManyRequests; Retry-After says when to retry."
+    "401": with_headers(
+        error("Missing, unknown or revoked bearer token."),
+        WWW_Authenticate=(
+            "string",
+            'Bearer realm="fleetgate", with error="invalid_token" when a token was given.',
+        ),
     ),
-    "503": error("The database is unreachable (code databaseUnavailable; Retry-After)."),
+    "403": with_headers(
+        error("The token's scope does not allow this."),
+        WWW_Authenticate=("string", 'Bearer error="insufficient_scope" and the scope needed.'),
+    ),
+    "429": with_headers(
+        error(
+            "The token has TOKEN_CONCURRENCY requests in progress, or sent more than TOKEN_RATE "
+            "a second (bursts of TOKEN_BURST): code tooManyRequests."
+        ),
+        Retry_After=("integer", "Seconds to wait before trying again."),
+    ),
+    "503": with_headers(
+        error("The database is unreachable (code databaseUnavailable)."),
+        Retry_After=("integer", "Seconds to wait before trying again."),
+    ),
 }
 
 
