@@ -115,6 +115,7 @@ class Stack:
         self.logins_file = state / "simulator" / "device-logins.csv"
         self.simulator: list[str] = []  # the command, without pacing options
         self.catching_up: Child | None = None
+        self.replay_ends = 0.0  # time.monotonic() when the replay of the last 24 h should end
         self.registered = ""
 
     def spawn(
@@ -270,21 +271,41 @@ class Stack:
         speed = f"{24 * 3600 / catch_up_s:g}"
         catch_up = [*self.simulator, "--speed", speed, "--duration", f"{catch_up_s:g}"]
         self.catching_up = self.spawn("simulator", catch_up, {}, required=False, stop_s=10)
+        self.replay_ends = time.monotonic() + catch_up_s
         if self.broker:
             how = f"each device logged in as itself over TLS, logins in {self.logins_file}"
         else:
             how = "all devices over one connection"
         self.lines += [
-            f"simulator  {devices} chargers and their vehicles, the last 24 h in {catch_up_s:g} s, "
-            f"then live (log {self.catching_up.log})",
+            f"simulator  {devices} chargers and their vehicles (seed {FLEET_SEED}), the last 24 h "
+            f"in {catch_up_s:g} s, then live (log {self.catching_up.log})",
             f"           {self.registered}; {how}",
         ]
+
+    def replay_note(self) -> str | None:
+        """When the replay should end, for the summary: until then the analytics of the last
+        24 h are missing its latest hours and devices look offline. None without a replay."""
+        if self.catching_up is None:
+            return None
+        if self.catching_up.process.poll() is not None:
+            return "replay     of the last 24 h done: a line says when the simulator is live"
+        left = max(0.0, self.replay_ends - time.monotonic())
+        ends = time.strftime("%H:%M:%S %Z", time.localtime(time.time() + left))
+        return (
+            f"replay     of the last 24 h ends at about {ends} (in {left:.0f} s): until then the "
+            "24 h figures are incomplete (devices offline, coverage low); a line says when the "
+            "simulator is live"
+        )
 
     def go_live(self, caught_up: Child) -> None:
         caught_up.reported = True
         self.catching_up = None
         live = self.spawn("simulator-live", self.simulator, {}, required=False, stop_s=10)
-        print(f"simulator caught up with the last 24 h; now live (log {live.log})", flush=True)
+        print(
+            "simulator caught up with the last 24 h: the 24 h figures are complete; now live, "
+            f"the same fleet (seed {FLEET_SEED}) in real time (log {live.log})",
+            flush=True,
+        )
 
     def wait_for_first_reading(self) -> str | None:
         """The name of a vehicle once one has sent a reading, None if none did in time."""
@@ -335,6 +356,8 @@ def run(args: argparse.Namespace, stack: Stack) -> None:
         stack.lines.append(
             f"links      meter MTR-NNNN feeds vehicle EV-NNNN ({linked} of {args.devices} linked)"
         )
+    if note := stack.replay_note():
+        stack.lines.append(note)
     print_summary(stack, vehicle, time.monotonic() - started)
     previous = [0, 0]
     next_status = time.monotonic()

@@ -14,6 +14,11 @@ if TYPE_CHECKING:
     from stack import Stack
 
 STATUS_INTERVAL_S = 10.0
+# What each token the demo prints is for (docs/http-api.md#tokens-and-scopes).
+TOKEN_USES = {
+    "read": "dashboards: every GET but the registry",
+    "admin": "also writes: links, ingestion; and the device registry",
+}
 COUNTS_SQL = """
 SELECT (SELECT count(*) FROM meter_reading), (SELECT count(*) FROM vehicle_reading),
        (SELECT count(*) FROM dead_letter)"""
@@ -83,7 +88,8 @@ def suggestions(stack: Stack, vehicle: str | None) -> list[str]:
 def print_summary(stack: Stack, vehicle: str | None, startup_s: float) -> None:
     out = [f"\nfleetgate demo is running ({startup_s:.1f} s to start); Ctrl-C stops everything.\n"]
     out += [f"  {line}" for line in stack.lines]
-    out += [f"  {scope} token {token}" for scope, token in stack.tokens.items()]
+    tokens = stack.tokens.items()
+    out += [f"  {scope} token {token}   ({TOKEN_USES[scope]})" for scope, token in tokens]
     out += ["\nTry:", *suggestions(stack, vehicle)]
     if stack.simulator and vehicle is None:
         out.append("\nNo vehicle reading has arrived yet: see the simulator's log.")
