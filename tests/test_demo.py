@@ -1,11 +1,13 @@
 """``./scripts/demo`` as a user runs it: the stack comes up secured (registered devices, each
 logged in as itself over TLS, no anonymous clients, a database login per process), data lands,
-what it prints works as printed, Ctrl-C stops it all."""
+what it prints works as printed, the ``curl`` examples of the README and docs/http-api.md answer
+as written, Ctrl-C stops it all. One demo serves the module's tests, in order."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -29,6 +31,9 @@ from tests.conftest import count, query, wait_until
 from tests.services import PROJECT, free_port
 
 DEMO = PROJECT / "scripts" / "demo"
+# The pages whose examples run against the demo, in this order (the README's walk-through
+# registers devices that later examples may use).
+DOC_PAGES = (PROJECT / "README.md", PROJECT / "docs" / "http-api.md")
 
 
 def process_start(pid: int) -> str | None:
@@ -141,8 +146,9 @@ class Demo:
         shutil.rmtree(self.state, ignore_errors=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def demo() -> Iterator[Demo]:
+    """One demo for the module: its last test stops it with Ctrl-C."""
     running = Demo()
     try:
         yield running
@@ -150,18 +156,112 @@ def demo() -> Iterator[Demo]:
         running.close()
 
 
-SIMULATED = [f"{kind}/{prefix}-000{n}" for n in range(1, 6)
-             for kind, prefix in (("meter", "MTR"), ("vehicle", "EV"))]  # fmt: skip
+async def wait_for_summary(demo: Demo) -> str:
+    """What the demo printed, once it says it is running."""
 
-
-@pytest.mark.timeout(180)
-async def test_demo_runs_the_stack_secured_and_stops_everything_on_sigint(demo: Demo) -> None:
     async def running() -> bool:
         assert demo.process.poll() is None, f"demo exited:\n{demo.printed()}"
         return "fleetgate demo is running" in demo.printed()
 
     await wait_until(running, 90, "the demo's summary")  # includes a first pip install
-    printed = demo.printed()
+    return demo.printed()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CurlExample:
+    where: str  # page:line
+    command: str  # as written, without its comment
+    expected: int | None  # a status written as "# 409" after it; None: any 2xx
+
+    def answered(self, status: int) -> bool:
+        return status == self.expected if self.expected else 200 <= status < 300
+
+
+_SH_BLOCK = re.compile(r"^```sh\n(.*?)^```", re.MULTILINE | re.DOTALL)
+_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
+_SET_FROM_BANNER = re.compile(r"^(API|TOKEN|AUTH)=")
+_COMMENT = re.compile(r"\s+#\s*(.*)$")  # the examples' JSON holds no " #"
+_STATUS_ONLY = "-sS -o /dev/null -w '%{http_code}\\n' --max-time 20"
+
+
+def doc_examples(pages: tuple[Path, ...]) -> tuple[list[str], list[CurlExample]]:
+    """The shell lines of the pages' ``sh`` blocks that the test runs, in order (variables set
+    by the examples, and each ``curl`` changed to print only its status), and the curl
+    examples. Other commands (``./scripts/demo``, ``python -m ...``) are not run."""
+    lines: list[str] = []
+    examples: list[CurlExample] = []
+    for page in pages:
+        text = page.read_text()
+        for block in _SH_BLOCK.finditer(text):
+            first = text.count("\n", 0, block.start(1)) + 1
+            joined = block[1].replace("\\\n", " ")
+            for number, line in enumerate(joined.splitlines(), first):
+                if _ASSIGNMENT.match(line) and not _SET_FROM_BANNER.match(line):
+                    lines.append(line)
+                elif line.startswith("curl "):
+                    comment = _COMMENT.search(line)
+                    command = line[: comment.start()] if comment else line
+                    status = re.match(r"\d{3}\b", comment[1]) if comment else None
+                    examples.append(
+                        CurlExample(
+                            f"{page.relative_to(PROJECT)}:{number}",
+                            command,
+                            int(status[0]) if status else None,
+                        )
+                    )
+                    lines.append(command.replace("curl ", f"curl {_STATUS_ONLY} ", 1))
+    return lines, examples
+
+
+def test_the_doc_examples_are_found_with_the_status_they_expect() -> None:
+    lines, examples = doc_examples(DOC_PAGES)
+    for page in DOC_PAGES:
+        found = [e for e in examples if e.where.startswith(str(page.relative_to(PROJECT)))]
+        assert len(found) >= 5, f"{page}: the test finds no curl examples (a ```sh block?)"
+    assert any(e.expected == 409 for e in examples), "the 409 of a taken meter is shown"
+    assert not any("#" in e.command for e in examples)
+    assert not any(line.startswith(("API=", "TOKEN=", "AUTH=")) for line in lines)
+
+
+@pytest.mark.timeout(180)
+async def test_every_curl_example_of_the_docs_answers_as_written(demo: Demo) -> None:
+    """The README's and docs/http-api.md's curl lines, run in order against a fresh demo with
+    the API address and admin token of its banner, each answer 2xx (or the status they say)."""
+    printed = await wait_for_summary(demo)
+    admin = printed_line(printed, r"admin token (\S+)")[1]
+    lines, examples = doc_examples(DOC_PAGES)
+    script = "\n".join(
+        [
+            "set -u",
+            f"API=http://127.0.0.1:{demo.http_port} TOKEN={admin}",
+            'AUTH="Authorization: Bearer $TOKEN"',
+            *lines,
+        ]
+    )
+    done = await asyncio.to_thread(
+        subprocess.run, ["bash", "-c", script], capture_output=True, text=True, check=False
+    )
+    statuses = done.stdout.split()
+    assert len(statuses) == len(examples), f"the examples stopped early:\n{done.stderr}"
+    wrong = [
+        f"{example.where}: {status} to {example.command}"
+        for example, status in zip(examples, statuses, strict=True)
+        if not example.answered(int(status))
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+SIMULATED = [f"{kind}/{prefix}-000{n}" for n in range(1, 6)
+             for kind, prefix in (("meter", "MTR"), ("vehicle", "EV"))]  # fmt: skip
+
+
+# Last in the module: it stops the demo the other tests use.
+@pytest.mark.timeout(180)
+async def test_demo_runs_the_stack_secured_and_stops_everything_on_sigint(demo: Demo) -> None:
+    printed = await wait_for_summary(demo)
+    # It says when the replay of the last 24 h ends (or that it has), and which fleet it is.
+    assert re.search(r"replay     of the last 24 h (ends at about .* \(in \d+ s\)|done)", printed)
+    assert "chargers and their vehicles (seed 1)" in printed
     for client in ("mosquitto_sub", "mosquitto_pub"):  # the demo installs them when it may
         assert shutil.which(client), f"{client} is missing: apt-get install -y mosquitto-clients"
     api = f"http://127.0.0.1:{demo.http_port}"
@@ -173,8 +273,9 @@ async def test_demo_runs_the_stack_secured_and_stops_everything_on_sigint(demo: 
     # The simulated devices are registered (with their nominal voltages) and report in closed
     # enrolment, each logged in as itself over TLS; nobody gets in without a login.
     async def every_device_reported() -> bool:
-        sql = """SELECT count(*) FROM (SELECT received_at FROM meter UNION ALL
-                 SELECT received_at FROM vehicle) d WHERE received_at IS NOT NULL"""
+        sql = """SELECT count(*) FROM (SELECT name, received_at FROM meter UNION ALL
+                 SELECT name, received_at FROM vehicle) d
+                 WHERE received_at IS NOT NULL AND name ~ '^(MTR|EV)-000[1-5]$'"""
         return await count(demo.database_url, sql) == 10
 
     await wait_until(every_device_reported, 60, "readings of every simulated device")
@@ -249,7 +350,7 @@ async def test_demo_runs_the_stack_secured_and_stops_everything_on_sigint(demo: 
 
     # After replaying the last 24 h, the simulator goes on in real time.
     async def live() -> bool:
-        return "now live" in demo.printed()
+        return "the 24 h figures are complete; now live, the same fleet (seed 1)" in demo.printed()
 
     await wait_until(live, 30, "the simulator to go live")
 
