@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 import pytest
 
 from gateway.database import apply_schema
-from http_api.window_pieces import DAY, SLOT, floor_to, split, split_sql, window_pieces
+from gateway.rollup_levels import HOURLY, LEVELS, floor_to
+from http_api.window_pieces import RAW, Piece, Segment, cover, linked_reads
 from tests.conftest import query
 from tests.http_helpers import Api, iso, meter_reading, vehicle_reading, write_readings
 
@@ -20,6 +21,8 @@ pytest_plugins = ["tests.http_fixtures"]
 NOW = datetime.now(UTC)
 HOUR = timedelta(hours=1)
 MICRO = timedelta(microseconds=1)
+MINUTE = timedelta(minutes=1)
+DAY = timedelta(days=1)
 BASE = NOW.replace(minute=0, second=0, microsecond=0) - 30 * HOUR
 
 _RAW_DC = """
@@ -278,16 +281,17 @@ async def test_status_thresholds(api: Api, database_url: str, dc: float, status:
 
 
 async def test_future_dated_readings_are_not_counted(api: Api, database_url: str) -> None:
+    now = datetime.now(UTC)  # not the module's NOW: that may be minutes ago in a long run
     await write_readings(
         database_url,
         [
-            vehicle_reading("EV-1", NOW - HOUR, 1.0),
-            vehicle_reading("EV-1", NOW + timedelta(minutes=4), 50.0),  # a clock running ahead
+            vehicle_reading("EV-1", now - HOUR, 1.0),
+            vehicle_reading("EV-1", now + timedelta(minutes=4), 50.0),  # a clock running ahead
         ],
     )
     _, body = await api.get("/v1/analytics/performance/EV-1")
     assert body["totalDc"] == 1.0
-    _, body = await api.get("/v1/analytics/performance/EV-1", to=iso(NOW + timedelta(hours=1)))
+    _, body = await api.get("/v1/analytics/performance/EV-1", to=iso(now + timedelta(hours=1)))
     assert body["totalDc"] == 1.0
     assert datetime.fromisoformat(body["window"]["to"]) <= datetime.now(UTC)
 
@@ -435,131 +439,131 @@ async def test_fleet_window_ending_now_leaves_out_readings_dated_later(
         assert_same_figures(listed[vehicle], one, vehicle, coverage_rel=1e-3)
 
 
-def _only(p: dict[str, Any], kept: tuple[str, ...], at: datetime) -> dict[str, Any]:
-    """The window pieces ``p`` with only the pieces named in ``kept``; the others empty."""
-    pieces = {k: v for k, v in p.items() if k[:2] in kept}
-    for name in ("p1", "p2", "q1", "q2", "u1", "u2"):
-        if name not in kept:
-            pieces |= {f"{name}sign": 1, f"{name}lo": at, f"{name}hi": at}
-    return pieces | {"d_lo": at, "d_hi": at}
+_UNITS: Final = {RAW: None} | {level.name: level.unit for level in LEVELS}
 
 
-def _coefficient(p: dict[str, Any], at: datetime) -> int:
-    """How many times the fleet's pieces count a reading taken at ``at``."""
+def _coefficient(pieces: Iterable[Piece], at: datetime) -> int:
+    """How many times ``pieces`` count a reading taken at ``at`` (a rollup row counts it in
+    the row of its hour or day)."""
     n = 0
-    for name, unit in (("p", None), ("q", SLOT), ("u", HOUR)):
-        cell = at if unit is None else floor_to(at, unit)
-        for piece in (f"{name}1", f"{name}2"):
-            n += p[f"{piece}sign"] if p[f"{piece}lo"] <= cell < p[f"{piece}hi"] else 0
-    return n + (1 if p["d_lo"] <= floor_to(at, DAY) < p["d_hi"] else 0)
+    for piece in pieces:
+        unit = _UNITS[piece.level]
+        start = at if unit is None else floor_to(at, unit)
+        n += piece.sign if piece.start <= start < piece.end else 0
+    return n
+
+
+def _random_span(rng: random.Random, origin: datetime) -> tuple[datetime, datetime, datetime]:
+    start = origin + timedelta(seconds=rng.uniform(0, 4 * 86400))
+    if rng.random() < 0.3:
+        start = floor_to(start, rng.choice([MINUTE, HOUR, DAY]))
+    end = start + timedelta(seconds=rng.choice([rng.uniform(1, 900), rng.uniform(1, 3 * 86400)]))
+    if rng.random() < 0.3:
+        end = max(floor_to(end, rng.choice([MINUTE, HOUR, DAY])) + MINUTE, start + MINUTE)
+    now = end + timedelta(seconds=rng.choice([rng.uniform(-600, 600), rng.uniform(0, 0.1)]))
+    return start, end, now
 
 
 def test_fleet_window_pieces_count_every_reading_once_and_read_little() -> None:
-    """Days, hours of a daily row, 10-minute slots of an hourly row and raw minutes: a reading
-    inside the window is counted exactly once, one outside never; raw pieces are at most 5
-    minutes, a slot piece lies in one hourly row and an hour piece in one daily row."""
+    """Raw minutes, hourly and daily rows: a reading inside the window is counted exactly once,
+    one outside never; at each level at most a piece at each edge, raw ones at most 30 minutes
+    and hourly ones at most 12 hours (of what exists: the future has no rows yet)."""
     rng = random.Random(11)
     origin = datetime(2026, 3, 1, tzinfo=UTC)
     for _ in range(3000):
-        start = origin + timedelta(seconds=rng.uniform(0, 4 * 86400))
-        if rng.random() < 0.3:
-            start = floor_to(start, rng.choice([SLOT, HOUR, DAY]))
-        end = start + timedelta(
-            seconds=rng.choice([rng.uniform(1, 900), rng.uniform(1, 3 * 86400)])
-        )
-        if rng.random() < 0.3:
-            end = floor_to(end, rng.choice([SLOT, HOUR, DAY])) + SLOT
-        now = end + timedelta(seconds=rng.uniform(-600, 600))
-        p = window_pieces(start, end, now)
-        probes = [start, end, start - MICRO, end - MICRO, p["r1"], p["r2"], p["r1"] - MICRO]
+        start, end, now = _random_span(rng, origin)
+        pieces = cover(start, end, now)
+        probes = [start, end, start - MICRO, end - MICRO]
+        probes += [p.start for p in pieces] + [p.end - MICRO for p in pieces]
         probes += [start + (end - start) * rng.random() for _ in range(20)]
         probes += [start - timedelta(seconds=rng.uniform(0, 86400)) for _ in range(5)]
         probes += [end + timedelta(seconds=rng.uniform(0, 86400)) for _ in range(5)]
         for at in probes:
-            assert _coefficient(p, at) == (1 if start <= at < end else 0), (start, end, now, at)
-        for side in "12":  # what is read: the future has no rows yet
-            span = min(p[f"p{side}hi"], now) - p[f"p{side}lo"]
-            assert span.total_seconds() <= 5 * 60 or span <= end - start, (start, end, p)
-            for name, whole in (("q", HOUR), ("u", DAY)):
-                lo, hi = p[f"{name}{side}lo"], p[f"{name}{side}hi"]
-                assert p[f"{name}{side}sign"] == 1, (start, end, p)
-                assert lo <= hi, (start, end, p)
-                assert floor_to(lo, whole) == p[f"{name}{side}cell"], (start, end, p)
-                assert hi <= p[f"{name}{side}cell"] + whole, (start, end, p)
-        if p["share_edges"]:  # [start, r1) is p1 + q1: what a cut link segment takes
-            head = _only(p, ("p1", "q1"), start)
-            for at in [start, p["r1"] - MICRO, start + (p["r1"] - start) * rng.random()]:
-                if start <= at < p["r1"]:
-                    assert _coefficient(head, at) == 1, (start, end, at)
-            # and [r2, end) is q2 + p2; past the end when the window ends now (p2 subtracted)
-            tail = _only(p, ("p2", "q2"), start)
-            probes = [end - MICRO, end, p["r2"] - MICRO, p["r2"], end + (p["r2"] - end) / 2]
-            for at in probes if start < end else []:  # an empty window has no pieces
-                want = 1 if p["r2"] <= at < end else -1 if end <= at < p["r2"] else 0
-                assert _coefficient(tail, at) == want, (start, end, now, at)
+            assert _coefficient(pieces, at) == (1 if start <= at < end else 0), (start, end, now)
+        assert len({p.name for p in pieces}) == len(pieces), pieces
+        assert all(p.start < p.end for p in pieces), pieces
+        for p in pieces:
+            read = min(p.end, max(now, p.start)) - p.start
+            if p.level == RAW:
+                assert read <= timedelta(minutes=30) or read <= end - start, (start, end, p)
+            if p.level == HOURLY.name and p.edge != "middle":
+                assert read <= timedelta(hours=12) or read <= end - start, (start, end, p)
 
 
 def test_fleet_window_pieces_examples() -> None:
     def at(h: int, m: int = 0) -> datetime:
         return datetime(2026, 1, 1, h, m, tzinfo=UTC)
 
-    # 10:47 to 12:40, now 13:00: 3 raw minutes and a slot to 11:00; the tail is on a slot.
-    p = window_pieces(at(10, 47), at(12, 40), at(13))
-    assert (p["p1sign"], p["p1lo"], p["p1hi"]) == (1, at(10, 47), at(10, 50))
-    assert (p["q1cell"], p["q1klo"], p["q1khi"]) == (at(10), 5, 6)  # slot 5 of 10:00's row
-    assert (p["r1"], p["r2"]) == (at(11), at(12))
-    assert (p["u1cell"], p["u1klo"], p["u1khi"]) == (at(0), 11, 12)  # hour 11 of the day's row
-    assert (p["q2cell"], p["q2klo"], p["q2khi"]) == (at(12), 0, 4)  # slots 0-3 of 12:00's row
-    assert p["p2lo"] == p["p2hi"]
-    assert p["d_lo"] == p["d_hi"]
-    # The same, ending now at 12:40:30: the day's row whole, less what is dated after 12:40:30
-    # (nothing but future-dated readings), instead of the slots of 12:00's row and raw minutes.
-    end = at(12, 40) + timedelta(seconds=30)
-    p = window_pieces(at(10, 47), end, end + timedelta(milliseconds=3))
-    assert (p["p1sign"], p["p1lo"], p["p1hi"]) == (1, at(10, 47), at(10, 50))
-    assert (p["q1cell"], p["q1klo"], p["q1khi"]) == (at(10), 5, 6)
-    assert (p["u1cell"], p["u1klo"], p["u1khi"]) == (at(0), 11, 24)  # hours 11-23 of the row
-    assert (p["p2sign"], p["p2lo"], p["p2hi"]) == (-1, end, at(0) + DAY)
-    assert p["q2klo"] == p["q2khi"]
-    assert p["u2klo"] == p["u2khi"]
-    assert (p["r1"], p["r2"], p["hc"]) == (at(11), at(0) + DAY, at(0) + DAY)
-    # 23:52 to 00:31 the next day, now later: one hourly row's slots at each edge, no hours.
-    p = window_pieces(at(23, 52), at(23, 52) + timedelta(minutes=39), at(23) + DAY)
-    assert (p["p1sign"], p["p1lo"], p["p1hi"]) == (-1, at(23, 50), at(23, 52))
-    assert (p["q1cell"], p["q1klo"], p["q1khi"]) == (at(23), 5, 6)
-    assert (p["q2cell"], p["q2klo"], p["q2khi"]) == (at(0) + DAY, 0, 3)
-    assert p["u1klo"] == p["u1khi"]
-    assert p["u2klo"] == p["u2khi"]
-    # 10:12 to 10:14, inside one slot: 2 raw minutes rather than the slot less 8.
-    p = window_pieces(at(10, 12), at(10, 14), at(12))
-    assert (p["p1sign"], p["p1lo"], p["p1hi"]) == (1, at(10, 12), at(10, 14))
-    assert not p["share_edges"]
+    def pieces(start: datetime, end: datetime, now: datetime) -> list[tuple[Any, ...]]:
+        return [(p.name, p.sign, p.start, p.end) for p in cover(start, end, now)]
+
+    # 10:47 to 12:40, now 13:00: 13 raw minutes, hours 11 and 12 less the 20 raw minutes after
+    # 12:40 (fewer than the 40 before).
+    assert pieces(at(10, 47), at(12, 40), at(13)) == [
+        ("raw_head", 1, at(10, 47), at(11)),
+        ("raw_tail", -1, at(12, 40), at(13)),
+        ("hourly_head", 1, at(11), at(13)),
+    ]
+    # 10:47 to 12:10: the 10 raw minutes after 12:00.
+    assert pieces(at(10, 47), at(12, 10), at(13)) == [
+        ("raw_head", 1, at(10, 47), at(11)),
+        ("raw_tail", 1, at(12), at(12, 10)),
+        ("hourly_head", 1, at(11), at(12)),
+    ]
+    # 15:37 yesterday to now, 15:37:30 today: yesterday's last 8 hours and today's row whole,
+    # less what is dated after now (nothing but future-dated readings).
+    now = at(15, 37) + DAY + timedelta(seconds=30)
+    assert pieces(now - DAY, now, now + timedelta(milliseconds=3)) == [
+        ("raw_head", 1, now - DAY, at(16)),
+        ("raw_tail", -1, now, at(16) + DAY),
+        ("hourly_head", 1, at(16), at(0) + DAY),
+        ("hourly_tail", -1, at(16) + DAY, at(0) + 2 * DAY),
+        ("daily_middle", 1, at(0) + DAY, at(0) + 2 * DAY),
+    ]
+    # 23:52 to 00:31 the next day, now later: 8 raw minutes, and the hour of 00:00 less 29.
+    assert pieces(at(23, 52), at(23, 52) + timedelta(minutes=39), at(23) + DAY) == [
+        ("raw_head", 1, at(23, 52), at(0) + DAY),
+        ("raw_tail", -1, at(0, 31) + DAY, at(1) + DAY),
+        ("hourly_tail", 1, at(0) + DAY, at(1) + DAY),
+    ]
+    # 10:12 to 10:14, inside one hour: 2 raw minutes rather than the hour less 58.
+    assert pieces(at(10, 12), at(10, 14), at(12)) == [("raw_head", 1, at(10, 12), at(10, 14))]
+    # 23:00 to 01:00 two days later: the whole day from its daily row.
+    assert pieces(at(23), at(1) + 2 * DAY, at(5) + 3 * DAY) == [
+        ("hourly_head", 1, at(23), at(0) + DAY),
+        ("hourly_tail", 1, at(0) + 2 * DAY, at(1) + 2 * DAY),
+        ("daily_middle", 1, at(0) + DAY, at(0) + 2 * DAY),
+    ]
 
 
-async def test_the_sql_split_chooses_as_the_python_one(database_url: str) -> None:
-    """Link segments are split in SQL (http_api.window_pieces.split_sql), the window in Python:
-    both must read the same pieces."""
-    units = {"interval '10 minutes'": SLOT, "interval '1 hour'": HOUR}
-    rng = random.Random(3)
+def test_linked_reads_count_each_linked_reading_once() -> None:
+    """A vehicle's cut link segments are read as they are, or as the window (its window sums,
+    read anyway) less the gaps between them: either way, what is read counts each reading
+    inside a segment once and every other one never."""
+    rng = random.Random(5)
     origin = datetime(2026, 3, 1, tzinfo=UTC)
-    cases = []
-    for _ in range(300):
-        lo = origin + timedelta(seconds=rng.uniform(0, 86400))
-        if rng.random() < 0.3:
-            lo = floor_to(lo, rng.choice([SLOT, HOUR]))
-        hi = lo + timedelta(seconds=rng.choice([0, rng.uniform(1, 700), rng.uniform(1, 20000)]))
-        if rng.random() < 0.3:
-            hi = floor_to(hi, rng.choice([SLOT, HOUR]))
-        now = hi + timedelta(seconds=rng.uniform(-900, 900))
-        cases.append((lo, hi, now, rng.choice(list(units))))
-    for lo, hi, now, unit in cases:
-        sql = f"""SELECT s.alo, s.ahi, s.p1sign, s.p1lo, s.p1hi, s.p2sign, s.p2lo, s.p2hi
-        FROM (SELECT %s::timestamptz AS lo, %s::timestamptz AS hi) x,
-        {split_sql("x.lo", "x.hi", unit, "%s::timestamptz", "s")}"""
-        [got] = await query(database_url, sql, lo, hi, now)
-        want = split(lo, hi, units[unit], now)
-        expected = (want.aligned_lo, want.aligned_hi, *dataclasses.astuple(want.head))
-        assert got == (*expected, *dataclasses.astuple(want.tail)), (lo, hi, now, unit)
+    for _ in range(500):
+        start, end, now = _random_span(rng, origin)
+        cuts = sorted(start + (end - start) * rng.random() for _ in range(rng.choice([2, 4, 6])))
+        if rng.random() < 0.5:
+            cuts[0] = start
+        if rng.random() < 0.5:
+            cuts[-1] = end
+        segments = [
+            Segment(1, 7, lo, hi) for lo, hi in zip(cuts[::2], cuts[1::2], strict=True) if lo < hi
+        ]
+        if [(s.start, s.end) for s in segments] in ([], [(start, end)]):
+            continue  # not cut: the window sums
+        reads = linked_reads(segments, (start, end), now)
+        window = cover(start, end, now) if reads.window_pairs else ()
+        assert reads.window_pairs in ((), ((1, 7),))
+        read = [*window, *(cut.piece for cut in reads.pieces)]
+        assert {(cut.vehicle_id, cut.device_id) for cut in reads.pieces} <= {(1, 7)}
+        probes = [s.start for s in segments] + [s.end for s in segments]
+        probes += [start + (end - start) * rng.random() for _ in range(30)]
+        for at in probes + [p - MICRO for p in probes]:
+            inside = any(s.start <= at < s.end for s in segments)
+            assert _coefficient(read, at) == (1 if inside else 0), (segments, at)
 
 
 async def test_fleet_energy_sums_are_exact_past_double_precision(database_url: str) -> None:
