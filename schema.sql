@@ -155,9 +155,8 @@ CREATE TABLE IF NOT EXISTS vehicle_reading (
 
 -- Hourly rollups per device (hour = UTC hour start), maintained by the gateway in the same
 -- transaction as the history rows, from the rows actually inserted (a duplicate never counts
--- twice). Whole hours of a window are read here, the partial hours at its edges from history;
--- the fleet view also reads the 10-minute slots of its edge hours here (energy and readings per
--- slot), so that it reads at most ~5 minutes of each device's readings at each edge.
+-- twice). Whole hours of a window are read here, the partial hours at its edges from history.
+-- The rollup levels and their columns are declared in gateway/rollup_levels.py.
 CREATE TABLE IF NOT EXISTS meter_hourly (
     meter_id        integer NOT NULL,
     hour            timestamptz NOT NULL,
@@ -165,19 +164,6 @@ CREATE TABLE IF NOT EXISTS meter_hourly (
     readings        integer NOT NULL,
     voltage_min     real NOT NULL,
     voltage_max     real NOT NULL,
-    -- energy and readings of each 10 minutes of the hour (slot k: minutes 10k to 10k + 9)
-    slot0_mwh       bigint NOT NULL DEFAULT 0,
-    slot1_mwh       bigint NOT NULL DEFAULT 0,
-    slot2_mwh       bigint NOT NULL DEFAULT 0,
-    slot3_mwh       bigint NOT NULL DEFAULT 0,
-    slot4_mwh       bigint NOT NULL DEFAULT 0,
-    slot5_mwh       bigint NOT NULL DEFAULT 0,
-    slot0_readings  integer NOT NULL DEFAULT 0,
-    slot1_readings  integer NOT NULL DEFAULT 0,
-    slot2_readings  integer NOT NULL DEFAULT 0,
-    slot3_readings  integer NOT NULL DEFAULT 0,
-    slot4_readings  integer NOT NULL DEFAULT 0,
-    slot5_readings  integer NOT NULL DEFAULT 0,
     PRIMARY KEY (meter_id, hour)
 );
 
@@ -189,18 +175,6 @@ CREATE TABLE IF NOT EXISTS vehicle_hourly (
     battery_temp_sum double precision NOT NULL,
     battery_temp_min real NOT NULL,
     battery_temp_max real NOT NULL,
-    slot0_mwh       bigint NOT NULL DEFAULT 0,
-    slot1_mwh       bigint NOT NULL DEFAULT 0,
-    slot2_mwh       bigint NOT NULL DEFAULT 0,
-    slot3_mwh       bigint NOT NULL DEFAULT 0,
-    slot4_mwh       bigint NOT NULL DEFAULT 0,
-    slot5_mwh       bigint NOT NULL DEFAULT 0,
-    slot0_readings  integer NOT NULL DEFAULT 0,
-    slot1_readings  integer NOT NULL DEFAULT 0,
-    slot2_readings  integer NOT NULL DEFAULT 0,
-    slot3_readings  integer NOT NULL DEFAULT 0,
-    slot4_readings  integer NOT NULL DEFAULT 0,
-    slot5_readings  integer NOT NULL DEFAULT 0,
     PRIMARY KEY (vehicle_id, hour)
 );
 
@@ -212,63 +186,12 @@ CREATE OR REPLACE AGGREGATE fleetgate_sum(bigint) (
 );
 
 -- Daily rollups per device (day = UTC midnight), energy and counts only, maintained with the
--- hourly ones from the same inserted rows, with the same sums for each hour of the day. The fleet
--- view takes a window's whole days from here and the hours at its edges from the two edge days'
--- rows: one row a device at each edge.
+-- hourly ones from the same inserted rows. The fleet view takes a window's whole days from here.
 CREATE TABLE IF NOT EXISTS meter_daily (
     meter_id        integer NOT NULL,
     day             timestamptz NOT NULL,
     consumed_ac_mwh bigint NOT NULL,
     readings        integer NOT NULL,
-    -- energy and readings of each hour of the day (hour K: K:00 to K:59 UTC)
-    hour0_mwh       bigint NOT NULL DEFAULT 0,
-    hour1_mwh       bigint NOT NULL DEFAULT 0,
-    hour2_mwh       bigint NOT NULL DEFAULT 0,
-    hour3_mwh       bigint NOT NULL DEFAULT 0,
-    hour4_mwh       bigint NOT NULL DEFAULT 0,
-    hour5_mwh       bigint NOT NULL DEFAULT 0,
-    hour6_mwh       bigint NOT NULL DEFAULT 0,
-    hour7_mwh       bigint NOT NULL DEFAULT 0,
-    hour8_mwh       bigint NOT NULL DEFAULT 0,
-    hour9_mwh       bigint NOT NULL DEFAULT 0,
-    hour10_mwh      bigint NOT NULL DEFAULT 0,
-    hour11_mwh      bigint NOT NULL DEFAULT 0,
-    hour12_mwh      bigint NOT NULL DEFAULT 0,
-    hour13_mwh      bigint NOT NULL DEFAULT 0,
-    hour14_mwh      bigint NOT NULL DEFAULT 0,
-    hour15_mwh      bigint NOT NULL DEFAULT 0,
-    hour16_mwh      bigint NOT NULL DEFAULT 0,
-    hour17_mwh      bigint NOT NULL DEFAULT 0,
-    hour18_mwh      bigint NOT NULL DEFAULT 0,
-    hour19_mwh      bigint NOT NULL DEFAULT 0,
-    hour20_mwh      bigint NOT NULL DEFAULT 0,
-    hour21_mwh      bigint NOT NULL DEFAULT 0,
-    hour22_mwh      bigint NOT NULL DEFAULT 0,
-    hour23_mwh      bigint NOT NULL DEFAULT 0,
-    hour0_readings  integer NOT NULL DEFAULT 0,
-    hour1_readings  integer NOT NULL DEFAULT 0,
-    hour2_readings  integer NOT NULL DEFAULT 0,
-    hour3_readings  integer NOT NULL DEFAULT 0,
-    hour4_readings  integer NOT NULL DEFAULT 0,
-    hour5_readings  integer NOT NULL DEFAULT 0,
-    hour6_readings  integer NOT NULL DEFAULT 0,
-    hour7_readings  integer NOT NULL DEFAULT 0,
-    hour8_readings  integer NOT NULL DEFAULT 0,
-    hour9_readings  integer NOT NULL DEFAULT 0,
-    hour10_readings integer NOT NULL DEFAULT 0,
-    hour11_readings integer NOT NULL DEFAULT 0,
-    hour12_readings integer NOT NULL DEFAULT 0,
-    hour13_readings integer NOT NULL DEFAULT 0,
-    hour14_readings integer NOT NULL DEFAULT 0,
-    hour15_readings integer NOT NULL DEFAULT 0,
-    hour16_readings integer NOT NULL DEFAULT 0,
-    hour17_readings integer NOT NULL DEFAULT 0,
-    hour18_readings integer NOT NULL DEFAULT 0,
-    hour19_readings integer NOT NULL DEFAULT 0,
-    hour20_readings integer NOT NULL DEFAULT 0,
-    hour21_readings integer NOT NULL DEFAULT 0,
-    hour22_readings integer NOT NULL DEFAULT 0,
-    hour23_readings integer NOT NULL DEFAULT 0,
     PRIMARY KEY (meter_id, day)
 );
 
@@ -277,54 +200,6 @@ CREATE TABLE IF NOT EXISTS vehicle_daily (
     day              timestamptz NOT NULL,
     delivered_dc_mwh bigint NOT NULL,
     readings         integer NOT NULL,
-    hour0_mwh        bigint NOT NULL DEFAULT 0,
-    hour1_mwh        bigint NOT NULL DEFAULT 0,
-    hour2_mwh        bigint NOT NULL DEFAULT 0,
-    hour3_mwh        bigint NOT NULL DEFAULT 0,
-    hour4_mwh        bigint NOT NULL DEFAULT 0,
-    hour5_mwh        bigint NOT NULL DEFAULT 0,
-    hour6_mwh        bigint NOT NULL DEFAULT 0,
-    hour7_mwh        bigint NOT NULL DEFAULT 0,
-    hour8_mwh        bigint NOT NULL DEFAULT 0,
-    hour9_mwh        bigint NOT NULL DEFAULT 0,
-    hour10_mwh       bigint NOT NULL DEFAULT 0,
-    hour11_mwh       bigint NOT NULL DEFAULT 0,
-    hour12_mwh       bigint NOT NULL DEFAULT 0,
-    hour13_mwh       bigint NOT NULL DEFAULT 0,
-    hour14_mwh       bigint NOT NULL DEFAULT 0,
-    hour15_mwh       bigint NOT NULL DEFAULT 0,
-    hour16_mwh       bigint NOT NULL DEFAULT 0,
-    hour17_mwh       bigint NOT NULL DEFAULT 0,
-    hour18_mwh       bigint NOT NULL DEFAULT 0,
-    hour19_mwh       bigint NOT NULL DEFAULT 0,
-    hour20_mwh       bigint NOT NULL DEFAULT 0,
-    hour21_mwh       bigint NOT NULL DEFAULT 0,
-    hour22_mwh       bigint NOT NULL DEFAULT 0,
-    hour23_mwh       bigint NOT NULL DEFAULT 0,
-    hour0_readings   integer NOT NULL DEFAULT 0,
-    hour1_readings   integer NOT NULL DEFAULT 0,
-    hour2_readings   integer NOT NULL DEFAULT 0,
-    hour3_readings   integer NOT NULL DEFAULT 0,
-    hour4_readings   integer NOT NULL DEFAULT 0,
-    hour5_readings   integer NOT NULL DEFAULT 0,
-    hour6_readings   integer NOT NULL DEFAULT 0,
-    hour7_readings   integer NOT NULL DEFAULT 0,
-    hour8_readings   integer NOT NULL DEFAULT 0,
-    hour9_readings   integer NOT NULL DEFAULT 0,
-    hour10_readings  integer NOT NULL DEFAULT 0,
-    hour11_readings  integer NOT NULL DEFAULT 0,
-    hour12_readings  integer NOT NULL DEFAULT 0,
-    hour13_readings  integer NOT NULL DEFAULT 0,
-    hour14_readings  integer NOT NULL DEFAULT 0,
-    hour15_readings  integer NOT NULL DEFAULT 0,
-    hour16_readings  integer NOT NULL DEFAULT 0,
-    hour17_readings  integer NOT NULL DEFAULT 0,
-    hour18_readings  integer NOT NULL DEFAULT 0,
-    hour19_readings  integer NOT NULL DEFAULT 0,
-    hour20_readings  integer NOT NULL DEFAULT 0,
-    hour21_readings  integer NOT NULL DEFAULT 0,
-    hour22_readings  integer NOT NULL DEFAULT 0,
-    hour23_readings  integer NOT NULL DEFAULT 0,
     PRIMARY KEY (vehicle_id, day)
 );
 

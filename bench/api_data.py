@@ -1,7 +1,7 @@
 """Synthetic fleet history for the API benchmark, generated with set-based SQL straight into the
-daily history partitions, with hourly (with their 10-minute slots) and daily rollups rebuilt
-from the very rows stored by gateway/rollup_rebuild.py (so rollups and raw history agree
-exactly, as the gateway keeps them)."""
+daily history partitions, with the rollups of every level rebuilt from the very rows stored by
+gateway/rollup_rebuild.py (so rollups and raw history agree exactly, as the gateway keeps
+them)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import psycopg
 from gateway.database import apply_schema
 from gateway.reading_kinds import KINDS
 from gateway.readings import DeviceKind
+from gateway.rollup_levels import LEVELS
 from gateway.rollup_rebuild import rebuild_rollups
 
 
@@ -163,8 +164,10 @@ async def generate(url: str, fleet: Fleet) -> dict[str, float]:
     began = time.monotonic()
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await conn.execute("VACUUM (ANALYZE) vehicle_reading, meter_reading")
-        await conn.execute("VACUUM (ANALYZE) vehicle_hourly, meter_hourly, vehicle, meter")
-        await conn.execute("VACUUM (ANALYZE) vehicle_daily, meter_daily")
+        await conn.execute("VACUUM (ANALYZE) vehicle, meter")
+        for level in LEVELS:
+            tables = ", ".join(level.table(kind) for kind in KINDS.values())
+            await conn.execute(f"VACUUM (ANALYZE) {tables}".encode())
         await conn.execute("VACUUM (ANALYZE) vehicle_link")
         await conn.execute("CHECKPOINT")
         cur = await conn.execute(

@@ -1,9 +1,9 @@
 """What a meter's and a vehicle's reading are in the database, declared once: the columns a
 reading is stored in, their PostgreSQL types, the row built from a decoded reading and what the
-hourly rollups keep of it. The staging tables, binary COPY, history, live-row and rollup
-statements are generated from these (gateway/write_statements.py, gateway/rollup_rebuild.py);
-schema.sql writes the same columns out as plain DDL, and tests/test_reading_kinds.py checks that
-the two agree on a new database."""
+rollups keep of it (the levels: gateway/rollup_levels.py). The staging tables, binary COPY,
+history, live-row and rollup statements are generated from these (gateway/write_statements.py,
+gateway/rollup_rebuild.py); schema.sql writes the same columns out as plain DDL, and
+tests/test_reading_kinds.py checks that the two agree on a new database."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ class Column:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Measure:
-    """A column of the hourly rollup that keeps one history column's sum, least or greatest value
-    (besides the energy and the count, which every rollup keeps)."""
+    """A rollup column that keeps one history column's sum, least or greatest value (besides
+    the energy and the count, which every rollup keeps), in the levels that keep measures."""
 
     name: str
     aggregate: Literal["sum", "min", "max"]
@@ -52,12 +52,12 @@ _RECEIVED_AT: Final = Column("received_at", "timestamptz")
 @dataclasses.dataclass(frozen=True, slots=True)
 class ReadingKind(Generic[R]):
     """One kind of reading: its tables are named after it (``{kind}``, ``{kind}_reading``,
-    ``{kind}_hourly``, ``{kind}_daily``, the staging table ``{kind}_stage``)."""
+    the staging table ``{kind}_stage``, and a table per rollup level, ``{kind}_hourly``)."""
 
     kind: DeviceKind
-    energy: Column  # in mWh: history, live row, hourly and daily rollups
+    energy: Column  # in mWh: history, live row, every rollup level
     values: tuple[Column, ...]  # the reading's other values, as history and the live row keep them
-    measures: tuple[Measure, ...]  # what the hourly rollups keep of them
+    measures: tuple[Measure, ...]  # what the rollup levels that keep measures keep of them
     # (name, reading, received_at) -> the staged row, in the order of ``staged``
     row: Callable[[str, R, datetime], tuple[Any, ...]]
 
@@ -88,11 +88,6 @@ class ReadingKind(Generic[R]):
     def live(self) -> tuple[Column, ...]:
         """The device row's columns that its latest reading sets."""
         return (_TS, _RECEIVED_AT, self.energy, *self.values)
-
-    @property
-    def rollup_keys(self) -> tuple[Column, Column]:
-        """Of the hourly rollups (hour); the daily ones have ``day`` for ``hour``."""
-        return Column(self.device_id, "integer"), Column("hour", "timestamptz")
 
     def type_of(self, column: str) -> str:
         return next(c.type for c in self.history_columns if c.name == column)

@@ -1,114 +1,56 @@
-"""Rollups rebuilt from history for a range of time: every hourly row (with its 10-minute slots)
-and daily row (with its hours) that the range touches, deleted and computed again from the
-history rows, in one transaction. The operator's repair (``python -m gateway rebuild-rollups``)
-and the API benchmark's generator; the gateway keeps rollups batch by batch
-(gateway/write_statements.py), from the same declarations (gateway/reading_kinds.py)."""
+"""Rollups rebuilt from history for a range of time: every row of each rollup level
+(gateway/rollup_levels.py) that the range touches, deleted and computed again from the history
+rows, in one transaction. The operator's repair (``python -m gateway rebuild-rollups``) and the
+API benchmark's generator; the gateway keeps rollups batch by batch
+(gateway/write_statements.py), from the same declarations."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Final
 
 import psycopg
 
 from gateway.reading_kinds import KINDS, ReadingKind
 from gateway.readings import DeviceKind
-from gateway.rollup_slots import (
-    HOUR_OF_DAY,
-    HOURS,
-    SLOT_OF_TS,
-    hour_columns,
-    part_pivot,
-    slot_columns,
-    slot_sums,
-)
-from gateway.write_statements import ORIGIN, measure_columns, measures_of_rows
+from gateway.rollup_levels import DAILY, HOURLY, LEVELS, RollupLevel, ceil_to, floor_to
+from gateway.write_statements import ORIGIN, names, sums_of_history
 
-_HOUR: Final = timedelta(hours=1)
-_DAY: Final = timedelta(days=1)
-
-# The range's hours, from history. Rows are stored in time order, as the gateway writes them
-# over time: an hour's rows lie on neighbouring pages.
-_HOURLY: Final = """
-INSERT INTO {kind}_hourly ({device}, hour, {energy}, readings{measure_columns}, {slot_columns})
-SELECT {device}, date_bin('1 hour', ts, {origin}), sum({energy})::bigint, count(*)::int
-       {measures}, {slot_sums}
-FROM (SELECT *, {slot_of_ts} AS slot FROM {history}
-      WHERE ts >= %(hours_from)s AND ts < %(hours_to)s) r
+# A level's rows over its span, from history: a row is always its history's, whatever the rows
+# of other levels hold. Rows are stored in time order, as the gateway writes them over time: a
+# span's history lies on neighbouring pages.
+_REBUILD: Final = """
+INSERT INTO {table} ({columns})
+SELECT {device}, date_bin({interval}, ts, {origin}), {sums}
+FROM {history} WHERE ts >= %(from)s AND ts < %(to)s
 GROUP BY 1, 2 ORDER BY 2, 1
 """
-# The range's days, from the hourly rows just rebuilt (one per device and hour, so each hour
-# column is that row's sums) and, for the hours of its first and last day outside the range,
-# from history: a day is always its history's, whatever the hourly rows outside the range hold.
-_DAILY: Final = """
-INSERT INTO {kind}_daily ({device}, day, {energy}, readings, {hour_columns})
-SELECT {device}, date_bin('1 day', hour, {origin}), sum({energy})::bigint, sum(readings)::int,
-       {hour_pivot}
-FROM (
-    SELECT *, {hour_of_day} AS hour_of_day
-    FROM (
-        SELECT {device}, hour, {energy}, readings FROM {kind}_hourly
-        WHERE hour >= %(hours_from)s AND hour < %(hours_to)s
-        UNION ALL
-        SELECT {device}, date_bin('1 hour', ts, {origin}), sum({energy})::bigint, count(*)::int
-        FROM {history}
-        WHERE ts >= %(days_from)s AND ts < %(hours_from)s
-           OR ts >= %(hours_to)s AND ts < %(days_to)s
-        GROUP BY 1, 2
-    ) hours
-) h
-GROUP BY 1, 2 ORDER BY 2, 1
-"""
-_DELETE_HOURLY: Final = (
-    "DELETE FROM {kind}_hourly WHERE hour >= %(hours_from)s AND hour < %(hours_to)s"
-)
-_DELETE_DAILY: Final = "DELETE FROM {kind}_daily WHERE day >= %(days_from)s AND day < %(days_to)s"
+_DELETE: Final = "DELETE FROM {table} WHERE {key} >= %(from)s AND {key} < %(to)s"
 # A gateway's write of the same kind waits until the commit (it would add a batch to rows being
 # rebuilt); readers do not. Two rebuilds take turns. Meters first, as the gateway writes.
 _LOCK: Final = "LOCK TABLE {tables} IN SHARE ROW EXCLUSIVE MODE"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Statements:
-    delete_hourly: bytes
-    hourly: bytes
-    delete_daily: bytes
-    daily: bytes
-
-
-def _statements(kind: ReadingKind[Any]) -> _Statements:
-    names = {
-        "kind": kind.kind,
-        "device": kind.device_id,
-        "energy": kind.energy.name,
-        "history": kind.history,
-        "origin": ORIGIN,
-    }
-    hourly = _HOURLY.format(
-        **names,
-        measure_columns=measure_columns(kind),
-        slot_columns=slot_columns(),
-        measures=measures_of_rows(kind),
-        slot_sums=slot_sums(kind.energy.name),
-        slot_of_ts=SLOT_OF_TS,
+def _statements(kind: ReadingKind[Any], level: RollupLevel) -> tuple[bytes, bytes]:
+    """Deleting and rebuilding ``level``'s rows of ``kind`` over a span (%(from)s, %(to)s)."""
+    table = level.table(kind)
+    rebuild = _REBUILD.format(
+        table=table,
+        columns=names(level.columns(kind)),
+        device=kind.device_id,
+        interval=level.interval,
+        origin=ORIGIN,
+        sums=sums_of_history(kind, level),
+        history=kind.history,
     )
-    daily = _DAILY.format(
-        **names,
-        hour_columns=hour_columns(),
-        hour_pivot=part_pivot("hour", HOURS, kind.energy.name, key="hour_of_day"),
-        hour_of_day=HOUR_OF_DAY,
-    )
-    return _Statements(
-        _DELETE_HOURLY.format(**names).encode(),
-        hourly.encode(),
-        _DELETE_DAILY.format(**names).encode(),
-        daily.encode(),
-    )
+    return _DELETE.format(table=table, key=level.key).encode(), rebuild.encode()
 
 
-_STATEMENTS: Final = {name: _statements(kind) for name, kind in KINDS.items()}
+_STATEMENTS: Final = {
+    name: [(level, *_statements(kind, level)) for level in LEVELS] for name, kind in KINDS.items()
+}
 
 
 class RollupRightsError(psycopg.errors.InsufficientPrivilege):
@@ -117,16 +59,36 @@ class RollupRightsError(psycopg.errors.InsufficientPrivilege):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Rebuilt:
-    """What a rebuild wrote for one kind: the span it covered (whole hours, and whole days for
-    the daily rows) and the rows it wrote."""
+    """What a rebuild wrote for one kind: per level (by name), the span it covered (whole
+    units of the level) and the rows it wrote."""
 
     kind: DeviceKind
-    hours_from: datetime
-    hours_to: datetime
-    days_from: datetime
-    days_to: datetime
-    hourly_rows: int
-    daily_rows: int
+    spans: dict[str, tuple[datetime, datetime]]
+    rows: dict[str, int]
+
+    @property
+    def hours_from(self) -> datetime:
+        return self.spans[HOURLY.name][0]
+
+    @property
+    def hours_to(self) -> datetime:
+        return self.spans[HOURLY.name][1]
+
+    @property
+    def days_from(self) -> datetime:
+        return self.spans[DAILY.name][0]
+
+    @property
+    def days_to(self) -> datetime:
+        return self.spans[DAILY.name][1]
+
+    @property
+    def hourly_rows(self) -> int:
+        return self.rows[HOURLY.name]
+
+    @property
+    def daily_rows(self) -> int:
+        return self.rows[DAILY.name]
 
 
 async def rebuild_rollups(
@@ -135,43 +97,34 @@ async def rebuild_rollups(
     end: datetime,
     kinds: Sequence[DeviceKind] = tuple(KINDS),
 ) -> list[Rebuilt]:
-    """Delete and recompute, from history, the rollups of every device for the hours that
-    [``start``, ``end``) touches and for the days it touches (a day from all its history, also
-    where the range begins or ends within it); rollups outside those hours and days are not
-    touched. One transaction (a savepoint if ``conn`` is in one); rebuilding again changes
-    nothing. A gateway writing the same kinds waits for it. It deletes rows, which only the
-    schema's owner may: another login gets ``RollupRightsError``."""
+    """Delete and recompute, from history, the rollups of every device for the rows of each
+    level that [``start``, ``end``) touches (an hour or a day from all its history, also where
+    the range begins or ends within it); rollups outside those are not touched. One
+    transaction (a savepoint if ``conn`` is in one); rebuilding again changes nothing. A gateway
+    writing the same kinds waits for it. It deletes rows, which only the schema's owner may:
+    another login gets ``RollupRightsError``."""
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("the range needs times with a time zone")
     if end <= start:
         raise ValueError(f"the range is empty: {start.isoformat()} is not before {end.isoformat()}")
-    hours_from, hours_to = _floor(start, _HOUR), _ceil(end, _HOUR)
-    days_from, days_to = _floor(start, _DAY), _ceil(end, _DAY)
-    span = {
-        "hours_from": hours_from,
-        "hours_to": hours_to,
-        "days_from": days_from,
-        "days_to": days_to,
+    spans = {
+        level.name: (floor_to(start, level.unit), ceil_to(end, level.unit)) for level in LEVELS
     }
     ordered = [name for name in KINDS if name in kinds]
-    tables = ", ".join(f"{name}_hourly, {name}_daily" for name in ordered)
+    tables = ", ".join(level.table(KINDS[name]) for name in ordered for level in LEVELS)
     rebuilt = []
     try:
         async with conn.transaction():
             await conn.execute(_LOCK.format(tables=tables).encode())
             for name in ordered:
-                statements = _STATEMENTS[name]
+                rows = {}
                 cur = conn.cursor()
-                await cur.execute(statements.delete_hourly, span)
-                await cur.execute(statements.hourly, span)
-                hourly_rows = cur.rowcount
-                await cur.execute(statements.delete_daily, span)
-                await cur.execute(statements.daily, span)
-                rebuilt.append(
-                    Rebuilt(
-                        name, hours_from, hours_to, days_from, days_to, hourly_rows, cur.rowcount
-                    )
-                )
+                for level, delete, rebuild in _STATEMENTS[name]:
+                    span = dict(zip(("from", "to"), spans[level.name], strict=True))
+                    await cur.execute(delete, span)
+                    await cur.execute(rebuild, span)
+                    rows[level.name] = cur.rowcount
+                rebuilt.append(Rebuilt(name, spans, rows))
     except psycopg.errors.InsufficientPrivilege as exc:
         reason = exc.diag.message_primary or " ".join(str(exc).split())
         raise RollupRightsError(
@@ -180,16 +133,3 @@ async def rebuild_rollups(
             " (docs/security.md)"
         ) from exc
     return rebuilt
-
-
-def _floor(at: datetime, unit: timedelta) -> datetime:
-    """The start of the UTC hour or day that holds ``at``."""
-    utc = at.astimezone(UTC)
-    if unit == _DAY:
-        return utc.replace(hour=0, minute=0, second=0, microsecond=0)
-    return utc.replace(minute=0, second=0, microsecond=0)
-
-
-def _ceil(at: datetime, unit: timedelta) -> datetime:
-    floor = _floor(at, unit)
-    return floor if floor == at else floor + unit

@@ -9,16 +9,7 @@ from typing import Any, Final
 
 from gateway.reading_kinds import KINDS, Column, Measure, ReadingKind
 from gateway.readings import DeviceKind
-from gateway.rollup_slots import (
-    HOUR_OF_DAY,
-    HOURS,
-    SLOT_OF_TS,
-    additions,
-    hour_columns,
-    part_pivot,
-    slot_columns,
-    slot_pivot,
-)
+from gateway.rollup_levels import LEVELS, RollupLevel
 
 # Hours and days start at UTC midnight, whatever the session's time zone.
 ORIGIN: Final = "'2000-01-01 00:00:00+00'"
@@ -28,17 +19,24 @@ def names(columns: tuple[Column, ...]) -> str:
     return ", ".join(column.name for column in columns)
 
 
-def measure_columns(kind: ReadingKind[Any]) -> str:
-    """The hourly rollup's measure columns, each preceded by ', ' (none: '')."""
-    return "".join(f", {measure.name}" for measure in kind.measures)
+def sums_of_history(kind: ReadingKind[Any], level: RollupLevel) -> str:
+    """What ``level`` keeps, summed over history rows (or the rows just inserted): the energy,
+    the count and the measures, named as the level's columns."""
+    measures = "".join(f", {_of_history(kind, m)} AS {m.name}" for m in level.measures(kind))
+    energy = kind.energy.name
+    return f"sum({energy})::bigint AS {energy}, count(*)::int AS readings{measures}"
 
 
-def measures_of_rows(kind: ReadingKind[Any]) -> str:
-    """The measures over history rows, each preceded by ', ', as the hourly rollup keeps them."""
-    return "".join(f", {_of_rows(kind, measure)} AS {measure.name}" for measure in kind.measures)
+def sums_of_level(kind: ReadingKind[Any], level: RollupLevel) -> str:
+    """What ``level`` keeps, summed over the rows of the level before it."""
+    measures = "".join(f", {m.aggregate}({m.name}) AS {m.name}" for m in level.measures(kind))
+    return (
+        f"sum({kind.energy.name})::bigint AS {kind.energy.name},"
+        f" sum(readings)::int AS readings{measures}"
+    )
 
 
-def _of_rows(kind: ReadingKind[Any], measure: Measure) -> str:
+def _of_history(kind: ReadingKind[Any], measure: Measure) -> str:
     value = measure.of
     if kind.type_of(value) != measure.type:  # a sum of reals, summed as a double
         value = f"{value}::{measure.type}"
@@ -63,10 +61,11 @@ SELECT DISTINCT s.name FROM {stage} s
 WHERE NOT EXISTS (SELECT 1 FROM {kind} {a} WHERE {a}.name = s.name)
 ON CONFLICT (name) DO NOTHING
 """
-# History and its rollups (hourly with 10-minute slots, daily with each hour's sums) in one
-# statement: the rollups add up only the rows that were really inserted, so a duplicate never
-# counts twice. Rows are taken in key order so that two gateways updating the same rollup rows
-# lock them in the same order (no deadlock).
+# History and its rollups in one statement: the rollups add up only the rows that were really
+# inserted, so a duplicate never counts twice. The first level sums the inserted rows, each next
+# level the groups of the one before (an array of readings gives a few hours, and a day sums
+# those). Rows are taken in key order so that two gateways updating the same rollup rows lock
+# them in the same order (no deadlock).
 _HISTORY_AND_ROLLUPS: Final = """
 WITH inserted AS (
     INSERT INTO {history} ({history_columns})
@@ -74,42 +73,26 @@ WITH inserted AS (
     FROM {stage} s JOIN {kind} {a} ON {a}.name = s.name
     ON CONFLICT DO NOTHING
     RETURNING {device}, ts, {energy}{measured}
-), slots AS (
-    -- by slot first: an array of readings gives a few slots, and the pivot below reads those
-    SELECT {device}, date_bin('1 hour', ts, {origin}) AS hour,
-           {slot_of_ts} AS slot, sum({energy})::bigint AS energy, count(*)::int AS readings
-           {slot_measures}
-    FROM inserted GROUP BY 1, 2, 3
-), hours AS (
-    SELECT {device}, hour, sum(energy)::bigint AS {energy}, sum(readings)::int AS readings
-           {hour_measures}, {slot_pivot}
-    FROM slots GROUP BY 1, 2
-), rolled AS (
-    INSERT INTO {kind}_hourly AS h ({device}, hour, {energy}, readings{measure_columns},
-                                    {slot_columns})
-    SELECT * FROM hours ORDER BY 1, 2
-    ON CONFLICT ({device}, hour) DO UPDATE SET
-        {energy} = h.{energy} + EXCLUDED.{energy},
-        readings = h.readings + EXCLUDED.readings,
-        {measure_updates}{slot_additions}
-), rolled_daily AS (
-    -- each hour's sums from the hour groups above
-    INSERT INTO {kind}_daily AS d ({device}, day, {energy}, readings, {hour_columns})
-    SELECT {device}, date_bin('1 day', hour, {origin}) AS day,
-           sum({energy})::bigint, sum(readings)::int, {hour_pivot}
-    FROM (SELECT {device}, hour, {energy}, readings, {hour_of_day} AS hour_of_day FROM hours) h
-    GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT ({device}, day) DO UPDATE SET
-        {energy} = d.{energy} + EXCLUDED.{energy},
-        readings = d.readings + EXCLUDED.readings,
-        {hour_additions}
-)
+){levels}
 SELECT count(*) FROM inserted
 """
+# One level: its rows from the rows below (``source``: the inserted history rows, or the groups
+# of the level before), then added to its table.
+_LEVEL: Final = """, {level}_sums AS (
+    SELECT {device}, date_bin({interval}, {source_key}, {origin}) AS {key},
+           {sums}
+    FROM {source} GROUP BY 1, 2
+), {level}_written AS (
+    INSERT INTO {table} AS r ({columns})
+    SELECT * FROM {level}_sums ORDER BY 1, 2
+    ON CONFLICT ({device}, {key}) DO UPDATE SET
+        {updates}
+)"""
+# How a stored rollup row ``r`` takes in the sums of new readings.
 _COMBINE: Final = {
-    "sum": "{0} = h.{0} + EXCLUDED.{0}",
-    "min": "{0} = least(h.{0}, EXCLUDED.{0})",
-    "max": "{0} = greatest(h.{0}, EXCLUDED.{0})",
+    "sum": "{0} = r.{0} + EXCLUDED.{0}",
+    "min": "{0} = least(r.{0}, EXCLUDED.{0})",
+    "max": "{0} = greatest(r.{0}, EXCLUDED.{0})",
 }
 # The latest staged reading per device replaces the live one only if it is newer: readings
 # that arrive late after an outage go to history but never turn the live state back.
@@ -132,7 +115,30 @@ class KindStatements:
     update_live: str
 
 
-def _history_and_rollups(kind: ReadingKind[Any]) -> str:
+def _level(kind: ReadingKind[Any], level: RollupLevel, below: RollupLevel | None) -> str:
+    combined = [
+        _COMBINE["sum"].format(kind.energy.name),
+        _COMBINE["sum"].format("readings"),
+        *(_COMBINE[m.aggregate].format(m.name) for m in level.measures(kind)),
+    ]
+    return _LEVEL.format(
+        level=level.name,
+        table=level.table(kind),
+        device=kind.device_id,
+        key=level.key,
+        interval=level.interval,
+        origin=ORIGIN,
+        source="inserted" if below is None else f"{below.name}_sums",
+        source_key="ts" if below is None else below.key,
+        sums=sums_of_history(kind, level) if below is None else sums_of_level(kind, level),
+        columns=names(level.columns(kind)),
+        updates=",\n        ".join(combined),
+    )
+
+
+def history_and_rollups(kind: ReadingKind[Any], levels: tuple[RollupLevel, ...] = LEVELS) -> str:
+    """The statement that stores the staged readings of ``kind`` in history and adds the rows
+    really inserted to the rollups of ``levels``; it returns the number inserted."""
     measured = dict.fromkeys(measure.of for measure in kind.measures)  # once each, in order
     history_values = ", ".join(
         f"{kind.kind[0]}.{column.name}" if column.name == kind.device_id else f"s.{column.name}"
@@ -145,27 +151,12 @@ def _history_and_rollups(kind: ReadingKind[Any]) -> str:
         stage=kind.stage,
         device=kind.device_id,
         energy=kind.energy.name,
-        origin=ORIGIN,
         history_columns=names(kind.history_columns),
         history_values=history_values,
         measured="".join(f", {column}" for column in measured),
-        slot_of_ts=SLOT_OF_TS,
-        slot_measures=measures_of_rows(kind),
-        hour_measures="".join(
-            f", {measure.aggregate}({measure.name}) AS {measure.name}" for measure in kind.measures
+        levels="".join(
+            _level(kind, level, levels[n - 1] if n else None) for n, level in enumerate(levels)
         ),
-        slot_pivot=slot_pivot(),
-        measure_columns=measure_columns(kind),
-        slot_columns=slot_columns(),
-        measure_updates="".join(
-            _COMBINE[measure.aggregate].format(measure.name) + ",\n        "
-            for measure in kind.measures
-        ),
-        slot_additions=additions("h", slot_columns()),
-        hour_columns=hour_columns(),
-        hour_pivot=part_pivot("hour", HOURS, kind.energy.name, key="hour_of_day"),
-        hour_of_day=HOUR_OF_DAY,
-        hour_additions=additions("d", hour_columns()),
     )
 
 
@@ -174,7 +165,7 @@ def _statements(kind: ReadingKind[Any]) -> KindStatements:
         copy=f"COPY {kind.stage} ({names(kind.staged)}) FROM STDIN (FORMAT BINARY)",
         types=[column.type for column in kind.staged],
         register=_REGISTER.format(kind=kind.kind, a=kind.kind[0], stage=kind.stage),
-        insert_history=_history_and_rollups(kind),
+        insert_history=history_and_rollups(kind),
         update_live=_UPDATE_LIVE.format(
             kind=kind.kind,
             a=kind.kind[0],

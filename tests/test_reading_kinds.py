@@ -12,7 +12,7 @@ import pytest
 from gateway.database import apply_schema, open_pool
 from gateway.reading_kinds import KINDS, Column, ReadingKind
 from gateway.readings import Limits, decode_message
-from gateway.rollup_slots import hour_columns, slot_columns
+from gateway.rollup_levels import LEVELS, RollupLevel
 from gateway.write_statements import STATEMENTS
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -48,16 +48,35 @@ async def test_the_declared_columns_are_the_tables_columns(
         assert history == await declared(conn, *kind.history_columns)
         device_row = await columns(conn, kind.kind)
         assert set(await declared(conn, *kind.live)) <= set(device_row)
-        hourly = dict(await columns(conn, f"{kind.kind}_hourly"))
-        keys = await declared(conn, *kind.rollup_keys, kind.energy, Column("readings", "integer"))
-        measures = await declared(conn, *(Column(m.name, m.type) for m in kind.measures))
-        assert set(hourly) == {name for name, _ in keys + measures} | set(
-            slot_columns().split(", ")
+
+
+@pytest.mark.parametrize(
+    ("kind", "level"),
+    [(kind, level) for kind in KINDS.values() for level in LEVELS],
+    ids=[f"{kind}_{level.name}" for kind in KINDS for level in LEVELS],
+)
+async def test_the_declared_rollup_levels_are_the_tables(
+    database_url: str, kind: ReadingKind[Any], level: RollupLevel
+) -> None:
+    """Each level of gateway/rollup_levels.py is a table with exactly its declared columns and
+    types (in order), keyed by device and the start of its span; and no other rollup table."""
+    await apply_schema(database_url)
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        table = level.table(kind)
+        assert await columns(conn, table) == await declared(conn, *level.columns(kind))
+        cur = await conn.execute(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = %s::regclass AND contype = 'p'",
+            (table,),
         )
-        assert set(keys + measures) <= set(hourly.items())
-        daily = dict(await columns(conn, f"{kind.kind}_daily"))
-        assert set(daily) == {kind.device_id, "day", kind.energy.name, "readings"} | set(
-            hour_columns().split(", ")
+        keys = ", ".join(column.name for column in level.keys(kind))
+        assert await cur.fetchall() == [(f"PRIMARY KEY ({keys})",)]
+        cur = await conn.execute(
+            "SELECT relname::text FROM pg_class WHERE relkind = 'r' AND relname LIKE %s ORDER BY 1",
+            (f"{kind.kind}\\_%ly",),
+        )
+        assert [name for (name,) in await cur.fetchall()] == sorted(
+            each.table(kind) for each in LEVELS
         )
 
 

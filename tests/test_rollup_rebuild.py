@@ -83,13 +83,13 @@ async def test_a_rebuild_gives_back_every_rollup_the_writer_kept_and_a_second_ch
     await corrupt(
         database_url,
         f"""
-        UPDATE meter_hourly SET consumed_ac_mwh = consumed_ac_mwh + 1, slot2_readings = 99,
+        UPDATE meter_hourly SET consumed_ac_mwh = consumed_ac_mwh + 1, readings = 99,
                                 voltage_max = 999
         WHERE meter_id = 1;
         DELETE FROM vehicle_hourly WHERE vehicle_id = 2;
-        UPDATE vehicle_hourly SET battery_temp_sum = 0, slot0_mwh = 7;
+        UPDATE vehicle_hourly SET battery_temp_sum = 0, battery_temp_min = -99;
         DELETE FROM meter_daily WHERE day = '{DAY0:%Y-%m-%d}';
-        UPDATE vehicle_daily SET hour5_mwh = 0, hour7_readings = 3;
+        UPDATE vehicle_daily SET delivered_dc_mwh = 0, readings = 3;
         -- an hour and a day without history
         INSERT INTO meter_hourly (meter_id, hour, consumed_ac_mwh, readings, voltage_min,
                                   voltage_max)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import dataclasses
 import random
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
 
 from gateway.batch import Batch, Received
 from gateway.database import Partitions, apply_schema, open_pool
 from gateway.readings import Limits, decode_message
-from gateway.rollup_slots import HOURS, SLOTS
 from gateway.writer import BatchWriter, WriteResult
 from tests.conftest import query
 
@@ -122,42 +120,3 @@ async def test_rollups_equal_the_sums_of_history_despite_duplicates_and_disorder
     )
     assert len(daily) >= 3
     assert daily == daily_from_history
-    assert await _parts(database_url, "slot") == await _parts_from_history(database_url, "slot")
-    day_hours = await _parts(database_url, "hour")
-    assert day_hours == await _parts_from_history(database_url, "hour")
-    assert len(day_hours) > 8
-
-
-_PARTS: Final = {  # table, row start, parts, part length
-    "slot": ("vehicle_hourly", "hour", SLOTS, "10 minutes"),
-    "hour": ("vehicle_daily", "day", HOURS, "1 hour"),
-}
-
-
-async def _parts(database_url: str, part: str) -> list[tuple[Any, ...]]:
-    """(part start, energy, readings) of every non-empty 10-minute slot of the hourly rollups
-    or hour of the daily ones."""
-    table, start, parts, length = _PARTS[part]
-    return await query(
-        database_url,
-        f"""
-        SELECT {start} + k * interval '{length}', e, n
-        FROM {table},
-             unnest(array[{", ".join(f"{part}{k}_mwh" for k in parts)}],
-                    array[{", ".join(f"{part}{k}_readings" for k in parts)}])
-                 WITH ORDINALITY AS s(e, n, k1), LATERAL (SELECT k1 - 1 AS k) k
-        WHERE n > 0 ORDER BY 1""",
-    )
-
-
-async def _parts_from_history(database_url: str, part: str) -> list[tuple[Any, ...]]:
-    length = _PARTS[part][3]
-    rows = await query(
-        database_url,
-        f"""
-        SELECT date_bin('{length}', ts, '2000-01-01 00:00:00+00'), sum(delivered_dc_mwh),
-               count(*)
-        FROM vehicle_reading GROUP BY 1 ORDER BY 1""",
-    )
-    assert len(rows) > 8
-    return rows
