@@ -24,8 +24,8 @@ from bench.harness import (
     wait_for_gateway,
 )
 from bench.timeline import watch
+from fleetgate_tools.simulated_fleet import Fleet
 from gateway.registry import register
-from gateway.simulated_fleet import Fleet
 from tests.services import Mosquitto
 
 FIRST_DEVICE = 1_000_000  # device numbers of the first round; each round takes fresh ones

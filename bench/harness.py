@@ -19,9 +19,9 @@ from typing import Any
 
 import psycopg
 
+from fleetgate_tools.simulate import Pace, Publisher, Stats, live_stream, publish_messages
+from fleetgate_tools.simulated_fleet import Fleet, FleetProfile, Message, rfc3339
 from gateway.settings import MqttAddress
-from gateway.simulate import Pace, Publisher, Stats, live_stream, publish_messages
-from gateway.simulated_fleet import Fleet, FleetProfile, Message, rfc3339
 
 PROJECT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

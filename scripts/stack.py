@@ -160,13 +160,13 @@ class Stack:
         nothing else), and each device's secret kept for the simulator (mode 0600)."""
         fleet = ["--devices", str(devices), "--seed", str(FLEET_SEED)]
         logins = ["--device-logins", str(self.logins_file)] if "MQTT_URL" not in os.environ else []
+        simulator = [PYTHON, "-m", "fleetgate_tools.simulate"]
         said = run_tool(
-            [PYTHON, "-m", "gateway.simulate", "--register", self.database.api, *logins, *fleet,
-             "--count", "0"],
+            [*simulator, "--register", self.database.api, *logins, *fleet, "--count", "0"],
             self.env,
             "registering the simulated devices",
-        )  # fmt: skip
-        self.simulator = [PYTHON, "-m", "gateway.simulate", *fleet, *logins]
+        )
+        self.simulator = [*simulator, *fleet, *logins]
         self.registered = said.splitlines()[0]  # registered N devices: ... created, ...
 
     def start_broker(self) -> None:

@@ -60,35 +60,71 @@ def test_every_service_is_there_with_its_image(services: dict[str, Any]) -> None
     assert set(services) >= {MIGRATE, "mosquitto", "postgres", "gateway", "http_api", "simulator"}
     assert services["mosquitto"]["image"] == "eclipse-mosquitto:2"
     assert services["postgres"]["image"] == "postgres:15"
-    for name in (MIGRATE, *APP_SERVICES, "simulator"):
-        assert services[name]["build"] == ".", name
+    for name in (MIGRATE, *APP_SERVICES):
+        assert services[name]["build"] == ".", name  # the Dockerfile's last stage: the product
+    assert services["simulator"]["build"] == {"context": ".", "target": "simulator"}
+    assert services["simulator"]["image"] != services["gateway"]["image"]
     assert services[MIGRATE]["command"] == ["python", "-m", "gateway", "migrate"]
     assert services["gateway"]["command"] == ["python", "-m", "gateway"]
     assert services["http_api"]["command"] == ["python", "-m", "http_api"]
-    assert "python -m gateway.simulate" in " ".join(services["simulator"]["command"])
+    assert "fleetgate-sim " in " ".join(services["simulator"]["command"])
     assert services["simulator"]["profiles"] == ["simulator"]
+
+
+def dockerfile_stages(dockerfile: str) -> dict[str, str]:
+    """Each stage's text with its ancestors' (``FROM <stage>``), by name; the last stage, the
+    default target, also as ``""``."""
+    stages: dict[str, str] = {}
+    text = ""
+    for part in re.split(r"^(?=FROM )", dockerfile, flags=re.MULTILINE)[1:]:
+        base, name = re.fullmatch(r"FROM (\S+)(?: AS (\S+))?", part.splitlines()[0]).groups()
+        text = stages.get(base, "") + part
+        stages[name or ""] = text
+    stages[""] = text
+    return stages
 
 
 def test_the_dockerfile_installs_the_project_and_runs_unprivileged() -> None:
     dockerfile = (PROJECT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.MULTILINE)
+    assert re.search(r"^FROM python:3\.11-slim( AS \w+)?$", dockerfile, re.MULTILINE)
     assert "pip install -c constraints.txt ." in dockerfile
-    users = re.findall(r"^USER (\S+)$", dockerfile, re.MULTILINE)
-    assert users, "the image must not run as root"
-    assert users[-1] not in {"root", "0"}
-    ignored = {
+    for name, stage in dockerfile_stages(dockerfile).items():
+        users = re.findall(r"^USER (\S+)$", stage, re.MULTILINE)
+        if "CMD " in stage:
+            assert users, f"the image must not run as root (stage {name!r})"
+            assert users[-1] not in {"root", "0"}, name
+    patterns = [
         line.strip()
         for line in (PROJECT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
-    }
+    ]
+
+    def ignored(source: str) -> bool:  # the last pattern that matches it or a folder above wins
+        verdict = False
+        for pattern in patterns:
+            name = pattern.removeprefix("!")
+            if source == name or source.startswith(f"{name}/"):
+                verdict = not pattern.startswith("!")
+        return verdict
+
     for sources in re.findall(r"^COPY (.+) \S+$", dockerfile, re.MULTILINE):
         for source in sources.split():
             assert (PROJECT / source).exists(), f"COPY {source}: no such file"
-            assert source not in ignored, f"COPY {source}, but .dockerignore leaves it out"
+            assert not ignored(source), f"COPY {source}, but .dockerignore leaves it out"
     # gateway/schema.sql links to ../schema.sql: the target must be in the image too.
     schema = PROJECT / "gateway" / "schema.sql"
     if schema.is_symlink():
         assert schema.resolve().relative_to(PROJECT).as_posix() in dockerfile
+
+
+def test_the_product_image_ships_no_simulator_and_the_simulator_stage_does() -> None:
+    stages = dockerfile_stages((PROJECT / "Dockerfile").read_text())
+    copied = re.findall(r"^COPY (.+) \S+$", stages[""], re.MULTILINE)
+    assert not [source for source in copied if source.startswith("scripts")], copied
+    assert "rm /usr/local/bin/fleetgate-sim" in stages[""]  # it would only fail there
+    simulator = stages["simulator"]
+    tools = simulator.index("COPY scripts/fleetgate_tools ./scripts/fleetgate_tools")
+    assert re.search(r"^RUN pip install .*\.$", simulator[tools:], re.MULTILINE)
 
 
 @pytest.mark.parametrize("package", APP_SERVICES)

@@ -20,12 +20,12 @@ import msgspec
 import psycopg
 import pytest
 
+from fleetgate_tools.simulate import build_parser, default_start
+from fleetgate_tools.simulated_fleet import Fleet, FleetProfile, Message, rfc3339
+from fleetgate_tools.simulated_logins import read_device_logins
 from gateway.broker_sync import add_login
 from gateway.readings import Limits, MeterReading, VehicleReading, decode_message
 from gateway.registry import DeviceRecord, register
-from gateway.simulate import build_parser, default_start
-from gateway.simulated_fleet import Fleet, FleetProfile, Message, rfc3339
-from gateway.simulated_logins import read_device_logins
 from tests.conftest import StartGateway, count, query, wait_until
 from tests.services import PROJECT, Mosquitto
 from tests.test_broker_sync import execute, syncing
@@ -161,7 +161,7 @@ async def test_simulator_publishes_to_a_real_broker(mosquitto: Mosquitto) -> Non
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "gateway.simulate",
+            "fleetgate_tools.simulate",
             "--mqtt-url",
             mosquitto.url,
             "--flood",
@@ -220,7 +220,7 @@ async def test_a_registered_fleet_raises_no_false_voltage_alerts(
     against its own nominal voltage."""
     await start_gateway(enrolment="closed", voltage_min_duration_s=0)
     run = [
-        sys.executable, "-m", "gateway.simulate", "--mqtt-url", mosquitto.url,
+        sys.executable, "-m", "fleetgate_tools.simulate", "--mqtt-url", mosquitto.url,
         "--register", database_url, "--flood", "--count", "200", "--devices", "10",
         "--first-device", "7000", "--seed", "9", "--malformed-share", "0", "--quiet",
     ]  # fmt: skip
@@ -280,7 +280,7 @@ def secure_broker() -> Iterator[Mosquitto]:
 async def simulate(*options: str) -> tuple[int, str]:
     """Run the simulator's CLI to its end: its exit status and what it said on stderr."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.simulate", *options,
+        sys.executable, "-m", "fleetgate_tools.simulate", *options,
         cwd=PROJECT, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     _, stderr = await asyncio.wait_for(process.communicate(), 60)

@@ -1,7 +1,7 @@
-"""``python -m gateway.simulate``: publish a simulated fleet's readings to the broker at QoS 1,
-all devices over one connection, or (``--device-logins FILE``) each device over its own, logged in
-as itself; with ``--register DATABASE_URL``, first register its devices with their true nominal
-voltage (and keep the secrets they are given in that file).
+"""``python -m fleetgate_tools.simulate`` (``fleetgate-sim``): publish a simulated fleet's
+readings to the broker at QoS 1, all devices over one connection, or (``--device-logins FILE``)
+each device over its own, logged in as itself; with ``--register DATABASE_URL``, first register
+its devices with their true nominal voltage (and keep the secrets they are given in that file).
 """
 
 from __future__ import annotations
@@ -22,11 +22,9 @@ from typing import TextIO
 
 import psycopg
 
-from gateway.broker_logins import device_username
-from gateway.settings import SettingsError
-from gateway.simulated_fleet import Fleet, FleetProfile, Message
-from gateway.simulated_logins import read_device_logins, register_fleet, write_device_logins
-from gateway.simulated_publishers import (
+from fleetgate_tools.simulated_fleet import Fleet, FleetProfile, Message
+from fleetgate_tools.simulated_logins import read_device_logins, register_fleet, write_device_logins
+from fleetgate_tools.simulated_publishers import (
     DEFAULT_WINDOW,
     Broker,
     DevicePublishers,
@@ -34,6 +32,8 @@ from gateway.simulated_publishers import (
     PublishError,
     Stats,
 )
+from gateway.broker_logins import device_username
+from gateway.settings import SettingsError
 
 __all__ = ["Pace", "Publisher", "Stats", "build_parser", "live_stream", "main", "publish_messages"]
 
@@ -139,7 +139,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m gateway.simulate",
+        prog="python -m fleetgate_tools.simulate",
         description="Publish simulated EV-fleet telemetry (meters MTR-xxxx and the vehicles "
         "EV-xxxx they charge) to fleet/meter/{id} and fleet/vehicle/{id} at QoS 1.",
         formatter_class=_HelpFormatter,

@@ -23,8 +23,8 @@ from typing import Any, Final
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from fleetgate_tools.simulated_fleet import Message
 from gateway.settings import MqttAddress, SettingsError
-from gateway.simulated_fleet import Message
 from gateway.waiting import backoff_delay
 
 logger = logging.getLogger(__name__)

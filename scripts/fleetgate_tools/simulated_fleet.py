@@ -1,7 +1,7 @@
 """A simulated EV fleet: charging sessions that produce meter and vehicle readings, with the faults
 a real fleet has (failing chargers, hot batteries, silent meters, duplicate, late and malformed
-messages). Generation only; ``gateway.simulate`` publishes what this produces, and registers its
-devices (``Fleet.devices``) with their true nominal voltage."""
+messages). Generation only; ``fleetgate_tools.simulate`` publishes what this produces, and
+registers its devices (``Fleet.devices``) with their true nominal voltage."""
 
 from __future__ import annotations
 

@@ -14,10 +14,10 @@ from typing import Final
 
 import psycopg
 
+from fleetgate_tools.simulated_fleet import Fleet
 from gateway.broker_logins import device_username
 from gateway.registry import register, rotate_secret
 from gateway.schema import apply_schema
-from gateway.simulated_fleet import Fleet
 
 # A device logins file: a CSV file with these columns (others are ignored, so what
 # `python -m http_api device import` prints is one too).
