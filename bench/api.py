@@ -200,6 +200,19 @@ async def measure(bench: Bench, fleet: Fleet, scale: Scale, url: str) -> list[Ro
             on="max",
         )
     )
+    # A week ending now: whole days, where the daily rollups replace 24 hourly rows a device.
+    now = datetime.now(UTC)
+    week = (now - timedelta(days=7), now)
+    rows.append(
+        await bench.both(
+            "fleet view, 7 days",
+            [f"/v1/analytics/fleet?from={week[0].isoformat().replace('+00:00', 'Z')}"]
+            * scale.fleet_requests,
+            [lambda: bench.fleet_sql(week)] * scale.fleet_requests,
+            target_ms=None,
+            on="max",
+        )
+    )
     for kind, name_of in (("vehicle", vehicle_name), ("meter", meter_name)):
         names = [name_of(rng.randint(1, fleet.devices)) for _ in range(scale.requests)]
         rows.append(
