@@ -1,7 +1,9 @@
 """``python -m gateway``: run the ingestion gateway until SIGTERM or SIGINT;
 ``python -m gateway migrate``: bring the database's schema up to date (and the services' logins
 of DATABASE_LOGINS), and exit;
-``python -m gateway rebuild-rollups``: recompute the rollups of a range from history, and exit."""
+``python -m gateway rebuild-rollups``: recompute the rollups of a range from history, and exit;
+``python -m gateway retention [--dry-run]``: apply retention and compaction once now (or print
+what they would do), and exit; ``python -m gateway storage``: print what is stored, and exit."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from gateway.database_logins import (
     logins_of,
 )
 from gateway.env_options import DATABASE_URL_OPTION, describe_options, read_options
+from gateway.lifecycle_cli import retention_command, storage_command
 from gateway.rollup_rebuild import Rebuilt, rebuild_rollups
 from gateway.schema import SchemaVersionError, apply_schema
 from gateway.service import Gateway, TaskDiedError
@@ -41,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         epilog=describe_options(OPTIONS),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", metavar="{run,migrate,rebuild-rollups}")
+    commands = parser.add_subparsers(
+        dest="command", metavar="{run,migrate,rebuild-rollups,retention,storage}"
+    )
     commands.add_parser("run", help="run the gateway (what no command does)")
     migrate = commands.add_parser(
         "migrate",
@@ -75,7 +80,26 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DATE",
         help="end of the range, not included",
     )
+    retention = commands.add_parser(
+        "retention",
+        help="apply retention (RETENTION_*) and compaction (COMPACTION_*) once now, whatever the"
+        " hour, as a running gateway would, and exit; compaction takes the tables' owner",
+        epilog=describe_options(OPTIONS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    retention.add_argument(
+        "--dry-run", action="store_true", help="print what they would do, and change nothing"
+    )
+    commands.add_parser(
+        "storage",
+        help="print bytes per tier and per day, rows per day, the oldest and newest day kept and"
+        " what the next retention run would drop, and exit",
+    )
     args = parser.parse_args(argv)
+    if args.command == "retention":
+        return retention_command(os.environ, dry_run=args.dry_run)
+    if args.command == "storage":
+        return storage_command(os.environ)
     if args.command == "migrate":
         return _migrate(os.environ, repair=args.repair)
     if args.command == "rebuild-rollups":

@@ -129,6 +129,16 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def optional_hour(text: str) -> int | None:
+    """An hour of the day, 0-23; empty: none."""
+    if not text.strip():
+        return None
+    value = int(text)
+    if not 0 <= value <= 23:
+        raise ValueError("must be an hour of the day, 0-23, or empty")
+    return value
+
+
 def ratio(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:

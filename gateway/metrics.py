@@ -122,6 +122,7 @@ class Metrics:
             self.alerts_raised.labels(rule=rule)
             self.alerts_cleared.labels(rule=rule)
         self.summary = Summary()
+        self.lifecycle = LifecycleMetrics(self.registry)
 
     def committed(
         self, result: WriteResult, seconds: float, oldest_lag_s: float, acks_skipped: int
@@ -141,6 +142,73 @@ class Metrics:
         counter = self.alerts_raised if state == "raised" else self.alerts_cleared
         for rule in rules:
             counter.labels(rule=rule).inc()
+
+
+class LifecycleMetrics:
+    """What retention and compaction did, and what is stored (gateway/lifecycle.py)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry = registry or CollectorRegistry()
+        self.storage_bytes = Gauge(
+            "fleetgate_storage_bytes",
+            "Bytes stored per tier (raw, hourly, daily, dead_letters, alerts: tables, indexes "
+            "and TOAST), as of the latest retention check",
+            ["tier"],
+            registry=registry,
+        )
+        self.oldest_day = Gauge(
+            "fleetgate_history_oldest_day_seconds",
+            "Start (UTC midnight, Unix time) of the oldest day of raw history kept",
+            registry=registry,
+        )
+        self.newest_day = Gauge(
+            "fleetgate_history_newest_day_seconds",
+            "Start (UTC midnight, Unix time) of the newest day of raw history kept",
+            registry=registry,
+        )
+        self.runs = Counter(
+            "fleetgate_lifecycle_runs",
+            "Retention checks, by result: done, skipped (another process held the lifecycle "
+            "lock), failed (logged; the next check tries again)",
+            ["result"],
+            registry=registry,
+        )
+        self.partitions_dropped = Counter(
+            "fleetgate_retention_partitions_dropped",
+            "Daily history partitions dropped by retention",
+            registry=registry,
+        )
+        self.rows_deleted = Counter(
+            "fleetgate_retention_rows_deleted",
+            "Rows deleted by retention, by tier (hourly, daily, dead_letters, alerts)",
+            ["tier"],
+            registry=registry,
+        )
+        self.lock_timeouts = Counter(
+            "fleetgate_retention_lock_timeouts",
+            "Partition drops that gave up after waiting 100 ms for the history table's lock "
+            "(writers queue behind it meanwhile); tried again later",
+            registry=registry,
+        )
+        self.partitions_compacted = Counter(
+            "fleetgate_compaction_partitions",
+            "Finished days' partitions whose indexes were rebuilt",
+            registry=registry,
+        )
+        self.compaction_bytes_saved = Counter(
+            "fleetgate_compaction_bytes_saved",
+            "Index bytes that compaction gave back",
+            registry=registry,
+        )
+        self.compaction_pending = Gauge(
+            "fleetgate_compaction_pending",
+            "Finished days' partitions past COMPACTION_GRACE_HOURS not compacted yet",
+            registry=registry,
+        )
+        for result in ("done", "skipped", "failed"):
+            self.runs.labels(result=result)
+        for tier in ("hourly", "daily", "dead_letters", "alerts"):
+            self.rows_deleted.labels(tier=tier)
 
 
 @dataclasses.dataclass(slots=True)

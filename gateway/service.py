@@ -18,6 +18,7 @@ from gateway.broker import ALERTS_PREFIX, Broker
 from gateway.database import Partitions, open_pool
 from gateway.dead_letter_cap import DeadLetterCap
 from gateway.heartbeat import GatewayState, Heartbeat
+from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics, retry_reason
 from gateway.monitoring import HealthReport, serve_monitoring
 from gateway.readings import Decoded, Limits, decode_message
@@ -150,6 +151,10 @@ class Gateway:
                 "consume": self._consume(),
                 "write": self._write(writer),
                 "partitions": self._maintain_partitions(partitions),
+                # retention and compaction, on a connection of their own
+                "lifecycle": Lifecycle(self.settings, self.metrics.lifecycle, partitions).run(
+                    self.stop
+                ),
                 "stats": self._log_stats(),
                 "heartbeat": self.heartbeat.run(self.stop),
             }

@@ -17,6 +17,7 @@ from gateway.env_options import (
     finite_float,
     non_negative_float,
     non_negative_int,
+    optional_hour,
     optional_mqtt_address,
     positive_float,
     positive_int,
@@ -132,6 +133,70 @@ OPTIONS: tuple[Option, ...] = (
         "7",
         "Daily history partitions are created this many days ahead.",
         positive_int,
+    ),
+    Option(
+        "RETENTION_RAW_DAYS",
+        "retention_raw_days",
+        "90",
+        "Raw history kept, in whole UTC days before today: the daily partitions of older days "
+        "are dropped whole (their rollups stay until their own tier expires), and a reading "
+        "for a dropped day is a dead letter; 0 keeps history for ever.",
+        non_negative_int,
+    ),
+    Option(
+        "RETENTION_HOURLY_DAYS",
+        "retention_hourly_days",
+        "730",
+        "Hourly rollups kept, in days; older rows are deleted; 0: for ever.",
+        non_negative_int,
+    ),
+    Option(
+        "RETENTION_DAILY_DAYS",
+        "retention_daily_days",
+        "0",
+        "Daily rollups kept, in days; 0: for ever.",
+        non_negative_int,
+    ),
+    Option(
+        "RETENTION_DEAD_LETTER_DAYS",
+        "retention_dead_letter_days",
+        "30",
+        "Dead letters (and dead_letter_overflow's counts) kept, in days; 0: for ever.",
+        non_negative_int,
+    ),
+    Option(
+        "RETENTION_ALERT_DAYS",
+        "retention_alert_days",
+        "365",
+        "Ended alerts (with their events) kept, in days after they cleared; active alerts are "
+        "never deleted; 0: for ever.",
+        non_negative_int,
+    ),
+    Option(
+        "RETENTION_CHECK_INTERVAL_S",
+        "retention_check_interval_s",
+        "3600",
+        "How often the gateway applies retention (one gateway at a time, under an advisory "
+        "lock; the first check at start); 0: it runs neither retention nor compaction by "
+        "itself (python -m gateway retention still does).",
+        non_negative_float,
+    ),
+    Option(
+        "COMPACTION_HOUR",
+        "compaction_hour",
+        "3",
+        "UTC hour (0-23) in which the gateway rebuilds the indexes of finished days' history "
+        "partitions (REINDEX CONCURRENTLY, once per partition; it takes the tables' owner: "
+        "docs/operations.md#compaction); empty: never by itself.",
+        optional_hour,
+    ),
+    Option(
+        "COMPACTION_GRACE_HOURS",
+        "compaction_grace_hours",
+        "2",
+        "A day is compacted once it has been over this long (late readings still land in it "
+        "afterwards, and are kept).",
+        non_negative_float,
     ),
     Option(
         "DB_POOL_SIZE",
@@ -293,6 +358,14 @@ class Settings:
     dead_letters_per_device: int
     dead_letters_per_minute: int
     partition_days_ahead: int
+    retention_raw_days: int
+    retention_hourly_days: int
+    retention_daily_days: int
+    retention_dead_letter_days: int
+    retention_alert_days: int
+    retention_check_interval_s: float
+    compaction_hour: int | None
+    compaction_grace_hours: float
     db_pool_size: int
     retry_max_delay_s: float
     shutdown_timeout_s: float

@@ -105,7 +105,8 @@ class BatchWriter:
         attempt = 0
         while True:
             try:
-                await self._partitions.ensure(batch.reading_days())
+                # readings of days past retention become dead letters here
+                batch = await self._partitions.prepare(batch)
                 result = await self._write_once(batch)
             except _TRANSIENT as exc:
                 self.failing = exc
@@ -164,7 +165,7 @@ class BatchWriter:
         # One message: is it the partition we thought existed, or the data? Retry once with
         # fresh partitions before blaming the message.
         try:
-            await self._partitions.ensure(batch.reading_days())
+            batch = await self._partitions.prepare(batch)
             result = await self._write_once(batch)
         except Exception as exc:
             if not _is_the_messages_fault(exc):
