@@ -16,11 +16,12 @@ from http_api.fleet_cache import FLEET_CACHE, fleet_view_cache
 from http_api.keys import BACKGROUND, POOL, PUBLISHER, SETTINGS, TOKEN_CACHE
 from http_api.limits import TokenLimits, limit_per_token
 from http_api.metrics import API_METRICS, ApiMetrics, count_requests
-from http_api.middleware import cors, known_query_parameters, request_id_and_errors
+from http_api.middleware import cors, except_for, known_query_parameters, request_id_and_errors
 from http_api.publisher import Publisher
 from http_api.routes import setup_routes
 from http_api.settings import Settings
 from http_api.token_cache import TokenCache, listen_for_token_changes
+from http_api.views_page import is_page
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def create_app(settings: Settings) -> web.Application:
             *([log_access] if settings.access_log else []),
             cors(settings.cors_origins),
             request_id_and_errors,
-            require_token,
+            except_for(is_page, require_token),  # the dashboard's files hold no data
             limit_per_token(
                 TokenLimits(settings.token_concurrency, settings.token_rate, settings.token_burst)
             ),

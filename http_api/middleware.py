@@ -8,7 +8,7 @@ import functools
 import logging
 import re
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Final
 
 import psycopg
@@ -117,6 +117,19 @@ async def known_query_parameters(request: web.Request, handler: Handler) -> web.
             if len(request.query.getall(name)) > 1:
                 raise InvalidParameterError(f"{name!r} is given more than once", name)
     return await handler(request)
+
+
+def except_for(exempt: Callable[[web.Request], bool], middleware: Middleware) -> Middleware:
+    """``middleware`` on every request but those ``exempt`` picks, which go straight on: the
+    dashboard's page and files (views_page.is_page) hold no data and need no token."""
+
+    @web.middleware
+    async def skipping(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if exempt(request):
+            return await handler(request)
+        return await middleware(request, handler)
+
+    return skipping
 
 
 @functools.cache

@@ -12,6 +12,7 @@ from http_api import (
     views_ingest,
     views_links,
     views_operations,
+    views_page,
     views_status,
 )
 
@@ -19,6 +20,8 @@ from http_api import (
 def setup_routes(app: web.Application) -> None:
     app.add_routes(
         [
+            web.get("/", views_page.index, allow_head=False),  # the dashboard: no token
+            web.get("/static/{name}", views_page.static_file, allow_head=False),
             web.get("/health", views_operations.health, allow_head=False),
             web.get("/health/live", views_operations.live, allow_head=False),
             web.get("/health/ready", views_operations.ready, allow_head=False),

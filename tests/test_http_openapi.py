@@ -10,6 +10,7 @@ from aiohttp import web
 from http_api.app import create_app
 from http_api.auth import PUBLIC_PATHS
 from http_api.settings import Settings
+from http_api.views_page import PAGE_ROUTES
 from tests.http_helpers import Api
 
 pytest_plugins = ["tests.http_fixtures"]
@@ -18,12 +19,13 @@ _METHODS = {"get", "post", "put", "patch", "delete"}
 
 
 def served_routes() -> set[tuple[str, str]]:
+    """The API's operations: every route but the dashboard's page and files (not operations)."""
     app: web.Application = create_app(Settings.from_env({}))
     routes = set()
     for route in app.router.routes():
         info = route.resource.get_info() if route.resource else {}
         path = info.get("path") or info.get("formatter")
-        if route.method != "HEAD":
+        if route.method != "HEAD" and path not in PAGE_ROUTES:
             routes.add((route.method.lower(), str(path)))
     return routes
 
