@@ -90,6 +90,9 @@ def print_summary(stack: Stack, vehicle: str | None, startup_s: float) -> None:
     out += [f"  {line}" for line in stack.lines]
     tokens = stack.tokens.items()
     out += [f"  {scope} token {token}   ({TOKEN_USES[scope]})" for scope, token in tokens]
+    if stack.api_url and "read" in stack.tokens:
+        # In the fragment, which a browser never sends; the page keeps it in the tab's storage.
+        out.append(f"  dashboard  {stack.api_url}/#token={stack.tokens['read']}   (in a browser)")
     out += ["\nTry:", *suggestions(stack, vehicle)]
     if stack.simulator and vehicle is None:
         out.append("\nNo vehicle reading has arrived yet: see the simulator's log.")
