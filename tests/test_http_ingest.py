@@ -11,14 +11,20 @@ from tests.http_helpers import Api, meter_reading, vehicle_reading
 pytest_plugins = ["tests.http_fixtures"]
 
 StartGateway = Callable[..., Awaitable[RunningGateway]]
-NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def _now() -> datetime:
+    """Now, at the test's own start: a module-wide time goes stale in a long suite run (a
+    reading 10 minutes ahead of import time is not in the future 10 minutes later)."""
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 async def test_a_posted_reading_lands_in_history(
     api: Api, database_url: str, start_gateway: StartGateway
 ) -> None:
+    now = _now()
     await start_gateway()
-    at = NOW - timedelta(minutes=1)
+    at = now - timedelta(minutes=1)
     status, body = await api.send("POST", "/v1/telemetry", meter_reading("M-http", at, 1.25))
     assert (status, body["topic"]) == (202, "fleet/meter/M-http")
     status, body = await api.send("POST", "/v1/telemetry", vehicle_reading("EV-http", at, 1.1))
@@ -40,10 +46,11 @@ async def test_a_posted_reading_lands_in_history(
 async def test_a_batch_answers_per_reading(
     api: Api, database_url: str, start_gateway: StartGateway
 ) -> None:
+    now = _now()
     await start_gateway()
-    at = NOW - timedelta(minutes=1)
+    at = now - timedelta(minutes=1)
     good = [vehicle_reading("EV-b", at - timedelta(minutes=i), 1.0) for i in range(3)]
-    future = vehicle_reading("EV-b", NOW + timedelta(hours=1), 1.0)
+    future = vehicle_reading("EV-b", now + timedelta(hours=1), 1.0)
     bad_soc = vehicle_reading("EV-b", at, 1.0, soc=130)
     status, body = await api.send("POST", "/v1/telemetry/batch", [*good, future, bad_soc])
     assert status == 207
@@ -66,7 +73,8 @@ async def _at_least(database_url: str, expected: int) -> bool:
 
 
 async def test_invalid_readings_are_refused_with_the_gateways_reason(api: Api) -> None:
-    at = NOW - timedelta(minutes=1)
+    now = _now()
+    at = now - timedelta(minutes=1)
     no_id = meter_reading("M-1", at, 1.0)
     del no_id["meterId"]
     cases = [
@@ -77,8 +85,8 @@ async def test_invalid_readings_are_refused_with_the_gateways_reason(api: Api) -
         (no_id, "meterId is required"),
         ({**meter_reading("M-1", at, 1.0), "meterId": "a/b"}, "invalid meterId"),
         ({**meter_reading("M-1", at, 1.0), "voltage": 0}, "$.voltage"),
-        (vehicle_reading("EV-1", NOW + timedelta(minutes=10), 1.0), "in the future"),
-        (vehicle_reading("EV-1", NOW - timedelta(days=40), 1.0), "older than"),
+        (vehicle_reading("EV-1", now + timedelta(minutes=10), 1.0), "in the future"),
+        (vehicle_reading("EV-1", now - timedelta(days=40), 1.0), "older than"),
         (
             b'{"vehicleId": "EV-1", "soc": 50, "kwhDeliveredDc": 1e999, "batteryTemp": 30,'
             b' "timestamp": "%s"}' % at.isoformat().encode(),
