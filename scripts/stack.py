@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -25,10 +24,8 @@ from stack_banner import STATUS_INTERVAL_S, print_status, print_summary, query_o
 from stack_processes import (
     PROJECT,
     Child,
-    EmbeddedPostgres,
     StackError,
     Stopping,
-    accepts_connections,
     choose_port,
     install_signal_handlers,
     pause,
@@ -36,12 +33,9 @@ from stack_processes import (
     stopped_at_exit,
     wait_for,
 )
-from stack_security import (
-    DatabaseUrls,
-    PrivateBroker,
-    make_database_logins,
-    migrate,
-)
+from stack_security import DatabaseUrls, DemoBroker, make_database_logins, migrate
+
+from fleetgate_tools.private_services import PrivatePostgres, ServiceError
 
 PYTHON = sys.executable
 FIRST_DATA_TIMEOUT_S = 30.0
@@ -108,7 +102,7 @@ class Stack:
         self.lines: list[str] = []  # what runs where, printed once everything is up
         self.database = DatabaseUrls.one_for_all("")
         self.private_database: str | None = None  # the superuser's URL, when it is ours
-        self.broker: PrivateBroker | None = None  # None: the broker of MQTT_URL
+        self.broker: DemoBroker | None = None  # None: the broker of MQTT_URL
         self.mqtt_url = ""
         self.api_url: str | None = None
         self.tokens: dict[str, str] = {}  # scope: token
@@ -134,9 +128,14 @@ class Stack:
                 "a login per process on its private PostgreSQL only; docs/security.md)"
             )
         else:
-            postgres = EmbeddedPostgres(
+            postgres = PrivatePostgres(
                 self.state / "postgres", choose_port("FLEETGATE_PG_PORT", 5432)
             )
+            if not postgres.initialised:
+                print(f"initialising a PostgreSQL cluster in {postgres.datadir}", flush=True)
+            elif postgres.running():
+                print("a PostgreSQL from an earlier run is still up in the state folder: "
+                      "restarting it", flush=True)  # fmt: skip
             self.stops.append(postgres.stop)  # also when start fails halfway
             postgres.start()
             make_database_logins(postgres.url)
@@ -180,26 +179,20 @@ class Stack:
             if self.simulator:
                 self.simulator += ["--mqtt-url", self.mqtt_url]
             return
-        broker = PrivateBroker(
+        broker = DemoBroker(
             self.state / "mosquitto",
             choose_port("FLEETGATE_MQTT_PORT", 1883),
             choose_port("FLEETGATE_MQTTS_PORT", 8883),
         )
-        broker.init(self.env, self.database.api)
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        mosquitto = self.spawn(
-            "mosquitto", [binary, "-c", str(broker.config())], {}, required=True, stop_s=10
-        )
-        for port in (broker.port, broker.tls_port):
-            wait_for(
-                f"broker on 127.0.0.1:{port}",
-                functools.partial(accepts_connections, "127.0.0.1", port),
-                mosquitto,
-            )
+        broker.make_logins(self.env, self.database.api)
+        self.stops.append(broker.stop)  # also when start fails halfway
+        output = self.logs / "mosquitto.log"
+        mosquitto = Child("mosquitto", broker.start(output, tied=True), output, required=True)
+        self.children.append(mosquitto)
         sync = self.spawn(
             "broker-sync",
             [PYTHON, "-m", "gateway.broker_sync", "run"],
-            broker.sync_env(self.database.api),
+            {**broker.sync_env(), "DATABASE_URL": self.database.api},
             required=True,
             stop_s=10,
         )
@@ -378,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             run(args, Stack(state, stops))
     except Stopping:
         return 0
-    except StackError as exc:
+    except (StackError, ServiceError) as exc:
         print(f"fleetgate demo: {exc}", file=sys.stderr, flush=True)
         return 1
     return 0

@@ -1,4 +1,5 @@
-"""Starting, watching and stopping the demo's processes (used by ``scripts/stack.py``).
+"""Starting, watching and stopping the demo's processes (used by ``scripts/stack.py``); its
+private PostgreSQL and Mosquitto are ``fleetgate_tools.private_services``'.
 
 Every process gets a session of its own, so a Ctrl-C at the terminal reaches only the launcher,
 which then stops them one by one, in the order it chooses, and waits for each.
@@ -7,11 +8,8 @@ which then stops them one by one, in the order it chooses, and waits for each.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import os
-import pwd
-import shlex
 import signal
 import socket
 import subprocess
@@ -20,10 +18,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
-import psycopg
+from fleetgate_tools.private_services import die_with_parent
 
 PROJECT = Path(__file__).resolve().parent.parent
-PR_SET_PDEATHSIG = 1
 READY_TIMEOUT_S = 60.0
 
 
@@ -56,13 +53,6 @@ def pause(seconds: float) -> None:
     check_signals()
 
 
-def _die_with_launcher() -> None:
-    # Runs in the child before exec: if the launcher is killed outright (SIGKILL), its children
-    # get SIGTERM instead of running on unseen.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def port_is_free(port: int) -> bool:
     with socket.socket() as sock:
         try:
@@ -81,14 +71,6 @@ def choose_port(env: str, default: int) -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def accepts_connections(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), 0.5):
-            return True
-    except OSError:
-        return False
 
 
 @dataclasses.dataclass(slots=True)
@@ -133,7 +115,7 @@ def spawn(name: str, argv: list[str], env: dict[str, str], logs: Path, *, requir
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_launcher,  # noqa: PLW1509 - the launcher starts no threads
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - the launcher starts no threads
         )
     return Child(name, process, log, required)
 
@@ -149,93 +131,6 @@ def wait_for(what: str, ready: Callable[[], bool], child: Child | None = None) -
         if time.monotonic() > deadline:
             raise StackError(f"no {what} after {READY_TIMEOUT_S:.0f} s")
         pause(0.1)
-
-
-class EmbeddedPostgres:
-    """A PostgreSQL cluster in the state folder, initialised on first use, run with pg_ctl."""
-
-    def __init__(self, root: Path, port: int) -> None:
-        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), reverse=True)
-        if not found:
-            raise StackError("PostgreSQL is not installed: apt-get install -y postgresql")
-        self.bindir = found[0].parent
-        self.root = root
-        self.datadir = root / "data"
-        self.port = port
-        # initdb and postgres refuse to run as root: use the postgres user the package made.
-        self.as_user: list[str] = []
-        if os.geteuid() == 0:
-            self.as_user = ["runuser", "-u", "postgres", "--"]
-            owner = pwd.getpwnam("postgres")
-            root.mkdir(parents=True, exist_ok=True)
-            os.chown(root, owner.pw_uid, owner.pw_gid)
-            if subprocess.run([*self.as_user, "test", "-w", str(root)], check=False).returncode:
-                raise StackError(
-                    f"the postgres user cannot reach {root}: let it traverse the folders above "
-                    "(chmod o+x) or set FLEETGATE_STATE_DIR elsewhere"
-                )
-        else:
-            root.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def url(self) -> str:
-        """The superuser's."""
-        return self.login_url("postgres")
-
-    def login_url(self, login: str) -> str:
-        # trust: only 127.0.0.1 and a socket in the state folder are listened on.
-        return f"postgresql://{login}@127.0.0.1:{self.port}/fleetgate"
-
-    def _pg(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [*self.as_user, str(self.bindir / tool), *args],
-            check=False,
-            capture_output=True,
-            text=True,
-            start_new_session=True,  # a Ctrl-C meant for the launcher must not hit it midway
-        )
-        if check and done.returncode:
-            raise StackError(f"{tool} failed:\n{done.stdout}{done.stderr}")
-        return done
-
-    def start(self) -> None:
-        if not (self.datadir / "PG_VERSION").exists():
-            print(f"initialising a PostgreSQL cluster in {self.datadir}", flush=True)
-            # trust: only 127.0.0.1 and a socket in the state folder are listened on.
-            self._pg(
-                "initdb", "-D", str(self.datadir), "-U", "postgres", "-A", "trust", "-E", "UTF8"
-            )
-        if self._pg("pg_ctl", "-D", str(self.datadir), "status", check=False).returncode == 0:
-            print("a PostgreSQL from an earlier run is still up in the state folder: restarting it")
-            self.stop()
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {shlex.quote(str(self.root))}"
-        self._pg(
-            "pg_ctl",
-            "-D",
-            str(self.datadir),
-            "-l",
-            str(self.root / "postgresql.log"),
-            "-o",
-            options,
-            "-w",
-            "-t",
-            "60",
-            "start",
-        )
-        with psycopg.connect(
-            f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True
-        ) as conn:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'fleetgate'").fetchone():
-                conn.execute("CREATE DATABASE fleetgate")
-
-    def stop(self) -> None:
-        done = self._pg(
-            "pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "-t", "30", "stop", check=False
-        )
-        if done.returncode:
-            self._pg(
-                "pg_ctl", "-D", str(self.datadir), "-m", "immediate", "-w", "stop", check=False
-            )
 
 
 @contextlib.contextmanager

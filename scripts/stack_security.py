@@ -1,14 +1,12 @@
 """How the demo runs secure, as docs/security.md describes (used by ``scripts/stack.py``): a
 database login per process, each a member of the schema's role for it; the broker's service
 logins, password and ACL files and a private CA, made by ``gateway.broker_sync init``; and
-Mosquitto with no anonymous clients, a plain listener for the services and TLS for devices and
-field engineers, both on 127.0.0.1 only."""
+a secure private Mosquitto (``fleetgate_tools.private_services``): no anonymous clients, a plain
+listener for the services and TLS for devices and field engineers, both on 127.0.0.1 only."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import pwd
 import secrets
 import shutil
 import subprocess
@@ -19,6 +17,8 @@ from typing import Final
 import psycopg
 from psycopg import sql
 from stack_processes import PROJECT, StackError
+
+from fleetgate_tools.private_services import PrivateMosquitto
 
 PYTHON = sys.executable
 # Each process's login on the private PostgreSQL, and the schema's group role it is a member of.
@@ -35,6 +35,9 @@ SERVICE_LOGINS: Final = {
     "api": "fleetgate-api",
     "engineer": "demo-engineer",
 }
+# What the demo's broker logs: errors, warnings and notices (each client's login), not the
+# information lines.
+_LOG_TYPES: Final = "log_type error\nlog_type warning\nlog_type notice\n"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -87,57 +90,19 @@ def migrate(env: dict[str, str], database_url: str) -> str:
     return done.stdout.strip()
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class PrivateBroker:
-    """The private Mosquitto's ports, files and the services' logins for this run."""
+class DemoBroker(PrivateMosquitto):
+    """The demo's broker: secure, in the state folder, and the services' logins on it, whose
+    secrets are new at every start."""
 
-    root: Path
-    port: int  # plain MQTT, for the services
-    tls_port: int  # MQTT over TLS, for devices and field engineers
-    secrets: dict[str, str] = dataclasses.field(
-        default_factory=lambda: {role: secrets.token_urlsafe(24) for role in SERVICE_LOGINS}
-    )
-
-    @property
-    def certs(self) -> Path:
-        return self.root / "certs"
-
-    @property
-    def ca_file(self) -> Path:
-        return self.certs / "ca.crt"
-
-    @property
-    def password_file(self) -> Path:
-        return self.root / "logins" / "fleetgate.passwd"
-
-    @property
-    def acl_file(self) -> Path:
-        return self.root / "logins" / "fleetgate.acl"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.root / "mosquitto.pid"
+    def __init__(self, root: Path, port: int, tls_port: int) -> None:
+        super().__init__(root, port, tls_port, secure=True, extra_config=_LOG_TYPES)
+        self.secrets = {role: secrets.token_urlsafe(24) for role in SERVICE_LOGINS}
 
     def service_url(self, role: str) -> str:
         """The MQTT_URL of a service: its login, on the plain listener."""
         return f"mqtt://{SERVICE_LOGINS[role]}:{self.secrets[role]}@127.0.0.1:{self.port}"
 
-    @property
-    def tls_url(self) -> str:
-        return f"mqtts://127.0.0.1:{self.tls_port}"
-
-    def sync_env(self, database_url: str) -> dict[str, str]:
-        """What ``gateway.broker_sync`` reads (init and run)."""
-        return {
-            "DATABASE_URL": database_url,
-            "MOSQUITTO_PASSWORD_FILE": str(self.password_file),
-            "MOSQUITTO_ACL_FILE": str(self.acl_file),
-            "MOSQUITTO_PID_FILE": str(self.pid_file),
-            "MOSQUITTO_CERTS_DIR": str(self.certs),
-            "MOSQUITTO_CERT_NAMES": "localhost,127.0.0.1",
-        }
-
-    def init(self, env: dict[str, str], database_url: str) -> None:
+    def make_logins(self, env: dict[str, str], database_url: str) -> None:
         """Service logins, both files and a new private CA, before the broker starts."""
         shutil.rmtree(self.certs, ignore_errors=True)  # a new CA each run: none expires
         self.password_file.parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +114,8 @@ class PrivateBroker:
             [PYTHON, "-m", "gateway.broker_sync", "init"],
             env={
                 **env,
-                **self.sync_env(database_url),
+                **self.sync_env(),
+                "DATABASE_URL": database_url,
                 "SERVICE_LOGINS": service_logins,
                 **{variable: self.secrets[role] for variable, role in variables.items()},
             },
@@ -160,28 +126,3 @@ class PrivateBroker:
         )
         if done.returncode:
             raise StackError(f"broker_sync init failed:\n{done.stdout}{done.stderr}")
-
-    def config(self) -> Path:
-        """The broker's configuration: the project's security.conf (its paths in the state
-        folder) and fleetgate.conf, behind the two listeners."""
-        security = (PROJECT / "mosquitto" / "security.conf").read_text()
-        security = security.replace("/mosquitto/logins/", f"{self.password_file.parent}/")
-        security = security.replace("/mosquitto/data/mosquitto.pid", str(self.pid_file))
-        if " /mosquitto/" in security:
-            raise StackError("mosquitto/security.conf names a path the demo does not place")
-        settings = (PROJECT / "mosquitto" / "fleetgate.conf").read_text()
-        config = self.root / "mosquitto.conf"
-        config.write_text(
-            "# Written by scripts/stack.py at every start; edit mosquitto/ instead.\n"
-            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
-            "per_listener_settings false\n"
-            f"listener {self.port} 127.0.0.1\nuse_username_as_clientid true\n"
-            f"listener {self.tls_port} 127.0.0.1\nuse_username_as_clientid true\n"
-            f"cafile {self.ca_file}\ncertfile {self.certs / 'server.crt'}\n"
-            f"keyfile {self.certs / 'server.key'}\ntls_version tlsv1.2\n"
-            f"persistence_location {self.root}/\n"
-            f"log_dest file {self.root}/mosquitto.log\n"
-            "log_type error\nlog_type warning\nlog_type notice\n"
-            f"{security}\n{settings}\n"
-        )
-        return config

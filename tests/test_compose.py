@@ -328,7 +328,7 @@ def test_the_broker_runs_the_projects_tested_configuration(services: dict[str, A
     included = setting("include_dir")
     host_dir = config_dir / included.relative_to("/mosquitto/config")
     assert host_dir.is_dir(), f"include_dir {included} is not in the mounted folder"
-    # The included settings are the ones the tests run the broker with (tests/services.py).
+    # The included settings are the ones the tests run the broker with (private_services.py).
     included_files = {conf.name: conf.read_text() for conf in host_dir.glob("*.conf")}
     assert included_files == {
         name: (PROJECT / "mosquitto" / name).read_text()

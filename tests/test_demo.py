@@ -25,8 +25,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiomqtt
+import psycopg
 import pytest
 
+from fleetgate_tools.private_services import PrivatePostgres
 from tests.conftest import count, query, wait_until
 from tests.services import PROJECT, free_port
 
@@ -253,6 +255,26 @@ async def test_every_curl_example_of_the_docs_answers_as_written(demo: Demo) -> 
 
 SIMULATED = [f"{kind}/{prefix}-000{n}" for n in range(1, 6)
              for kind, prefix in (("meter", "MTR"), ("vehicle", "EV"))]  # fmt: skip
+
+
+def test_a_database_in_a_given_folder_is_kept_between_runs() -> None:
+    """The demo's PostgreSQL in .state/ (fleetgate_tools.private_services): a second run finds
+    the first one's data, on the port it recorded unless given another, and leaves it there."""
+    # Not pytest's tmp_path: PostgreSQL runs as the postgres user when we are root, and it
+    # must reach the folder.
+    with tempfile.TemporaryDirectory(prefix="fleetgate-kept-") as state:
+        Path(state).chmod(0o755)
+        root = Path(state) / "postgres"
+        with PrivatePostgres(root) as first, psycopg.connect(first.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (n int)")
+            conn.execute("INSERT INTO kept VALUES (7)")
+        again = PrivatePostgres(root)
+        assert again.port == first.port
+        assert again.initialised
+        assert not again.running()
+        with PrivatePostgres(root, free_port()) as moved, psycopg.connect(moved.url) as conn:
+            assert conn.execute("SELECT n FROM kept").fetchall() == [(7,)]
+        assert (root / "data" / "PG_VERSION").exists()
 
 
 # Last in the module: it stops the demo the other tests use.
