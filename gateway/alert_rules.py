@@ -161,14 +161,36 @@ def _offline(row: tuple[Any, ...], s: Settings) -> list[Observation]:
     return [Observation(kind, name, "deviceOffline", silent_s, s.offline_after_s, verdict)]
 
 
+def coverage(readings: int, seconds: float, interval_s: float) -> float:
+    """The share of the readings expected one ``interval_s`` apart over ``seconds`` that
+    arrived (at most 1; 0 over no time)."""
+    return min(1.0, readings * interval_s / seconds) if seconds > 0 else 0.0
+
+
 def _energy(row: tuple[Any, ...], s: Settings) -> list[Observation]:
-    name, dc_mwh, ac_mwh = row
-    enough = max(dc_mwh, ac_mwh) >= s.efficiency_min_ac_kwh * MWH_PER_KWH
+    name, dc_mwh, ac_mwh, dc_readings, ac_readings, linked_s = row
+    # Judged only over enough energy and enough readings: a window with half its meter readings
+    # missing looks like a charger losing energy (or DC exceeding AC), and a ratio computed from
+    # a few readings swings widely.
+    covered = min(
+        coverage(dc_readings, s.efficiency_window_s, s.reading_interval_s),
+        coverage(ac_readings, linked_s, s.reading_interval_s),
+    )
+    enough = (
+        max(dc_mwh, ac_mwh) >= s.efficiency_min_ac_kwh * MWH_PER_KWH
+        and covered >= s.efficiency_min_coverage
+    )
     ratio = dc_mwh / ac_mwh if ac_mwh else 0.0
+    # Raised below the threshold, cleared only at or above it plus the hysteresis: a charger
+    # hovering at the threshold raises once instead of flapping.
     low: Verdict = (
         "hold"
         if not enough or not ac_mwh
-        else ("raise" if ratio < s.efficiency_threshold else "clear")
+        else "raise"
+        if ratio < s.efficiency_threshold
+        else "clear"
+        if ratio >= s.efficiency_threshold + s.efficiency_hysteresis
+        else "hold"
     )
     over: Verdict = "hold" if not enough else ("raise" if dc_mwh > ac_mwh else "clear")
     excess_kwh = (dc_mwh - ac_mwh) / MWH_PER_KWH
@@ -243,7 +265,8 @@ CHECKS: Final[Sequence[Check]] = (
         _offline,
     ),
     # DC of the vehicle and AC of the meter(s) linked to it, over the window that ends at the
-    # vehicle's latest reading; a link covers AC only while it held.
+    # vehicle's latest reading; a link covers AC only while it held. With the readings counted
+    # and the time linked, for the window's coverage.
     Check(
         "energy",
         """
@@ -256,21 +279,25 @@ CHECKS: Final[Sequence[Check]] = (
                    least(coalesce(l.valid_to, 'infinity'), v.hi) AS hi
             FROM v JOIN vehicle_link l ON l.vehicle_id = v.vehicle_id
             WHERE l.valid_from <= v.hi AND (l.valid_to IS NULL OR l.valid_to > v.lo)
+        ), linked AS (
+            SELECT vehicle_id, sum(extract(epoch FROM hi - lo))::double precision AS seconds
+            FROM spans GROUP BY 1
         ), ac AS (
-            SELECT s.vehicle_id, sum(r.consumed_ac_mwh) AS mwh
+            SELECT s.vehicle_id, sum(r.consumed_ac_mwh) AS mwh, count(*) AS n
             FROM spans s JOIN meter_reading r
               ON r.meter_id = s.meter_id AND r.ts > s.lo AND r.ts <= s.hi
             GROUP BY 1
         ), dc AS (
-            SELECT v.vehicle_id, sum(r.delivered_dc_mwh) AS mwh
+            SELECT v.vehicle_id, sum(r.delivered_dc_mwh) AS mwh, count(*) AS n
             FROM v JOIN vehicle_reading r
               ON r.vehicle_id = v.vehicle_id AND r.ts > v.lo AND r.ts <= v.hi
             WHERE v.vehicle_id IN (SELECT vehicle_id FROM spans)
             GROUP BY 1
         )
-        SELECT v.name, coalesce(dc.mwh, 0), coalesce(ac.mwh, 0)
-        FROM v LEFT JOIN dc USING (vehicle_id) LEFT JOIN ac USING (vehicle_id)
-        WHERE v.vehicle_id IN (SELECT vehicle_id FROM spans)""",
+        SELECT v.name, coalesce(dc.mwh, 0), coalesce(ac.mwh, 0), coalesce(dc.n, 0),
+               coalesce(ac.n, 0), linked.seconds
+        FROM v JOIN linked USING (vehicle_id)
+        LEFT JOIN dc USING (vehicle_id) LEFT JOIN ac USING (vehicle_id)""",
         _energy,
     ),
     # Devices with dead letters in the window, and those with an active alert (count 0 clears).

@@ -27,11 +27,6 @@ from gateway.waiting import backoff_delay, sleep_unless, wait_any
 
 logger = logging.getLogger(__name__)
 
-# Reading-driven rounds run at most this often: under a flood each round judges every device
-# touched since the last one, so fewer rounds judge each device fewer times (alerts follow a
-# reading within about a second, which is soon enough for a field engineer).
-_GATHER_S: Final = 1.0
-
 _ACTIVE: Final = """
 SELECT alert_id, device_kind, device_name, rule, value FROM alert
 WHERE cleared_at IS NULL
@@ -119,29 +114,36 @@ class AlertEvaluator:
         self._vehicles.update(vehicles)
         self.touched.set()
 
+    def _take(self) -> Scope:
+        """The devices written since the last round, forgotten here: a commit from now on
+        touches again."""
+        scope = Scope(sorted(self._meters), sorted(self._vehicles))
+        self._meters.clear()
+        self._vehicles.clear()
+        self.touched.clear()
+        return scope
+
     async def run(self, stop: asyncio.Event) -> None:
         interval = self._settings.alert_check_interval_s
         loop = asyncio.get_running_loop()
         next_full = loop.time()
         while not stop.is_set():
             full = loop.time() >= next_full
+            scope = self._take()
             try:
                 if full:
-                    self._meters.clear()
-                    self._vehicles.clear()
                     await self.evaluate(Scope(None, None), time_driven=True)
                     next_full = loop.time() + interval
-                elif self._meters or self._vehicles:
-                    scope = Scope(sorted(self._meters), sorted(self._vehicles))
-                    self._meters.clear()
-                    self._vehicles.clear()
+                elif scope.meters or scope.vehicles:
                     await self.evaluate(scope, time_driven=False)
             except (psycopg.Error, OSError) as exc:
                 logger.warning("alert evaluation failed, retrying next round: %s", exc)
                 next_full = loop.time() + min(interval, 1.0)  # a full round catches up
-            self.touched.clear()
             await wait_any(max(0.0, next_full - loop.time()), stop, self.touched)
-            await asyncio.sleep(_GATHER_S)
+            # Reading-driven rounds run at most every ALERT_GATHER_S: under a flood each round
+            # judges every device touched since the last one, so fewer rounds judge each
+            # device fewer times.
+            await sleep_unless(stop, self._settings.alert_gather_s)
 
     async def evaluate(
         self, scope: Scope, *, time_driven: bool, now: datetime | None = None

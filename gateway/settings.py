@@ -21,6 +21,7 @@ from gateway.env_options import (
     optional_mqtt_address,
     positive_float,
     positive_int,
+    ratio,
     read_options,
 )
 
@@ -261,6 +262,14 @@ OPTIONS: tuple[Option, ...] = (
         positive_float,
     ),
     Option(
+        "ALERT_GATHER_S",
+        "alert_gather_s",
+        "1.0",
+        "Rules driven by readings run at most this often: each round judges every device "
+        "written since the last one, so alerts follow a reading within about this long.",
+        non_negative_float,
+    ),
+    Option(
         "OFFLINE_AFTER_S",
         "offline_after_s",
         "180",
@@ -320,7 +329,32 @@ OPTIONS: tuple[Option, ...] = (
         "EFFICIENCY_THRESHOLD",
         "efficiency_threshold",
         "0.85",
-        "lowEfficiency: raised below this DC/AC ratio, cleared at or above it.",
+        "lowEfficiency: raised below this DC/AC ratio.",
+        positive_float,
+    ),
+    Option(
+        "EFFICIENCY_HYSTERESIS",
+        "efficiency_hysteresis",
+        "0.02",
+        "lowEfficiency: cleared only at or above EFFICIENCY_THRESHOLD plus this, so that a "
+        "charger hovering at the threshold raises once instead of flapping.",
+        ratio,
+    ),
+    Option(
+        "EFFICIENCY_MIN_COVERAGE",
+        "efficiency_min_coverage",
+        "0.5",
+        "lowEfficiency and dcExceedsAc: judged only when at least this share of the readings "
+        "expected (one every READING_INTERVAL_S) arrived: the vehicle's over the window and its "
+        "meters' over the time they were linked; 0: whatever arrived.",
+        ratio,
+    ),
+    Option(
+        "READING_INTERVAL_S",
+        "reading_interval_s",
+        "60",
+        "How often devices report, for EFFICIENCY_MIN_COVERAGE (the API's READING_INTERVAL_S "
+        "is the same figure).",
         positive_float,
     ),
     Option(
@@ -376,6 +410,7 @@ class Settings:
     log_level: str
     alerts_enabled: bool
     alert_check_interval_s: float
+    alert_gather_s: float
     offline_after_s: float
     battery_temp_raise_c: float
     battery_temp_clear_c: float
@@ -385,6 +420,9 @@ class Settings:
     efficiency_window_s: float
     efficiency_min_ac_kwh: float
     efficiency_threshold: float
+    efficiency_hysteresis: float
+    efficiency_min_coverage: float
+    reading_interval_s: float
     bad_payloads_window_s: float
     bad_payloads_threshold: int
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,14 +11,23 @@ import aiomqtt
 import psycopg
 import pytest
 
-from gateway.alert_rules import Observation, describe, worse
+from gateway.alert_rules import Observation, Scope, describe, worse
+from gateway.alerts import AlertEvaluator
 from gateway.database import apply_schema
 from gateway.registry import DeviceRecord, register
 from gateway.settings import Settings
-from tests.conftest import StartGateway, count, query, wait_until
+from tests.alert_helpers import AlertListener, clear_retained_alerts, listening
+from tests.conftest import RunningGateway, StartGateway, count, equals, query, wait_until
 from tests.services import Mosquitto
 
 BASE = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=30)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Rounds driven by readings gather for 50 ms, not a second: the tests wait on what the
+    gateway did (stored rows, published events), never for fixed times."""
+    return settings.replace(alert_gather_s=0.05)
 
 
 def iso(at: datetime) -> str:
@@ -50,61 +56,9 @@ def meter(minute: int, voltage: float = 230, kwh: float = 0.5) -> bytes:
 
 
 @pytest.fixture(autouse=True)
-async def clear_retained_alerts(mosquitto: Mosquitto) -> AsyncIterator[None]:
-    """After each test (and its gateway) is done, remove the retained alerts it left on the
-    shared broker, so no other test receives them."""
+async def _clear_retained_alerts(mosquitto: Mosquitto) -> AsyncIterator[None]:
     yield
-    async with aiomqtt.Client(
-        "127.0.0.1", mosquitto.port, identifier=f"cleaner-{uuid.uuid4().hex[:6]}"
-    ) as client:
-        await client.subscribe("fleet/alerts/#", qos=1)
-        topics: set[str] = set()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(0.5):
-                async for message in client.messages:
-                    if message.retain and message.payload:
-                        topics.add(message.topic.value)
-        for topic in topics:
-            await client.publish(topic, b"", qos=1, retain=True)
-
-
-class AlertListener:
-    """A field engineer's subscription to fleet/alerts/#."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.removals: list[str] = []  # empty retained messages: a cleared alert's topic
-
-    def of(self, device: str, rule: str) -> list[str]:
-        return [e["state"] for e in self.events if e["deviceId"] == device and e["rule"] == rule]
-
-    async def listen(self, port: int, ready: asyncio.Event) -> None:
-        async with aiomqtt.Client(
-            "127.0.0.1", port, identifier=f"engineer-{uuid.uuid4().hex[:6]}"
-        ) as client:
-            await client.subscribe("fleet/alerts/#", qos=1)
-            ready.set()
-            async for message in client.messages:
-                payload = message.payload
-                assert isinstance(payload, bytes)
-                if payload:
-                    self.events.append(json.loads(payload))
-                else:
-                    self.removals.append(message.topic.value)
-
-
-@contextlib.asynccontextmanager
-async def listening(mosquitto: Mosquitto) -> AsyncIterator[AlertListener]:
-    listener = AlertListener()
-    ready = asyncio.Event()
-    task = asyncio.create_task(listener.listen(mosquitto.port, ready))
-    await asyncio.wait_for(ready.wait(), 10)
-    try:
-        yield listener
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await clear_retained_alerts(mosquitto)
 
 
 async def test_battery_over_temperature_raises_once_holds_in_the_band_and_clears_once(
@@ -114,19 +68,24 @@ async def test_battery_over_temperature_raises_once_holds_in_the_band_and_clears
     database_url: str,
 ) -> None:
     async with listening(mosquitto) as engineer:
-        await start_gateway()
+        running = await start_gateway()
         topic = "fleet/vehicle/EV-hot"
-        for minute, temp in enumerate([40, 56, 58.5, 57]):
+
+        async def send(minute: int, temp: float) -> None:
+            """Publish a reading and wait until it is stored, then judge it once more (the
+            gateway judges it too, in a round of its own): a reading batched with the next one
+            would otherwise never be judged on its own."""
             await publisher.publish(topic, vehicle("EV-hot", minute, temp), qos=1)
-            # Rounds driven by readings run at most once a second and judge the latest reading:
-            # give each reading its own round (0.4 s failed on a loaded machine: 58.5 unseen).
-            await asyncio.sleep(1.3)
+            await wait_until(lambda: _stored(database_url, "vehicle", "EV-hot", minute))
+            await _evaluator(running).evaluate(Scope([], ["EV-hot"]), time_driven=False)
+
+        for minute, temp in enumerate([40, 56, 58.5, 57]):
+            await send(minute, temp)
         await wait_until(
             lambda: _has(engineer, "EV-hot", "batteryOverTemp", ["raised"]), what="one raise"
         )
-        await publisher.publish(topic, vehicle("EV-hot", 5, 52), qos=1)  # in the band: holds
-        await asyncio.sleep(1.5)
-        assert engineer.of("EV-hot", "batteryOverTemp") == ["raised"]
+        await send(5, 52)  # in the band: holds
+        assert await _alerts(database_url, "EV-hot") == [("batteryOverTemp", True, 58.5)]
         await publisher.publish(topic, vehicle("EV-hot", 6, 49), qos=1)
         await wait_until(
             lambda: _has(engineer, "EV-hot", "batteryOverTemp", ["raised", "cleared"]),
@@ -137,7 +96,8 @@ async def test_battery_over_temperature_raises_once_holds_in_the_band_and_clears
         assert raised["deviceKind"] == "vehicle"
         assert raised["threshold"] == 55
         assert raised["clearedAt"] is None
-        assert cleared["value"] == 58.5  # the worst value seen while active
+        assert cleared["state"] == "cleared"
+        assert cleared["value"] == 58.5  # the worst value seen while raised
         assert cleared["clearedAt"] is not None
         assert "49.0 °C now" in cleared["message"]
         await wait_until(
@@ -151,6 +111,32 @@ async def test_battery_over_temperature_raises_once_holds_in_the_band_and_clears
     assert cleared_at is not None
 
 
+def _evaluator(running: RunningGateway) -> AlertEvaluator:
+    assert running.gateway.alerts is not None
+    return running.gateway.alerts
+
+
+async def _stored(database_url: str, kind: str, name: str, minute: int) -> bool:
+    """Is the device's latest reading the one of ``minute``?"""
+    latest = f"SELECT count(*) FROM {kind} WHERE name = %s AND ts = %s"
+    return await count(database_url, latest, name, BASE + timedelta(minutes=minute)) == 1
+
+
+async def _alerts(database_url: str, device: str) -> list[tuple[Any, ...]]:
+    """(rule, raised now, worst value) of the device's alerts, oldest first."""
+    return await query(
+        database_url,
+        "SELECT rule, cleared_at IS NULL, value FROM alert WHERE device_name = %s"
+        " ORDER BY alert_id",
+        device,
+    )
+
+
+async def _published(database_url: str) -> bool:
+    unpublished = "SELECT count(*) FROM alert_event WHERE published_at IS NULL"
+    return await count(database_url, unpublished) == 0
+
+
 async def _has(listener: AlertListener, device: str, rule: str, states: list[str]) -> bool:
     return listener.of(device, rule) == states
 
@@ -159,22 +145,25 @@ async def _removed(listener: AlertListener, topic: str) -> bool:
     return topic in listener.removals
 
 
-async def test_a_late_subscriber_sees_active_alerts_and_not_cleared_ones(
+async def test_a_late_subscriber_sees_raised_alerts_and_not_cleared_ones(
     start_gateway: StartGateway,
     publisher: aiomqtt.Client,
     mosquitto: Mosquitto,
+    database_url: str,
 ) -> None:
-    await start_gateway()
+    running = await start_gateway()
     await publisher.publish("fleet/vehicle/EV-late1", vehicle("EV-late1", 0, 70), qos=1)
     await publisher.publish("fleet/vehicle/EV-late2", vehicle("EV-late2", 0, 70), qos=1)
-    await asyncio.sleep(0.5)
+    await wait_until(
+        lambda: equals(_alerts(database_url, "EV-late2"), [("batteryOverTemp", True, 70)])
+    )
     await publisher.publish("fleet/vehicle/EV-late2", vehicle("EV-late2", 1, 20), qos=1)
-    await asyncio.sleep(2.0)
+    await wait_until(lambda: _stored(database_url, "vehicle", "EV-late2", 1))
+    await _evaluator(running).evaluate(Scope([], ["EV-late2"]), time_driven=False)
+    await wait_until(lambda: _published(database_url), what="the raises and the clear published")
     async with listening(mosquitto) as engineer:
-        await wait_until(
-            lambda: _has(engineer, "EV-late1", "batteryOverTemp", ["raised"]), what="retained raise"
-        )
-        await asyncio.sleep(0.5)
+        await engineer.barrier()  # every retained alert has arrived
+        assert engineer.of("EV-late1", "batteryOverTemp") == ["raised"]
         assert engineer.of("EV-late2", "batteryOverTemp") == []
 
 
@@ -182,15 +171,16 @@ async def test_voltage_out_of_range_is_raised_only_after_the_minimum_duration(
     start_gateway: StartGateway,
     publisher: aiomqtt.Client,
     mosquitto: Mosquitto,
+    database_url: str,
 ) -> None:
     async with listening(mosquitto) as engineer:
-        await start_gateway(voltage_min_duration_s=120)
+        running = await start_gateway(voltage_min_duration_s=120)
         topic = "fleet/meter/M-volt"
         for minute, volts in enumerate([230, 262, 263]):  # out of range for 60 s only
             await publisher.publish(topic, meter(minute, volts), qos=1)
-            await asyncio.sleep(0.4)
-        await asyncio.sleep(1.0)
-        assert engineer.of("M-volt", "voltageOutOfRange") == []
+        await wait_until(lambda: _stored(database_url, "meter", "M-volt", 2))
+        assert await _evaluator(running).evaluate(Scope(["M-volt"], []), time_driven=False) == 0
+        assert await _alerts(database_url, "M-volt") == []
         await publisher.publish(topic, meter(3, 190), qos=1)  # 120 s out of the band
         await wait_until(
             lambda: _has(engineer, "M-volt", "voltageOutOfRange", ["raised"]),
@@ -286,7 +276,8 @@ async def test_low_efficiency_and_dc_exceeding_ac_through_the_vehicles_meter(
     await apply_schema(settings.database_url)
     await _link(settings.database_url, "EV-eff", "M-eff")
     async with listening(mosquitto) as engineer:
-        await start_gateway(efficiency_min_ac_kwh=1.0)
+        # A window of 6 readings, so that the 6 sent cover it (EFFICIENCY_MIN_COVERAGE).
+        await start_gateway(efficiency_min_ac_kwh=1.0, efficiency_window_s=360)
         # 3 kWh AC and 2.4 kWh DC: 80 % < 85 %.
         for minute in range(6):
             await publisher.publish("fleet/meter/M-eff", meter(minute, kwh=0.5), qos=1)
@@ -300,7 +291,7 @@ async def test_low_efficiency_and_dc_exceeding_ac_through_the_vehicles_meter(
         raised = next(e for e in engineer.events if e["rule"] == "lowEfficiency")
         assert raised["value"] == pytest.approx(0.8)
         assert engineer.of("EV-eff", "dcExceedsAc") == []
-        # Then DC runs ahead of AC: 3.3 AC against 4.6 DC over the window.
+        # Then DC runs ahead of AC: 1.8 AC against 3.6 DC over the window (minutes 3-8).
         for minute in range(6, 9):
             await publisher.publish("fleet/meter/M-eff", meter(minute, kwh=0.1), qos=1)
             await publisher.publish(
@@ -319,20 +310,19 @@ async def test_an_unlinked_vehicle_raises_no_efficiency_alert(
     start_gateway: StartGateway,
     publisher: aiomqtt.Client,
     mosquitto: Mosquitto,
+    database_url: str,
 ) -> None:
     async with listening(mosquitto) as engineer:
-        running = await start_gateway()
+        running = await start_gateway(efficiency_window_s=360)
         for minute in range(6):
             await publisher.publish(
                 "fleet/vehicle/EV-free", vehicle("EV-free", minute, kwh=1), qos=1
             )
-        await wait_until(lambda: _committed(running, 6), what="readings committed")
-        await asyncio.sleep(1.0)
+        await wait_until(lambda: _stored(database_url, "vehicle", "EV-free", 5))
+        assert await _evaluator(running).evaluate(Scope(None, None), time_driven=True) == 0
+        assert await _alerts(database_url, "EV-free") == []
+        await engineer.barrier()
         assert [e for e in engineer.events if e["deviceId"] == "EV-free"] == []
-
-
-async def _committed(running: Any, messages: int) -> bool:
-    return bool(running.gateway.metrics.messages._value.get() >= messages)
 
 
 async def test_bad_payloads_from_one_device_raise_an_alert(
@@ -376,12 +366,20 @@ async def test_a_restart_neither_repeats_a_raise_nor_loses_a_clear(
             lambda: _has(engineer, "EV-cooled", "batteryOverTemp", ["raised", "cleared"]),
             what="the clear that happened while the gateway was away",
         )
-        await asyncio.sleep(1.5)  # a full round and a reading round have run since
+        # The hot one's new reading judged (worse, not raised again), everything published.
+        await wait_until(lambda: _stored(database_url, "vehicle", "EV-still-hot", 1))
+        await _evaluator(second).evaluate(Scope(None, None), time_driven=True)
+        await wait_until(
+            lambda: equals(_alerts(database_url, "EV-still-hot"), [("batteryOverTemp", True, 61)])
+        )
+        await wait_until(lambda: _published(database_url), what="everything published")
+        await engineer.barrier()
         assert engineer.of("EV-still-hot", "batteryOverTemp") == ["raised"]
         await second.close()
         # And a third start, with nothing new: still no repeat of either.
-        await start_gateway()
-        await asyncio.sleep(1.5)
+        third = await start_gateway()
+        assert await _evaluator(third).evaluate(Scope(None, None), time_driven=True) == 0
+        await engineer.barrier()
         assert engineer.of("EV-still-hot", "batteryOverTemp") == ["raised"]
         assert engineer.of("EV-cooled", "batteryOverTemp") == ["raised", "cleared"]
     assert await count(database_url, "SELECT count(*) FROM alert") == 2
@@ -402,16 +400,20 @@ async def test_an_alert_storm_neither_blocks_ingestion_nor_loses_alerts(
         running = await start_gateway(offline_after_s=2.0, alert_check_interval_s=0.5)
         for device in range(devices):
             await publisher.publish(f"fleet/meter/S-{device}", meter(0), qos=1)
-        # Every one of them falls silent at once; meanwhile another device keeps sending.
-        for minute in range(1, 15):
-            await publisher.publish("fleet/vehicle/EV-alive", vehicle("EV-alive", minute), qos=1)
-            await asyncio.sleep(0.25)
-        await wait_until(
-            lambda: _offline_raised(engineer, devices),
-            seconds=30,
-            what="every offline alert published",
-        )
-        assert await count(database_url, "SELECT count(*) FROM vehicle_reading") == 14
+        # Every one of them falls silent at once; meanwhile another device keeps sending, each
+        # reading once the one before is stored, until every offline alert is published: each
+        # is stored within 5 s however busy the alerts are.
+        sent = 0
+        while not await _offline_raised(engineer, devices):
+            sent += 1
+            assert sent <= 2000, "not every offline alert was published"
+            await publisher.publish("fleet/vehicle/EV-alive", _alive(sent), qos=1)
+            await wait_until(
+                lambda sent=sent: equals(_readings(database_url), sent),
+                seconds=5,
+                what=f"reading {sent} of the device that keeps sending",
+            )
+        assert sent > 1  # readings went on arriving while the alerts were raised
         assert (
             await count(
                 database_url,
@@ -421,6 +423,16 @@ async def test_an_alert_storm_neither_blocks_ingestion_nor_loses_alerts(
             == devices
         )
         assert running.gateway.alert_publisher is not None
+
+
+async def _readings(database_url: str) -> int:
+    return await count(database_url, "SELECT count(*) FROM vehicle_reading")
+
+
+def _alive(number: int) -> bytes:
+    at = BASE + timedelta(milliseconds=100 * number)
+    reading = {"soc": 50, "kwhDeliveredDc": 0.1, "batteryTemp": 30, "timestamp": iso(at)}
+    return json.dumps(reading).encode()
 
 
 async def _offline_raised(listener: AlertListener, devices: int) -> bool:
