@@ -249,20 +249,27 @@ CREATE TABLE IF NOT EXISTS alert (
     value       double precision NOT NULL,  -- the worst value seen while active
     threshold   double precision NOT NULL,
     clear_value double precision,           -- the value that cleared it
-    message     text NOT NULL
+    message     text NOT NULL,
+    -- an engineer's acknowledgement (POST /v1/alerts/{id}/ack), at most one: when, the API
+    -- token's name and id as the API answers them, the token's id, the note
+    acknowledged_at       timestamptz,
+    acknowledged_by       text,
+    acknowledged_token_id integer,
+    acknowledged_note     text
 );
 CREATE UNIQUE INDEX IF NOT EXISTS alert_one_active_idx
     ON alert (device_kind, device_name, rule) WHERE cleared_at IS NULL;
 CREATE INDEX IF NOT EXISTS alert_raised_at_idx ON alert (raised_at);
 CREATE INDEX IF NOT EXISTS alert_device_idx ON alert (device_name, raised_at);
 
--- Outbox of alert changes: written in the transaction that raises or clears, published to MQTT
--- after the commit and marked; after a crash the unmarked ones are published again (at least
--- once; the alert id tells a subscriber it has seen it).
+-- Outbox of alert changes, and so each alert's history: written in the transaction that raises,
+-- acknowledges (the API) or clears, published to MQTT after the commit and marked; after a crash
+-- the unmarked ones are published again (at least once; the alert id tells a subscriber it has
+-- seen it).
 CREATE TABLE IF NOT EXISTS alert_event (
     event_id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     alert_id     bigint NOT NULL REFERENCES alert (alert_id),
-    state        text NOT NULL CHECK (state IN ('raised', 'cleared')),
+    state        text NOT NULL CHECK (state IN ('raised', 'cleared', 'acknowledged')),
     created_at   timestamptz NOT NULL DEFAULT now(),
     published_at timestamptz
 );
@@ -678,13 +685,17 @@ GRANT SELECT ON history_horizon, history_compaction TO fleetgate_gateway;
 GRANT SELECT ON history_horizon, history_compaction TO fleetgate_api, fleetgate_readonly;
 
 -- The API (and its CLIs, and broker_sync): reads everything; writes links, tokens, the device
--- registry and the services' broker logins; never history.
+-- registry, the services' broker logins and alert acknowledgements; never history.
 GRANT SELECT
     ON schema_migration, meter, vehicle, meter_reading, vehicle_reading, meter_hourly,
        vehicle_hourly, meter_daily, vehicle_daily, dead_letter, dead_letter_overflow, alert,
        alert_event, vehicle_link, api_token, broker_login, gateway_heartbeat
     TO fleetgate_api;
 GRANT INSERT, UPDATE ON vehicle_link, api_token TO fleetgate_api;
+-- Acknowledging an alert: its acknowledgement columns only (never its state), and the event.
+GRANT UPDATE (acknowledged_at, acknowledged_by, acknowledged_token_id, acknowledged_note)
+    ON alert TO fleetgate_api;
+GRANT INSERT ON alert_event TO fleetgate_api;
 GRANT INSERT, UPDATE, DELETE ON meter, vehicle, broker_login TO fleetgate_api;
 
 -- Analysts and Grafana: read everything but the services' credentials (tokens, broker logins).

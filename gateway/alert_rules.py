@@ -74,49 +74,6 @@ def worse(
     return candidate > current
 
 
-def describe(
-    rule: str,
-    state: str,
-    device: str,
-    value: float,
-    threshold: float,
-    *,
-    clear_value: float | None = None,
-) -> str:
-    """The human sentence of an alert event."""
-    if state == "cleared":
-        now = "" if clear_value is None else f" ({_format(rule, clear_value)} now)"
-        return f"{_TITLES[rule]} on {device} cleared{now}; worst was {_format(rule, value)}."
-    return (
-        f"{_TITLES[rule]} on {device}: {_format(rule, value)}, threshold "
-        f"{_format(rule, threshold)}."
-    )
-
-
-_TITLES: Final = {
-    "lowEfficiency": "Low charging efficiency",
-    "batteryOverTemp": "Battery over temperature",
-    "voltageOutOfRange": "Voltage out of range",
-    "deviceOffline": "Device offline",
-    "dcExceedsAc": "DC delivered exceeds AC consumed",
-    "badPayloads": "Repeated bad payloads",
-}
-
-
-def _format(rule: str, value: float) -> str:
-    if rule == "lowEfficiency":
-        return f"{value:.1%} DC/AC"
-    if rule == "dcExceedsAc":
-        return f"{value:.3f} kWh more DC than AC"
-    if rule == "batteryOverTemp":
-        return f"{value:.1f} °C"
-    if rule == "voltageOutOfRange":
-        return f"{value:.1f} V"
-    if rule == "deviceOffline":
-        return f"{value:.0f} s silent"
-    return f"{value:.0f} dead letters"
-
-
 def parameters(settings: Settings, scope: Scope, now: datetime) -> dict[str, Any]:
     duration = timedelta(seconds=settings.voltage_min_duration_s)
     return {

@@ -1,9 +1,9 @@
 """Alert lifecycle: judge the rules, raise and clear alerts in the database, publish the changes.
 
-Raises and clears are written with an outbox row in one transaction; the publisher sends the
-outbox to ``fleet/alerts/{meter|vehicle}/{deviceId}/{rule}`` (QoS 1, retained while active) and
-marks it. Evaluation runs beside ingestion, on its own connection: a slow round delays alerts,
-never readings.
+Raises and clears are written with an outbox row in one transaction (and acknowledgements, by
+the API); the publisher sends the outbox to ``fleet/alerts/{meter|vehicle}/{deviceId}/{rule}``
+(QoS 1, retained while raised) and marks it. Evaluation runs beside ingestion, on its own
+connection: a slow round delays alerts, never readings.
 """
 
 from __future__ import annotations
@@ -18,14 +18,19 @@ from typing import Any, Final
 import aiomqtt
 import msgspec
 import psycopg
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.alert_rules import CHECKS, Observation, Scope, describe, parameters, worse
+from gateway.alert_messages import ALERT_EVENTS_CHANNEL, alert_message, alert_topic, describe
+from gateway.alert_rules import CHECKS, Observation, Scope, parameters, worse
 from gateway.broker import settle_disconnection
 from gateway.settings import Settings
 from gateway.waiting import backoff_delay, sleep_unless, wait_any
 
 logger = logging.getLogger(__name__)
+
+# The publisher also looks at the outbox this often: leftovers of a crash, another gateway's.
+_OUTBOX_LOOK_S: Final = 5.0
 
 _ACTIVE: Final = """
 SELECT alert_id, device_kind, device_name, rule, value FROM alert
@@ -63,31 +68,13 @@ WITH cleared AS (
 SELECT rule FROM cleared
 """
 _UNPUBLISHED: Final = """
-SELECT e.event_id, e.state, a.alert_id, a.device_kind, a.device_name, a.rule, a.value,
-       a.threshold, a.raised_at, a.cleared_at, a.clear_value
+SELECT e.event_id, e.state AS event, a.alert_id, a.device_kind, a.device_name, a.rule, a.value,
+       a.threshold, a.raised_at, a.cleared_at, a.clear_value, a.acknowledged_at,
+       a.acknowledged_by, a.acknowledged_note, a.message
 FROM alert_event e JOIN alert a USING (alert_id)
 WHERE e.published_at IS NULL ORDER BY e.event_id LIMIT 500
 """
 _MARK_PUBLISHED: Final = "UPDATE alert_event SET published_at = now() WHERE event_id = ANY(%s)"
-
-
-class AlertPayload(msgspec.Struct, rename="camel"):
-    """What a subscriber to ``fleet/alerts/#`` receives."""
-
-    alert_id: str
-    rule: str
-    state: str
-    device_id: str
-    device_kind: str
-    value: float
-    threshold: float
-    raised_at: datetime
-    cleared_at: datetime | None
-    message: str
-
-
-def alert_topic(device_kind: str, device_name: str, rule: str) -> str:
-    return f"fleet/alerts/{device_kind}/{device_name}/{rule}"
 
 
 class AlertEvaluator:
@@ -233,7 +220,8 @@ class AlertEvaluator:
 
 class AlertPublisher:
     """Publishes the outbox in order on a connection of its own, then marks what the broker
-    acknowledged. Retained while active, so a late subscriber sees what is wrong right now."""
+    acknowledged. Retained while raised, so a late subscriber sees what is wrong right now.
+    Woken by the evaluator's ``changed`` and by the API's notifications (acknowledgements)."""
 
     def __init__(
         self, pool: AsyncConnectionPool, settings: Settings, changed: asyncio.Event
@@ -241,8 +229,17 @@ class AlertPublisher:
         self._pool = pool
         self._settings = settings
         self._changed = changed
+        self._notified = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            listener = tasks.create_task(self._listen(), name="alert-outbox-notifications")
+            try:
+                await self._publish(stop)
+            finally:
+                listener.cancel()
+
+    async def _publish(self, stop: asyncio.Event) -> None:
         attempt = 0
         while not stop.is_set():
             # A new client per connection: a reused aiomqtt 2.5 client can report itself
@@ -253,10 +250,10 @@ class AlertPublisher:
                 async with client:
                     attempt = 0
                     while not stop.is_set():
-                        await self.publish_pending(client)
                         self._changed.clear()
-                        # Also looks again every 5 s: leftovers of a crash, another gateway's.
-                        await wait_any(5.0, stop, self._changed)
+                        self._notified.clear()
+                        await self.publish_pending(client)
+                        await wait_any(_OUTBOX_LOOK_S, stop, self._changed, self._notified)
             except (aiomqtt.MqttError, psycopg.Error, OSError) as exc:
                 delay = backoff_delay(attempt, self._settings.retry_max_delay_s)
                 attempt += 1
@@ -265,6 +262,32 @@ class AlertPublisher:
             finally:
                 # also when the connection dropped while there was nothing to publish
                 settle_disconnection(client)
+
+    async def _listen(self) -> None:
+        """Until cancelled: wake the publisher whenever the API notifies ALERT_EVENTS_CHANNEL.
+        While this cannot listen, the publisher still looks every _OUTBOX_LOOK_S."""
+        attempt = 0
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._settings.database_url,
+                    autocommit=True,
+                    application_name=f"{self._settings.client_id}-alert-outbox",
+                ) as conn:
+                    await conn.execute(f"LISTEN {ALERT_EVENTS_CHANNEL}".encode())
+                    attempt = 0
+                    self._notified.set()  # what was added while not listening
+                    async for _ in conn.notifies():
+                        self._notified.set()
+                problem = "notifications ended"
+            except psycopg.Error as exc:
+                problem = str(exc).strip() or type(exc).__name__
+            delay = backoff_delay(attempt, self._settings.retry_max_delay_s)
+            attempt += 1
+            logger.warning(
+                "not listening for alert outbox changes (%s); again in %.1f s", problem, delay
+            )
+            await asyncio.sleep(delay)
 
     def _client(self) -> aiomqtt.Client:
         mqtt = self._settings.mqtt_alerts or self._settings.mqtt
@@ -278,35 +301,25 @@ class AlertPublisher:
 
     async def publish_pending(self, client: aiomqtt.Client) -> None:
         while True:
-            async with self._pool.connection() as conn:
-                rows = await (await conn.execute(_UNPUBLISHED.encode())).fetchall()
+            async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(_UNPUBLISHED.encode())
+                rows = await cur.fetchall()
             if not rows:
                 return
             for row in rows:
                 await _publish_event(client, row)
             async with self._pool.connection() as conn:
-                await conn.execute(_MARK_PUBLISHED.encode(), ([row[0] for row in rows],))
+                await conn.execute(_MARK_PUBLISHED.encode(), ([row["event_id"] for row in rows],))
 
 
-async def _publish_event(client: aiomqtt.Client, row: tuple[Any, ...]) -> None:
-    (_, state, alert_id, kind, name, rule, value, threshold, raised_at, cleared_at, clear_value) = (
-        row
-    )
-    payload = AlertPayload(
-        alert_id=str(alert_id),
-        rule=rule,
-        state=state,
-        device_id=name,
-        device_kind=kind,
-        value=value,
-        threshold=threshold,
-        raised_at=raised_at.astimezone(UTC),
-        cleared_at=cleared_at.astimezone(UTC) if cleared_at else None,
-        message=describe(rule, state, name, value, threshold, clear_value=clear_value),
-    )
-    topic = alert_topic(kind, name, rule)
+async def _publish_event(client: aiomqtt.Client, row: dict[str, Any]) -> None:
+    """A raise (retained), an acknowledgement (the retained raise again, now acknowledged), or a
+    clear (published, then the retained raise removed)."""
+    cleared = row["event"] == "cleared"
+    payload = alert_message(row, raised_only=not cleared)
+    topic = alert_topic(row["device_kind"], row["device_name"], row["rule"])
     body = msgspec.json.encode(payload)
-    if state == "raised":
+    if not cleared:
         await client.publish(topic, body, qos=1, retain=True)
     else:  # tell current subscribers, then remove the retained raise
         await client.publish(topic, body, qos=1, retain=False)

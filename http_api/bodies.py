@@ -6,13 +6,13 @@ http_api/views_ingest.py."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal, TypeAlias
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-Time = Annotated[datetime, Meta(tz=True, description="RFC 3339, UTC")]
+from gateway.alert_messages import Alert, Time
+
 Kwh = Annotated[float, Meta(description="kWh, to the Wh (3 decimals)")]
 Kw = Annotated[float, Meta(description="kW, to the W (3 decimals)")]
 Celsius = Annotated[float, Meta(description="°C, to 0.1")]
@@ -237,22 +237,8 @@ class Fleet(msgspec.Struct, rename="camel"):
     next_cursor: str | None
 
 
-class Alert(msgspec.Struct, rename="camel"):
-    alert_id: str
-    rule: Annotated[str, Meta(examples=["batteryOverTemp", "lowEfficiency"])]
-    state: Literal["active", "cleared"]
-    device_id: str
-    device_kind: Annotated[str, Meta(examples=["vehicle", "meter"])]
-    value: float  # the worst value seen while active, in the rule's unit
-    threshold: float
-    clear_value: float | None  # the value that cleared it
-    raised_at: Time
-    cleared_at: Time | None
-    message: str
-
-
 class AlertList(msgspec.Struct, rename="camel"):
-    alerts: list[Alert]
+    alerts: list[Alert]  # the message MQTT subscribers receive (gateway/alert_messages.py)
     next_cursor: str | None
 
 
@@ -269,5 +255,6 @@ RESPONSES: tuple[type[msgspec.Struct], ...] = (
     Performance,
     Trend,
     Fleet,
+    Alert,
     AlertList,
 )

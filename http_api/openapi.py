@@ -12,6 +12,7 @@ from http_api.health import HealthLiveness, HealthReadiness, HealthSummary
 from http_api.openapi_devices import DEVICE_PATHS, DEVICE_SCHEMAS
 from http_api.openapi_operations import (
     COMMON_ERRORS,
+    DEVICE_ID,
     PAGE_PARAMS,
     VEHICLE,
     json_content,
@@ -21,7 +22,7 @@ from http_api.openapi_operations import (
     with_headers,
 )
 from http_api.openapi_schemas import SCHEMAS, TIME, ref
-from http_api.views_alerts import STATES
+from http_api.views_alerts import ALERT_ID_PATTERN, DEPRECATED_STATES, STATES
 from http_api.views_ingest import Accepted, BatchResult
 
 # Generated from the Structs ingestion answers with, so the two cannot drift.
@@ -129,6 +130,31 @@ def _ingest_batch() -> dict[str, Any]:
         {"oneOf": [ref("BatchResult"), ref("Error")]},
         "None published (a BatchResult, each reading rejected), or the body is not an array of "
         "1 to MAX_BATCH_READINGS readings (an Error, invalidBody).",
+    )
+    return described
+
+
+def _acknowledge() -> dict[str, Any]:
+    described = operation(
+        "Acknowledge a raised alert (who and when are kept, and published to its topic)",
+        ("200", "Alert", "Acknowledged now, or already: the first acknowledgement"),
+        params=[
+            path_param(
+                "alertId", "The alert's id.", {"type": "string", "pattern": ALERT_ID_PATTERN}
+            )
+        ],
+        body="AckNote",
+        errors={
+            "404": "No such alert.",
+            "409": "The alert was cleared before anyone acknowledged it.",
+        },
+    )
+    described["requestBody"]["required"] = False  # no body, or {"note": ...}
+    described["description"] = (
+        "Records the token's name and id (acknowledgedBy) and the time, in the alert and as an "
+        "'acknowledged' event of its history; the gateway publishes the alert again, retained, "
+        "on its MQTT topic with acknowledgedAt and acknowledgedBy. Idempotent: a second "
+        "acknowledgement answers 200 with the first."
     )
     return described
 
@@ -243,14 +269,12 @@ _PATHS: Final[dict[str, dict[str, Any]]] = {
             params=[
                 query_param(
                     "state",
-                    {"type": "string", "enum": list(STATES)},
-                    "Only active or only cleared alerts.",
+                    {"type": "string", "enum": [*STATES, *DEPRECATED_STATES]},
+                    "Only raised (not cleared yet) or only cleared alerts; 'active', 0.1.0's "
+                    "word, is taken as raised (deprecated).",
                 ),
-                query_param(
-                    "deviceId",
-                    {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
-                    "Only alerts of this meter or vehicle.",
-                ),
+                query_param("acknowledged", {"type": "boolean"}, "Only alerts (not) acknowledged."),
+                query_param("deviceId", DEVICE_ID, "Only alerts of this meter or vehicle."),
                 query_param(
                     "rule", {"type": "string", "enum": list(RULES)}, "Only alerts of this rule."
                 ),
@@ -260,6 +284,7 @@ _PATHS: Final[dict[str, dict[str, Any]]] = {
             ],
         )
     },
+    "/v1/alerts/{alertId}/ack": {"post": _acknowledge()},
     "/v1/telemetry": {
         "post": operation(
             "Ingest one reading",
@@ -297,6 +322,7 @@ OPERATION_IDS: Final = {
     ("get", "/v1/analytics/trend/{vehicleId}"): "getTrend",
     ("get", "/v1/analytics/fleet"): "getFleet",
     ("get", "/v1/alerts"): "listAlerts",
+    ("post", "/v1/alerts/{alertId}/ack"): "acknowledgeAlert",
     ("post", "/v1/telemetry"): "ingestReading",
     ("post", "/v1/telemetry/batch"): "ingestBatch",
     ("post", "/v1/devices"): "createDevice",

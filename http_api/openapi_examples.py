@@ -8,6 +8,7 @@ from typing import Any, Final
 
 import msgspec
 
+from gateway.alert_messages import Alert
 from http_api import bodies
 
 _AT: Final = datetime(2026, 2, 9, 8, 0, tzinfo=UTC)
@@ -97,17 +98,20 @@ EXAMPLES: Final[dict[str, msgspec.Struct]] = {
         ],
         next_cursor=None,
     ),
-    "Alert": bodies.Alert(
+    "Alert": Alert(
         alert_id="311",
         rule="batteryOverTemp",
-        state="active",
+        state="raised",
         device_id="EV-0042",
         device_kind="vehicle",
-        value=47.2,
-        threshold=45.0,
+        value=57.2,
+        threshold=55.0,
         clear_value=None,
         raised_at=_TAKEN,
         cleared_at=None,
-        message="Battery over temperature on EV-0042: 47.2 °C, threshold 45.0 °C.",
+        acknowledged_at=_AT,
+        acknowledged_by="depot-north (token 7)",
+        acknowledged_note="Bay 4, cooling checked",
+        message="Battery over temperature on EV-0042: 57.2 °C, threshold 55.0 °C.",
     ),
 }

@@ -25,13 +25,16 @@ def with_headers(response: dict[str, Any], **headers: tuple[str, str]) -> dict[s
     return {**response, "headers": described}
 
 
-def path_param(name: str, description: str) -> dict[str, Any]:
-    schema = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}
+DEVICE_ID: Final = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}
+
+
+def path_param(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A part of the path: a device id unless ``schema`` says otherwise."""
     return {
         "name": name,
         "in": "path",
         "required": True,
-        "schema": schema,
+        "schema": schema or DEVICE_ID,
         "description": description,
     }
 

@@ -11,6 +11,7 @@ import msgspec
 from gateway.readings import MeterReading, VehicleReading
 from http_api import bodies
 from http_api.openapi_examples import EXAMPLES
+from http_api.views_alerts import AckNote
 from http_api.views_links import NewLink
 
 TIME: Final = {"type": "string", "format": "date-time"}
@@ -65,7 +66,8 @@ def _readings() -> dict[str, Any]:
     }
 
 
+_BODIES: Final = (NewLink, AckNote, MeterReading, VehicleReading)  # what the API decodes
 SCHEMAS: Final[dict[str, Any]] = {
-    **generated((*bodies.RESPONSES, NewLink, MeterReading, VehicleReading))[1],
+    **generated((*bodies.RESPONSES, *_BODIES))[1],
     **_readings(),
 }

@@ -43,6 +43,7 @@ def setup_routes(app: web.Application) -> None:
             web.get("/v1/analytics/trend/{vehicleId}", views_analytics.trend, allow_head=False),
             web.get("/v1/analytics/fleet", views_analytics.fleet, allow_head=False),
             web.get("/v1/alerts", views_alerts.alerts, allow_head=False),
+            web.post("/v1/alerts/{alertId}/ack", views_alerts.acknowledge_alert),
             web.post("/v1/telemetry", views_ingest.one),
             web.post("/v1/telemetry/batch", views_ingest.batch),
             web.post("/v1/devices", views_devices.create),

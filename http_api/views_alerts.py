@@ -1,56 +1,44 @@
-"""Alert history for dashboards: active and cleared alerts, newest first, page by page."""
+"""Alerts for dashboards: raised and cleared alerts, newest first, page by page, in the words of
+their MQTT messages; an engineer's acknowledgement."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final
 
 import msgspec
 from aiohttp import web
 
-from gateway.alert_rules import RULES, describe
+from gateway.alert_messages import alert_message
+from gateway.alert_rules import RULES
+from gateway.readings import nesting_exceeds
 from http_api import params
-from http_api.alert_queries import AlertFilter, Row, alert_page
-from http_api.bodies import Alert, AlertList
-from http_api.errors import InvalidParameterError
+from http_api.alert_queries import AlertFilter, Row, acknowledge, alert_page
+from http_api.auth import TOKEN_HASH
+from http_api.bodies import AlertList
+from http_api.errors import ConflictError, InvalidBodyError, InvalidParameterError, NotFoundError
 from http_api.keys import POOL
-from http_api.render import alert_number, iso, json, utc
+from http_api.render import iso, json
 
-STATES: Final = ("active", "cleared")
+STATES: Final = ("raised", "cleared")
+# In 0.1.0 an alert not yet cleared was 'active' here (and 'raised' on MQTT): still taken as
+# raised in ?state=, deprecated (docs/CHANGELOG.md); answers say 'raised'.
+DEPRECATED_STATES: Final = {"active": "raised"}
+ALERT_ID_PATTERN: Final = "^[1-9][0-9]{0,18}$"  # a bigint identity
+_ALERT_ID: Final = re.compile(ALERT_ID_PATTERN.strip("^$"))
 _Key = tuple[datetime, Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]]
 _KEY_DECODER: Final = msgspec.json.Decoder(_Key)
 
 
-def _alert_body(row: Row) -> Alert:
-    state: Literal["active", "cleared"] = "active" if row["cleared_at"] is None else "cleared"
-    message = row["message"]
-    # The sentence of the MQTT alert events, with the worst value so far; the stored message
-    # (written at the raise) only for a rule this version no longer knows.
-    if row["rule"] in RULES:
-        event = "raised" if state == "active" else "cleared"
-        message = describe(
-            row["rule"],
-            event,
-            row["device_name"],
-            row["value"],
-            row["threshold"],
-            clear_value=row["clear_value"],
-        )
-    rule = row["rule"]
-    return Alert(
-        alert_id=str(row["alert_id"]),
-        rule=rule,
-        state=state,
-        device_id=row["device_name"],
-        device_kind=row["device_kind"],
-        value=alert_number(rule, row["value"]),
-        threshold=alert_number(rule, row["threshold"]),
-        clear_value=alert_number(rule, row["clear_value"]),
-        raised_at=utc(row["raised_at"]),
-        cleared_at=utc(row["cleared_at"]),
-        message=message,
-    )
+class AckNote(msgspec.Struct, forbid_unknown_fields=True):
+    """The optional body of an acknowledgement: what the engineer found or did."""
+
+    note: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+_ACK_NOTE: Final = msgspec.json.Decoder(AckNote)
 
 
 def _encode_key(row: Row) -> str:
@@ -71,12 +59,14 @@ def _decode_key(query: Mapping[str, str]) -> tuple[datetime, int] | None:
 
 async def alerts(request: web.Request) -> web.Response:
     query = request.query
-    state = params.one_of(query, "state", STATES)
+    state = params.one_of(query, "state", (*STATES, *DEPRECATED_STATES))
+    state = DEPRECATED_STATES.get(state, state) if state is not None else None
     device = query.get("deviceId")
     raised_from, raised_to = params.bounds(query)
     limit = params.integer(query, "limit", 100, 1, 1000)
     found = AlertFilter(
-        active=None if state is None else state == "active",
+        raised=None if state is None else state == "raised",
+        acknowledged=params.boolean(query, "acknowledged"),
         device_name=None if device is None else params.device_id(device, "deviceId"),
         rule=params.one_of(query, "rule", RULES),
         raised_from=raised_from,
@@ -86,4 +76,34 @@ async def alerts(request: web.Request) -> web.Response:
     rows = await alert_page(request.app[POOL], found, limit + 1)  # one more: is there a next page
     page = rows[:limit]
     cursor = _encode_key(page[-1]) if len(rows) > limit else None
-    return json(AlertList(alerts=[_alert_body(row) for row in page], next_cursor=cursor))
+    return json(AlertList(alerts=[alert_message(row) for row in page], next_cursor=cursor))
+
+
+def _note(raw: bytes) -> str | None:
+    if not raw.strip():
+        return None
+    if nesting_exceeds(raw, 1):
+        raise InvalidBodyError("invalid acknowledgement: expected a flat JSON object")
+    try:
+        return _ACK_NOTE.decode(raw).note
+    except msgspec.ValidationError as exc:
+        field = "note" if "$.note" in str(exc) else None
+        raise InvalidBodyError(f"invalid acknowledgement: {exc}", field) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise InvalidBodyError(f"malformed JSON: {exc}") from None
+
+
+async def acknowledge_alert(request: web.Request) -> web.Response:
+    """Acknowledge a raised alert, once: a second acknowledgement answers the first."""
+    text = request.match_info["alertId"]
+    if not _ALERT_ID.fullmatch(text) or int(text) >= 2**63:
+        raise InvalidParameterError(f"{text[:80]!r} is not an alert id", "alertId")
+    alert_id = int(text)
+    note = _note(await request.read())
+    done = await acknowledge(request.app[POOL], alert_id, request[TOKEN_HASH], note)
+    if done.outcome == "unknown":
+        raise NotFoundError(f"no alert {alert_id}", "alertId")
+    assert done.alert is not None
+    if done.outcome == "cleared":
+        raise ConflictError(f"alert {alert_id} was cleared: there is nothing to acknowledge")
+    return json(alert_message(done.alert))

@@ -11,7 +11,8 @@ import aiomqtt
 import psycopg
 import pytest
 
-from gateway.alert_rules import Observation, Scope, describe, worse
+from gateway.alert_messages import describe
+from gateway.alert_rules import Observation, Scope, worse
 from gateway.alerts import AlertEvaluator
 from gateway.database import apply_schema
 from gateway.registry import DeviceRecord, register
@@ -96,8 +97,10 @@ async def test_battery_over_temperature_raises_once_holds_in_the_band_and_clears
         assert raised["deviceKind"] == "vehicle"
         assert raised["threshold"] == 55
         assert raised["clearedAt"] is None
+        assert raised["clearValue"] is None
         assert cleared["state"] == "cleared"
         assert cleared["value"] == 58.5  # the worst value seen while raised
+        assert cleared["clearValue"] == 49
         assert cleared["clearedAt"] is not None
         assert "49.0 °C now" in cleared["message"]
         await wait_until(

@@ -54,7 +54,7 @@ def ids_of(body: dict[str, Any]) -> list[str]:
     return [alert["alertId"] for alert in body["alerts"]]
 
 
-async def test_a_gateway_alert_from_a_hot_battery_is_listed_active(
+async def test_a_gateway_alert_from_a_hot_battery_is_listed_raised(
     api: Api,
     start_gateway: StartGateway,
     publisher: aiomqtt.Client,
@@ -67,13 +67,13 @@ async def test_a_gateway_alert_from_a_hot_battery_is_listed_active(
         await publisher.publish(f"fleet/vehicle/{vehicle}", json.dumps(reading).encode(), qos=1)
 
         async def listed() -> bool:
-            _, body = await api.get("/v1/alerts", state="active", deviceId=vehicle)
+            _, body = await api.get("/v1/alerts", state="raised", deviceId=vehicle)
             return any(a["rule"] == "batteryOverTemp" for a in body["alerts"])
 
         await wait_until(listed, what="the raised alert in GET /v1/alerts")
-        _, body = await api.get("/v1/alerts", state="active", rule="batteryOverTemp")
+        _, body = await api.get("/v1/alerts", state="raised", rule="batteryOverTemp")
         [alert] = [a for a in body["alerts"] if a["deviceId"] == vehicle]
-        assert alert["state"] == "active"
+        assert alert["state"] == "raised"
         assert alert["deviceKind"] == "vehicle"
         assert (alert["value"], alert["threshold"]) == (60.0, 55.0)
         assert (alert["clearedAt"], alert["clearValue"]) == (None, None)
@@ -143,6 +143,9 @@ async def test_each_filter_and_the_shape_of_an_alert(api: Api, database_url: str
         "clearValue": 49.0,
         "raisedAt": iso(NOW - 2 * day),
         "clearedAt": iso(NOW - 2 * day + timedelta(minutes=20)),
+        "acknowledgedAt": None,
+        "acknowledgedBy": None,
+        "acknowledgedNote": None,
         "message": "Battery over temperature on EV-1 cleared (49.0 °C now); worst was 58.5 °C.",
     }
     assert body["alerts"][2]["deviceKind"] == "meter"
@@ -153,7 +156,8 @@ async def test_each_filter_and_the_shape_of_an_alert(api: Api, database_url: str
         assert status == 200, body
         return ids_of(body)
 
-    assert await listed(state="active") == [active_hot, offline_meter]
+    assert await listed(state="raised") == [active_hot, offline_meter]
+    assert await listed(state="active") == [active_hot, offline_meter]  # deprecated: raised
     assert await listed(state="cleared") == [cleared_hot, old_hot]
     assert await listed(deviceId="EV-1") == [active_hot, cleared_hot]
     assert await listed(deviceId="M-1", state="cleared") == []
@@ -166,7 +170,7 @@ async def test_each_filter_and_the_shape_of_an_alert(api: Api, database_url: str
     assert await listed(to=iso(NOW - 2 * day)) == [offline_meter, old_hot]
     window = {"from": iso(NOW - 3 * day), "to": iso(NOW - 1 * day)}
     assert await listed(**window) == [cleared_hot, offline_meter]
-    assert await listed(**window, state="active", deviceId="M-1") == [offline_meter]
+    assert await listed(**window, state="raised", deviceId="M-1") == [offline_meter]
     # Any offset is accepted and read as UTC.
     assert await listed(**{"from": (NOW - 2 * day).astimezone().isoformat()}) == [
         active_hot,
@@ -216,9 +220,9 @@ async def test_pages_newest_first_without_repeats_or_gaps(api: Api, database_url
     assert await all_pages("4") == (everything, 4)
     assert await all_pages("13") == (everything, 1)  # exactly one page: no empty page after it
     assert await all_pages("1") == (everything, 13)
-    active = ids_of((await api.get("/v1/alerts", state="active"))[1])
-    assert len(active) == 9
-    assert await all_pages("2", state="active") == (active, 5)
+    raised = ids_of((await api.get("/v1/alerts", state="raised"))[1])
+    assert len(raised) == 9
+    assert await all_pages("2", state="raised") == (raised, 5)
 
 
 async def test_bad_parameters_are_named(api: Api) -> None:
