@@ -1,8 +1,9 @@
 """How values leave the API: times as RFC 3339 UTC, and numbers rounded to what they can mean,
 here and nowhere else: energy to 1 Wh (kWh with 3 decimals), power to 1 W (kW with 3),
 temperatures, voltages and state of charge to 0.1, ratios (efficiency, coverage) to 4
-decimals. A sensor's float32 (30.875 read as 30.87499976158142) and the float noise of
-arithmetic (51.12857999999999 kW) never reach a client."""
+decimals (an alert's value and threshold: in its rule's unit, gateway/alert_messages.py). A
+sensor's float32 (30.875 read as 30.87499976158142) and the float noise of arithmetic
+(51.12857999999999 kW) never reach a client."""
 
 from __future__ import annotations
 
@@ -13,15 +14,6 @@ import msgspec
 from aiohttp import web
 
 MWH_PER_KWH: Final = 1_000_000
-# Decimals of an alert's value and threshold, by rule: in the unit of its message.
-_ALERT_DECIMALS: Final = {
-    "lowEfficiency": 4,  # a ratio
-    "batteryOverTemp": 1,  # °C
-    "voltageOutOfRange": 1,  # V
-    "deviceOffline": 1,  # seconds silent
-    "dcExceedsAc": 3,  # kWh
-    "badPayloads": 0,  # dead letters
-}
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -68,15 +60,6 @@ def ratio(value: None) -> None: ...
 def ratio(value: float | None) -> float | None:
     """An efficiency (DC/AC) or a coverage (0-1)."""
     return None if value is None else round(value, 4)
-
-
-@overload
-def alert_number(rule: str, value: float) -> float: ...
-@overload
-def alert_number(rule: str, value: None) -> None: ...
-def alert_number(rule: str, value: float | None) -> float | None:
-    """An alert's value or threshold, in its rule's unit (4 decimals for a rule unknown here)."""
-    return None if value is None else round(value, _ALERT_DECIMALS.get(rule, 4))
 
 
 _ENCODER: Final = msgspec.json.Encoder()
