@@ -1,8 +1,8 @@
 """What the API answers, as msgspec Structs: each view builds one and encodes it, and the OpenAPI
 document's schemas are generated from these (http_api/openapi_schemas.py), so the two cannot
 drift. Numbers are rounded before they get here (http_api/render.py); their units are in the
-field types. The device registry's bodies are in http_api/device_bodies.py, ingestion's in
-http_api/views_ingest.py."""
+field types. The device registry's bodies are in http_api/device_bodies.py, raw readings' and dead
+letters' in http_api/history_bodies.py, ingestion's in http_api/views_ingest.py."""
 
 from __future__ import annotations
 
@@ -122,6 +122,11 @@ class VehicleList(msgspec.Struct, rename="camel"):
     next_cursor: str | None  # null: the last page
 
 
+class MeterList(msgspec.Struct, rename="camel"):
+    meters: list[MeterStatus]
+    next_cursor: str | None  # null: the last page
+
+
 class Link(msgspec.Struct, rename="camel"):
     """A meter feeding a vehicle's charger over [validFrom, validTo)."""
 
@@ -131,8 +136,9 @@ class Link(msgspec.Struct, rename="camel"):
     valid_to: Time | None  # null: holds now
 
 
-class LinkList(msgspec.Struct):
-    links: list[Link]
+class LinkList(msgspec.Struct, rename="camel"):
+    links: list[Link]  # by vehicle id
+    next_cursor: str | None  # null: the last page
 
 
 class VehicleLinks(msgspec.Struct, rename="camel"):
@@ -249,6 +255,7 @@ RESPONSES: tuple[type[msgspec.Struct], ...] = (
     VehicleStatus,
     VehicleList,
     MeterStatus,
+    MeterList,
     Link,
     LinkList,
     VehicleLinks,

@@ -10,11 +10,13 @@ import msgspec
 from gateway.alert_rules import RULES
 from http_api.health import HealthLiveness, HealthReadiness, HealthSummary
 from http_api.openapi_devices import DEVICE_PATHS, DEVICE_SCHEMAS
+from http_api.openapi_history import HISTORY_PATHS
 from http_api.openapi_operations import (
     COMMON_ERRORS,
     DEVICE_ID,
     PAGE_PARAMS,
     VEHICLE,
+    WINDOW_PARAMS,
     json_content,
     operation,
     path_param,
@@ -89,7 +91,7 @@ def _fleet() -> dict[str, Any]:
         "Each vehicle with its own meters; the worst below a threshold",
         ("200", "Fleet", "Totals and a page of vehicles"),
         params=[
-            *_WINDOW_PARAMS,
+            *WINDOW_PARAMS,
             query_param(
                 "below",
                 {"type": "number", "minimum": 0, "maximum": 10},
@@ -159,10 +161,6 @@ def _acknowledge() -> dict[str, Any]:
     return described
 
 
-_WINDOW_PARAMS: Final = [
-    query_param("from", TIME, "Window start (RFC 3339, inclusive); default: `to` minus 24 hours."),
-    query_param("to", TIME, "Window end (exclusive), clamped to now; default: now."),
-]
 _PATHS: Final[dict[str, dict[str, Any]]] = {
     "/health": {"get": _health()},
     "/health/live": {
@@ -211,6 +209,19 @@ _PATHS: Final[dict[str, dict[str, Any]]] = {
             ],
         )
     },
+    "/v1/status/meters": {
+        "get": operation(
+            "Meters now",
+            ("200", "MeterList", "A page, by meter id"),
+            params=[
+                query_param("online", {"type": "boolean"}, "Only meters (not) online now."),
+                query_param(
+                    "linked", {"type": "boolean"}, "Only meters (not) linked to a vehicle now."
+                ),
+                *PAGE_PARAMS,
+            ],
+        )
+    },
     "/v1/status/vehicle/{vehicleId}": {
         "get": operation(
             "A vehicle's latest reading",
@@ -228,7 +239,11 @@ _PATHS: Final[dict[str, dict[str, Any]]] = {
         )
     },
     "/v1/links": {
-        "get": operation("Current links", ("200", "LinkList", "Every link that holds now")),
+        "get": operation(
+            "Current links",
+            ("200", "LinkList", "A page of the links that hold now, by vehicle id"),
+            params=PAGE_PARAMS,
+        ),
         "post": _create_link(),
     },
     "/v1/links/{vehicleId}": {
@@ -249,7 +264,7 @@ _PATHS: Final[dict[str, dict[str, Any]]] = {
         "get": operation(
             "Charging efficiency over a window",
             ("200", "Performance", "Figures"),
-            params=[VEHICLE, *_WINDOW_PARAMS],
+            params=[VEHICLE, *WINDOW_PARAMS],
             errors={"404": "Unknown vehicle."},
         )
     },
@@ -257,7 +272,7 @@ _PATHS: Final[dict[str, dict[str, Any]]] = {
         "get": operation(
             "The same figures per UTC hour",
             ("200", "Trend", "Hours"),
-            params=[VEHICLE, *_WINDOW_PARAMS],
+            params=[VEHICLE, *WINDOW_PARAMS],
             errors={"404": "Unknown vehicle."},
         )
     },
@@ -323,6 +338,10 @@ OPERATION_IDS: Final = {
     ("get", "/v1/analytics/fleet"): "getFleet",
     ("get", "/v1/alerts"): "listAlerts",
     ("post", "/v1/alerts/{alertId}/ack"): "acknowledgeAlert",
+    ("get", "/v1/status/meters"): "listMeterStatus",
+    ("get", "/v1/readings/meter/{meterId}"): "listMeterReadings",
+    ("get", "/v1/readings/vehicle/{vehicleId}"): "listVehicleReadings",
+    ("get", "/v1/dead-letters"): "listDeadLetters",
     ("post", "/v1/telemetry"): "ingestReading",
     ("post", "/v1/telemetry/batch"): "ingestBatch",
     ("post", "/v1/devices"): "createDevice",
@@ -372,7 +391,7 @@ def document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
-        "paths": _with_operation_ids({**_PATHS, **DEVICE_PATHS}),
+        "paths": _with_operation_ids({**_PATHS, **HISTORY_PATHS, **DEVICE_PATHS}),
     }
 
 

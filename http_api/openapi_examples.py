@@ -9,7 +9,7 @@ from typing import Any, Final
 import msgspec
 
 from gateway.alert_messages import Alert
-from http_api import bodies
+from http_api import bodies, history_bodies
 
 _AT: Final = datetime(2026, 2, 9, 8, 0, tzinfo=UTC)
 _TAKEN: Final = datetime(2026, 2, 9, 7, 59, 12, tzinfo=UTC)
@@ -113,5 +113,17 @@ EXAMPLES: Final[dict[str, msgspec.Struct]] = {
         acknowledged_by="depot-north (token 7)",
         acknowledged_note="Bay 4, cooling checked",
         message="Battery over temperature on EV-0042: 57.2 °C, threshold 55.0 °C.",
+    ),
+    "DeadLetter": history_bodies.DeadLetter(
+        dead_letter_id="90211",
+        received_at=_RECEIVED,
+        topic="fleet/meter/M-0042",
+        device_kind="meter",
+        device_id="M-0042",
+        reason="invalid reading: Expected `number`, got `str` - at `$.voltage`",
+        payload_bytes=43,
+        payload_base64="eyJrd2hDb25zdW1lZEFjIjogMC4xMzEsICJ2b2x0YWdlIjogImhpZ2gifQ==",
+        payload_preview='{"kwhConsumedAc": 0.131, "voltage": "high"}',
+        payload_truncated=False,
     ),
 }

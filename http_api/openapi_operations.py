@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from http_api.openapi_schemas import ref
+from http_api.openapi_schemas import TIME, ref
 
 
 def json_content(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -56,6 +56,10 @@ PAGE_PARAMS: Final = [
         "Items per page.",
     ),
     query_param("cursor", {"type": "string"}, "nextCursor of the previous page."),
+]
+WINDOW_PARAMS: Final = [
+    query_param("from", TIME, "Window start (RFC 3339, inclusive); default: `to` minus 24 hours."),
+    query_param("to", TIME, "Window end (exclusive), clamped to now; default: now."),
 ]
 VEHICLE: Final = path_param("vehicleId", "Vehicle id, as in its MQTT topic.")
 COMMON_ERRORS: Final = {

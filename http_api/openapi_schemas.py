@@ -9,7 +9,7 @@ from typing import Any, Final
 import msgspec
 
 from gateway.readings import MeterReading, VehicleReading
-from http_api import bodies
+from http_api import bodies, history_bodies
 from http_api.openapi_examples import EXAMPLES
 from http_api.views_alerts import AckNote
 from http_api.views_links import NewLink
@@ -68,6 +68,6 @@ def _readings() -> dict[str, Any]:
 
 _BODIES: Final = (NewLink, AckNote, MeterReading, VehicleReading)  # what the API decodes
 SCHEMAS: Final[dict[str, Any]] = {
-    **generated((*bodies.RESPONSES, *_BODIES))[1],
+    **generated((*bodies.RESPONSES, *history_bodies.RESPONSES, *_BODIES))[1],
     **_readings(),
 }

@@ -25,12 +25,23 @@ _VEHICLE_COLUMNS: Final = f"""
      WHERE l.vehicle_id = v.vehicle_id AND l.valid_to IS NULL) AS meter_id
 """
 _VEHICLE_STATUS: Final = f"SELECT {_VEHICLE_COLUMNS} FROM vehicle v WHERE v.name = %(name)s"
-_METER_STATUS: Final = f"""
-SELECT v.name AS meter_id, v.first_seen_at, v.ts, v.received_at, v.consumed_ac_mwh, v.voltage,
-       {_ONLINE} AS online,
-       (SELECT x.name FROM vehicle_link l JOIN vehicle x USING (vehicle_id)
-        WHERE l.meter_id = v.meter_id AND l.valid_to IS NULL) AS vehicle_id
-FROM meter v WHERE v.name = %(name)s
+_METER_COLUMNS: Final = f"""
+    v.name AS meter_id, v.first_seen_at, v.ts, v.received_at, v.consumed_ac_mwh, v.voltage,
+    {_ONLINE} AS online,
+    (SELECT x.name FROM vehicle_link l JOIN vehicle x USING (vehicle_id)
+     WHERE l.meter_id = v.meter_id AND l.valid_to IS NULL) AS vehicle_id
+"""
+_METER_STATUS: Final = f"SELECT {_METER_COLUMNS} FROM meter v WHERE v.name = %(name)s"
+_LINKED: Final = """
+    EXISTS (SELECT FROM vehicle_link l WHERE l.meter_id = v.meter_id AND l.valid_to IS NULL)
+"""
+_METER_LIST: Final = f"""
+SELECT {_METER_COLUMNS} FROM meter v
+WHERE (%(after)s::text IS NULL OR v.name > %(after)s)
+  AND (%(online)s::bool IS NULL OR {_ONLINE} = %(online)s)
+  AND (%(linked)s::bool IS NULL OR {_LINKED} = %(linked)s)
+ORDER BY v.name
+LIMIT %(limit)s
 """
 _VEHICLE_LIST: Final = f"""
 SELECT {_VEHICLE_COLUMNS} FROM vehicle v
@@ -60,7 +71,12 @@ _LINK_COLUMNS: Final = """
     v.name AS vehicle_id, m.name AS meter_id, l.valid_from, l.valid_to
 FROM vehicle_link l JOIN vehicle v USING (vehicle_id) JOIN meter m USING (meter_id)
 """
-_CURRENT_LINKS: Final = f"SELECT {_LINK_COLUMNS} WHERE l.valid_to IS NULL ORDER BY v.name"
+_CURRENT_LINKS: Final = f"""
+SELECT {_LINK_COLUMNS}
+WHERE l.valid_to IS NULL AND (%(after)s::text IS NULL OR v.name > %(after)s)
+ORDER BY v.name
+LIMIT %(limit)s
+"""
 _VEHICLE_LINKS: Final = f"SELECT {_LINK_COLUMNS} WHERE v.name = %s ORDER BY l.valid_from DESC"
 # Link changes are rare: one transaction-scoped advisory lock serialises them all. Row locks on
 # meter/vehicle would instead queue behind (and deadlock with) the gateway's live-row updates.
@@ -146,13 +162,33 @@ async def vehicle_list(
     return await _all(pool, _VEHICLE_LIST, params)
 
 
+async def meter_list(
+    pool: AsyncConnectionPool,
+    *,
+    online_since: datetime,
+    online: bool | None,
+    linked: bool | None,
+    after: str | None,
+    limit: int,
+) -> list[Row]:
+    params = {
+        "online_since": online_since,
+        "online": online,
+        "linked": linked,
+        "after": after,
+        "limit": limit,
+    }
+    return await _all(pool, _METER_LIST, params)
+
+
 async def gateway_latest(pool: AsyncConnectionPool) -> datetime | None:
     row = await _one(pool, _GATEWAY_LATEST, ())
     return None if row is None else row["greatest"]
 
 
-async def current_links(pool: AsyncConnectionPool) -> list[Row]:
-    return await _all(pool, _CURRENT_LINKS, ())
+async def current_links(pool: AsyncConnectionPool, after: str | None, limit: int) -> list[Row]:
+    """The links that hold now, by vehicle name, after the vehicle ``after``."""
+    return await _all(pool, _CURRENT_LINKS, {"after": after, "limit": limit})
 
 
 async def vehicle_links(pool: AsyncConnectionPool, vehicle: str) -> list[Row]:

@@ -8,11 +8,13 @@ from http_api import (
     metrics,
     views_alerts,
     views_analytics,
+    views_dead_letters,
     views_devices,
     views_ingest,
     views_links,
     views_operations,
     views_page,
+    views_readings,
     views_status,
 )
 
@@ -31,6 +33,16 @@ def setup_routes(app: web.Application) -> None:
             web.get("/v1/status/vehicles", views_status.vehicles, allow_head=False),
             web.get("/v1/status/vehicle/{vehicleId}", views_status.vehicle, allow_head=False),
             web.get("/v1/status/meter/{meterId}", views_status.meter, allow_head=False),
+            web.get("/v1/status/meters", views_status.meters, allow_head=False),
+            web.get(
+                "/v1/readings/meter/{meterId}", views_readings.meter_readings, allow_head=False
+            ),
+            web.get(
+                "/v1/readings/vehicle/{vehicleId}",
+                views_readings.vehicle_readings,
+                allow_head=False,
+            ),
+            web.get("/v1/dead-letters", views_dead_letters.dead_letters, allow_head=False),
             web.post("/v1/links", views_links.create),
             web.get("/v1/links", views_links.current, allow_head=False),
             web.get("/v1/links/{vehicleId}", views_links.of_vehicle, allow_head=False),

@@ -59,8 +59,13 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def current(request: web.Request) -> web.Response:
-    rows = await queries.current_links(request.app[POOL])
-    return json(LinkList([_link_body(row) for row in rows]))
+    query = request.query
+    limit = params.integer(query, "limit", 100, 1, 1000)
+    after = params.decode_device_cursor(query)  # the vehicle of the previous page's last link
+    rows = await queries.current_links(request.app[POOL], after, limit + 1)
+    page = rows[:limit]
+    cursor = params.encode_cursor(page[-1]["vehicle_id"]) if len(rows) > limit else None
+    return json(LinkList(links=[_link_body(row) for row in page], next_cursor=cursor))
 
 
 async def of_vehicle(request: web.Request) -> web.Response:

@@ -9,6 +9,7 @@ from aiohttp import web
 from http_api import params, queries
 from http_api.bodies import (
     MeterCounts,
+    MeterList,
     MeterStatus,
     Overview,
     VehicleCounts,
@@ -52,24 +53,26 @@ async def vehicle(request: web.Request) -> web.Response:
     return json(_vehicle_body(row))
 
 
+def _meter_body(row: queries.Row) -> MeterStatus:
+    return MeterStatus(
+        meter_id=row["meter_id"],
+        online=row["online"],
+        taken_at=utc(row["ts"]),
+        received_at=utc(row["received_at"]),
+        first_seen_at=utc(row["first_seen_at"]),
+        consumed_ac=kwh(row["consumed_ac_mwh"]),
+        voltage=tenth(row["voltage"]),
+        vehicle_id=row["vehicle_id"],
+    )
+
+
 async def meter(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     name = params.device_id(request.match_info["meterId"], "meterId")
     row = await queries.meter_status(request.app[POOL], name, _online_since(settings))
     if row is None:
         raise NotFoundError(f"unknown meter {name!r}", "meterId")
-    return json(
-        MeterStatus(
-            meter_id=row["meter_id"],
-            online=row["online"],
-            taken_at=utc(row["ts"]),
-            received_at=utc(row["received_at"]),
-            first_seen_at=utc(row["first_seen_at"]),
-            consumed_ac=kwh(row["consumed_ac_mwh"]),
-            voltage=tenth(row["voltage"]),
-            vehicle_id=row["vehicle_id"],
-        )
-    )
+    return json(_meter_body(row))
 
 
 async def overview(request: web.Request) -> web.Response:
@@ -110,3 +113,19 @@ async def vehicles(request: web.Request) -> web.Response:
     page = rows[:limit]
     cursor = params.encode_cursor(page[-1]["vehicle_id"]) if len(rows) > limit else None
     return json(VehicleList(vehicles=[_vehicle_body(row) for row in page], next_cursor=cursor))
+
+
+async def meters(request: web.Request) -> web.Response:
+    query = request.query
+    limit = params.integer(query, "limit", 100, 1, 1000)
+    rows = await queries.meter_list(
+        request.app[POOL],
+        online_since=_online_since(request.app[SETTINGS]),
+        online=params.boolean(query, "online"),
+        linked=params.boolean(query, "linked"),
+        after=params.decode_device_cursor(query),
+        limit=limit + 1,  # one more tells whether there is a next page
+    )
+    page = rows[:limit]
+    cursor = params.encode_cursor(page[-1]["meter_id"]) if len(rows) > limit else None
+    return json(MeterList(meters=[_meter_body(row) for row in page], next_cursor=cursor))

@@ -152,3 +152,38 @@ async def test_a_link_between_registered_devices_made_before_they_report_is_exac
     assert (figures["totalAc"], figures["dcWhileLinked"]) == (3.735, 3.3)
     assert figures["efficiency"] == round(dc_mwh / ac_mwh, 4)
     assert figures["readings"] == {"ac": 3, "dc": 3}
+
+
+async def test_current_links_come_page_by_page(api: Api, database_url: str) -> None:
+    at = NOW - timedelta(minutes=1)
+    pairs = [(f"EV-{n:02d}", f"M-{n:02d}") for n in range(5)]
+    await write_readings(
+        database_url,
+        [
+            reading
+            for v, m in pairs
+            for reading in (vehicle_reading(v, at, 1), meter_reading(m, at, 1))
+        ],
+    )
+    for vehicle, meter in pairs:
+        link = {"vehicleId": vehicle, "meterId": meter}
+        assert (await api.send("POST", "/v1/links", link))[0] == 201
+    status, everything = await api.get("/v1/links")
+    assert status == 200
+    assert [x["vehicleId"] for x in everything["links"]] == [v for v, _ in pairs]
+    assert everything["nextCursor"] is None
+    seen: list[str] = []
+    cursor = None
+    while True:
+        query = {"limit": "2"} | ({"cursor": cursor} if cursor else {})
+        status, page = await api.get("/v1/links", **query)
+        assert status == 200, page
+        assert len(page["links"]) <= 2
+        seen += [x["vehicleId"] for x in page["links"]]
+        cursor = page["nextCursor"]
+        if cursor is None:
+            break
+    assert seen == [v for v, _ in pairs]
+    for bad, parameter in (({"limit": "1001"}, "limit"), ({"cursor": "%%%"}, "cursor")):
+        status, body = await api.get("/v1/links", **bad)
+        assert (status, body["error"]["parameter"]) == (400, parameter)

@@ -138,3 +138,54 @@ async def test_vehicle_list_pages_with_a_keyset_cursor(api: Api, database_url: s
     ):
         status, body = await api.get("/v1/status/vehicles", **bad)
         assert (status, body["error"]["parameter"]) == (400, parameter), bad
+
+
+async def test_meter_list_filters_and_pages(api: Api, database_url: str) -> None:
+    recent, stale = NOW - timedelta(minutes=1), NOW - timedelta(minutes=30)
+    await write_readings(
+        database_url,
+        [
+            meter_reading("M-a", recent, 0.25, voltage=231.04),
+            meter_reading("M-b", recent, 0.5),
+            meter_reading("M-c", stale, 9.0),
+            meter_reading("M-d", stale, 1.0),
+            vehicle_reading("EV-1", recent, 0.2),
+        ],
+    )
+    assert (await api.send("POST", "/v1/links", {"vehicleId": "EV-1", "meterId": "M-c"}))[0] == 201
+    status, body = await api.get("/v1/status/meters")
+    assert status == 200
+    assert [m["meterId"] for m in body["meters"]] == ["M-a", "M-b", "M-c", "M-d"]
+    assert body["nextCursor"] is None
+    _, one = await api.get("/v1/status/meter/M-a")
+    assert body["meters"][0] == one  # the same live row as the meter's own status
+    assert one["voltage"] == 231.0
+
+    async def names(**query: str) -> list[str]:
+        status, body = await api.get("/v1/status/meters", **query)
+        assert status == 200, body
+        return [m["meterId"] for m in body["meters"]]
+
+    assert await names(online="true") == ["M-a", "M-b"]
+    assert await names(online="false") == ["M-c", "M-d"]
+    assert await names(linked="true") == ["M-c"]
+    assert await names(linked="false", online="false") == ["M-d"]
+    seen, cursor, pages = [], None, 0
+    while True:
+        status, body = await api.get(
+            "/v1/status/meters", limit="3", **({"cursor": cursor} if cursor else {})
+        )
+        seen += [m["meterId"] for m in body["meters"]]
+        pages += 1
+        cursor = body["nextCursor"]
+        if cursor is None:
+            break
+    assert (seen, pages) == (["M-a", "M-b", "M-c", "M-d"], 2)
+    for bad, parameter in (
+        ({"online": "yes"}, "online"),
+        ({"linked": "1"}, "linked"),
+        ({"limit": "0"}, "limit"),
+        ({"cursor": "%%%"}, "cursor"),
+    ):
+        status, body = await api.get("/v1/status/meters", **bad)
+        assert (status, body["error"]["parameter"]) == (400, parameter), bad
