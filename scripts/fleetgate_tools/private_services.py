@@ -1,13 +1,17 @@
-"""Private PostgreSQL and Mosquitto servers for the tests, the benchmarks and the demo: each in a
-folder of its own (a temporary one, removed at close, unless given), on free ports unless given,
-listening on 127.0.0.1 only. Nothing here touches a shared server. Run from a checkout: the
-broker's settings are the project's own (``mosquitto/``)."""
+"""Private PostgreSQL and Mosquitto servers for the tests, the benchmarks and the demo, and a
+RabbitMQ node for the tests of docs/rabbitmq.md: each in a folder of its own (a temporary one,
+removed at close, unless given), on free ports unless given, listening on 127.0.0.1 only.
+Nothing here touches a shared server. Run from a checkout: the broker's settings are the
+project's own (``mosquitto/``)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import glob
+import hashlib
+import json
 import os
 import pwd
 import re
@@ -355,5 +359,203 @@ class PrivateMosquitto:
     def close(self) -> None:
         """Kill it; a temporary broker's folder is removed."""
         self.stop(signal.SIGKILL)
+        if self.temporary:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _rabbitmq_password_hash(password: str) -> str:
+    """RabbitMQ's ``rabbit_password_hashing_sha256``: base64(salt + sha256(salt + password))."""
+    salt = os.urandom(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+class PrivateRabbitMQ:
+    """A RabbitMQ node of our own with the MQTT plugin (Debian's ``rabbitmq-server``), for the
+    tests of the clustered-broker path (docs/rabbitmq.md). Its own HOME (Erlang cookie), node
+    name, epmd port, AMQP, MQTT and distribution ports, configuration and data in ``root``;
+    the package's wrapper (which switches user and reads /etc/rabbitmq) is bypassed. As root it
+    runs as the ``rabbitmq`` user. MQTT clients without a login are taken as ``fleetgate``;
+    ``logins`` adds users (name: password) with every right on the default vhost; topic
+    permissions are ``topic_permissions`` (definitions' own JSON form) if given."""
+
+    USER: Final = "fleetgate"
+    PASSWORD: Final = "fleetgate"
+
+    def __init__(
+        self,
+        root: Path | None = None,
+        *,
+        prefetch: int = 2000,
+        subscription_ttl_ms: int = 7 * 86_400_000,
+        durable_queue_type: str = "classic",
+        logins: dict[str, str] | None = None,
+        topic_permissions: list[dict[str, str]] | None = None,
+        extra_config: str = "",
+    ) -> None:
+        self.script = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+        if not self.script.exists():
+            raise ServiceError("RabbitMQ is not installed: apt-get install -y rabbitmq-server")
+        self.root, self.temporary = _folder(root, "fleetgate-rabbitmq-")
+        self.port = free_port()
+        self.amqp_port = free_port()
+        self.dist_port = free_port()
+        self.epmd_port = free_port()
+        self.node = f"fleetgate-{self.port}@localhost"
+        self.prefetch = prefetch
+        self.subscription_ttl_ms = subscription_ttl_ms
+        self.durable_queue_type = durable_queue_type  # quorum: replicated in a cluster
+        self.logins = {self.USER: self.PASSWORD, **(logins or {})}
+        self.topic_permissions = topic_permissions or []
+        self.extra_config = extra_config
+        self.process: subprocess.Popen[bytes] | None = None
+        # As root, the node runs as rabbitmq (Popen's user=, no runuser in between: a signal
+        # then reaches the script itself, whose trap stops the node cleanly).
+        self._user = "rabbitmq" if os.geteuid() == 0 else None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "log" / "rabbit.log"
+
+    def environment(self) -> dict[str, str]:
+        """What the node's scripts (rabbitmq-server, rabbitmqctl) need to find this node."""
+        return {
+            "HOME": str(self.root),
+            "RABBITMQ_CONF_ENV_FILE": str(self.root / "rabbitmq-env.conf"),
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_CONFIG_FILE": str(self.root / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.root / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.root / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(self.root / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.root / "log"),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        }
+
+    def _definitions(self) -> dict[str, object]:
+        return {
+            "users": [
+                {
+                    "name": name,
+                    "password_hash": _rabbitmq_password_hash(password),
+                    "hashing_algorithm": "rabbit_password_hashing_sha256",
+                    "tags": ["administrator"] if name == self.USER else [],
+                }
+                for name, password in self.logins.items()
+            ],
+            "vhosts": [{"name": "/"}],
+            "permissions": [
+                {"user": name, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}
+                for name in self.logins
+            ],
+            "topic_permissions": self.topic_permissions,
+        }
+
+    def write_config(self) -> None:
+        """The node's files; the subscription TTL is fixed before the first start, as it must
+        be (docs/rabbitmq.md): a later change makes persistent sessions' subscribe fail."""
+        (self.root / "log").mkdir(exist_ok=True)
+        (self.root / "rabbitmq-env.conf").write_text("")  # not /etc/rabbitmq/rabbitmq-env.conf
+        (self.root / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+        definitions = self.root / "definitions.json"
+        definitions.write_text(json.dumps(self._definitions(), indent=1))
+        (self.root / "rabbitmq.conf").write_text(
+            "# Written at every start by fleetgate_tools.private_services.\n"
+            f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}\n"
+            f"mqtt.listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            f"default_user = {self.USER}\ndefault_pass = {self.PASSWORD}\n"
+            f"load_definitions = {definitions}\n"
+            "mqtt.allow_anonymous = true\n"
+            f"mqtt.default_user = {self.USER}\nmqtt.default_pass = {self.PASSWORD}\n"
+            f"mqtt.prefetch = {self.prefetch}\n"
+            f"mqtt.subscription_ttl = {self.subscription_ttl_ms}\n"
+            f"mqtt.durable_queue_type = {self.durable_queue_type}\n"
+            f"log.file = {self.log_file}\nlog.file.level = info\nlog.console = false\n"
+            f"{self.extra_config}\n"
+        )
+        if self._user:
+            owner = pwd.getpwnam(self._user)
+            for path in (self.root, *self.root.rglob("*")):
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+
+    def _env(self) -> dict[str, str]:
+        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.environment()}
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Start the node in a session of its own; back once its MQTT listener accepts
+        connections (the plugin is the last thing to start)."""
+        self.write_config()
+        with (self.root / "startup.log").open("ab") as out:
+            self.process = process = subprocess.Popen(
+                [str(self.script)],
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=self._env(),
+                user=self._user,
+                group=self._user,
+                extra_groups=[] if self._user else None,
+            )
+        deadline = time.monotonic() + timeout
+        while not accepts_connections(self.port):
+            if process.poll() is not None:
+                raise ServiceError(
+                    f"rabbitmq-server exited with {process.returncode} before it listened on "
+                    f"{self.port}; see {self.root / 'startup.log'} and {self.log_file}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServiceError(f"RabbitMQ does not listen on {self.port} after {timeout} s")
+            time.sleep(0.1)
+
+    def ctl(self, *args: str) -> str:
+        """``rabbitmqctl`` against this node (slow: an Erlang VM per call)."""
+        done = subprocess.run(
+            [str(self.script.with_name("rabbitmqctl")), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=self._env(),
+            user=self._user,
+            group=self._user,
+            extra_groups=[] if self._user else None,
+        )
+        if done.returncode:
+            raise ServiceError(f"rabbitmqctl {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+        return done.stdout
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (the script stops the node cleanly), killed after ``timeout``; then the
+        node's own epmd."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        epmd = shutil.which("epmd") or "/usr/bin/epmd"
+        subprocess.run(
+            [epmd, "-port", str(self.epmd_port), "-kill"], capture_output=True, check=False
+        )
+
+    def close(self) -> None:
+        """Stop it; a temporary node's folder is removed."""
+        self.stop()
         if self.temporary:
             shutil.rmtree(self.root, ignore_errors=True)
