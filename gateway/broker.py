@@ -18,11 +18,13 @@ a low one; TCP backpressure keeps the rest in the broker.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from typing import Any
 
 import aiomqtt
 
+from gateway.broker_logins import session_login
 from gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -31,6 +33,22 @@ logger = logging.getLogger(__name__)
 # reason rather than never seen; the gateway's own alerts (ALERTS_PREFIX) are skipped.
 SUBSCRIPTIONS = ("fleet/#",)
 ALERTS_PREFIX = "fleet/alerts/"
+
+
+def session_subscriptions(
+    client_id: str, sessions: int, secret: str | None = None
+) -> tuple[str, ...]:
+    """One session: ``fleet/#``. Several (replicas): each a member of one shared subscription,
+    so that the broker deals each message to one session. Mosquitto's acl_file lets any login
+    subscribe to anything, and a member whose login may not read still takes its turn (the
+    message is dropped): the group's name is derived from the gateway's secret, so that no
+    other login can name it and swallow a share."""
+    if sessions == 1:
+        return SUBSCRIPTIONS
+    group = client_id
+    if secret:
+        group += "-" + hashlib.sha256(f"{client_id}\0{secret}".encode()).hexdigest()[:16]
+    return tuple(f"$share/{group}/{topic}" for topic in SUBSCRIPTIONS)
 
 
 def settle_disconnection(client: aiomqtt.Client) -> None:
@@ -46,7 +64,15 @@ def settle_disconnection(client: aiomqtt.Client) -> None:
 class Broker:
     """An aiomqtt client on a persistent session whose messages are acknowledged by hand."""
 
-    def __init__(self, settings: Settings, max_queued_bytes: int) -> None:
+    def __init__(
+        self, settings: Settings, max_queued_bytes: int, session: int = 0, sessions: int = 1
+    ) -> None:
+        self.session = session
+        self.identifier = session_login(settings.client_id, session, sessions)
+        self._subscriptions = session_subscriptions(
+            settings.client_id, sessions, settings.mqtt.password
+        )
+        username = settings.mqtt.username
         self._high_water = 4 * settings.batch_size  # above the in-flight window when it holds
         self._low_water = 2 * settings.batch_size
         self._max_queued_bytes = max_queued_bytes
@@ -57,9 +83,9 @@ class Broker:
         self.client = aiomqtt.Client(
             hostname=settings.mqtt.host,
             port=settings.mqtt.port,
-            username=settings.mqtt.username,
+            username=None if username is None else session_login(username, session, sessions),
             password=settings.mqtt.password,
-            identifier=settings.client_id,
+            identifier=self.identifier,
             clean_session=False,  # the broker keeps our subscription and queue while we are away
             protocol=aiomqtt.ProtocolVersion.V311,  # paho's MQTT 5 path is several times slower
             keepalive=30,
@@ -104,7 +130,7 @@ class Broker:
         return bool(self.client._disconnected.done())
 
     async def subscribe(self) -> None:
-        await self.client.subscribe([(topic, 1) for topic in SUBSCRIPTIONS])
+        await self.client.subscribe([(topic, 1) for topic in self._subscriptions])
         self._subscribed = True
 
     async def next_message(self) -> aiomqtt.Message:

@@ -72,6 +72,12 @@ def device_username(kind: str, device_id: str) -> str:
     return f"{kind}/{device_id}"
 
 
+def session_login(name: str, session: int, sessions: int) -> str:
+    """Gateway session ``session``'s client id or username: ``name`` itself when there is one
+    session, else ``name-{session}`` (the broker makes usernames client ids: one login each)."""
+    return name if sessions == 1 else f"{name}-{session}"
+
+
 def render_password_file(logins: Iterable[Login]) -> str:
     return "".join(f"{login.username}:{login.secret_hash}\n" for login in logins)
 

@@ -32,6 +32,7 @@ from gateway.broker_logins import (
     new_secret,
     render_acl_file,
     render_password_file,
+    session_login,
 )
 from gateway.certificates import make_private_ca
 from gateway.database import apply_schema
@@ -107,7 +108,8 @@ OPTIONS: Final = (
         "service_logins",
         "",
         "init: service logins to create or reset, as username:role:ENV_VAR_WITH_ITS_SECRET "
-        "separated by spaces (e.g. fleetgate-gateway:gateway:GATEWAY_MQTT_SECRET).",
+        "separated by spaces (e.g. fleetgate-gateway:gateway:GATEWAY_MQTT_SECRET); a gateway "
+        "login may end in :N for GATEWAY_SESSIONS=N (logins username-0 to username-N-1).",
         str,
     ),
     Option(
@@ -226,15 +228,28 @@ async def init(settings: SyncSettings, environ: Mapping[str, str]) -> None:
     """Before the broker starts: the service logins of SERVICE_LOGINS (their secrets from the
     environment), both files written once, and a private CA if no certificate is there."""
     for entry in settings.service_logins.split():
-        username, role, variable = entry.split(":")
+        username, role, variable, *sessions = entry.split(":")
         if role not in get_args(ServiceRole) or not environ.get(variable):
             raise SettingsError(f"SERVICE_LOGINS {entry!r}: role {role!r}, or ${variable} unset")
-        await add_login(settings.database_url, username, role, environ[variable])
+        for name in session_usernames(entry, username, role, sessions):
+            await add_login(settings.database_url, name, role, environ[variable])
     async with await psycopg.AsyncConnection.connect(settings.database_url) as conn:
         write_files(settings, await load_logins(conn))
     if not (settings.certs_dir / "server.crt").exists():
         make_private_ca(settings.certs_dir, settings.cert_names)
         logger.info("made a private CA in %s for %s", settings.certs_dir, settings.cert_names)
+
+
+def session_usernames(entry: str, username: str, role: str, sessions: list[str]) -> list[str]:
+    """A gateway login with a session count (``name:gateway:VAR:4``, for GATEWAY_SESSIONS=4)
+    is one login per session, ``name-0`` to ``name-3``, one secret: the broker makes each
+    username its client id, and each session needs a client id of its own."""
+    if not sessions:
+        return [username]
+    if role != "gateway" or len(sessions) > 1 or not sessions[0].isdigit():
+        raise SettingsError(f"SERVICE_LOGINS {entry!r}: a session count is for gateway logins")
+    count = int(sessions[0])
+    return [session_login(username, number, count) for number in range(count)]
 
 
 def main(argv: list[str] | None = None) -> int:

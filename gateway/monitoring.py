@@ -28,6 +28,10 @@ class HealthReport:
     database_error: str | None  # why it cannot write, while it cannot (or has not started to)
     heartbeat_error: str | None  # why its latest heartbeat was not recorded, while they fail
     backlog: int  # readings taken from the broker, not yet committed
+    replica: str = ""  # this replica's name; empty for a lone gateway (one session, no name)
+    sessions: list[int] = dataclasses.field(default_factory=list)  # the sessions it owns
+    leader: bool = False  # it judges and publishes alerts
+    replicas: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # all, as locked
 
     def not_ready(self) -> list[str]:
         reasons = []
@@ -52,13 +56,22 @@ class HealthReport:
         reasons = self.not_ready()
         if self.heartbeat_error is not None:
             reasons.append(f"heartbeat not recorded: {self.heartbeat_error}")
-        body = {
+        body: dict[str, object] = {
             "status": self.status,
             "reasons": reasons,
             **self._checks(),
             "heartbeat": {"ok": self.heartbeat_error is None, "error": self.heartbeat_error},
             "backlog": self.backlog,
         }
+        if self.replica:  # one of several replicas: which sessions each holds, who leads
+            body["replica"] = {
+                "name": self.replica,
+                "sessions": self.sessions,
+                "leader": self.leader,
+            }
+            body["replicas"] = [
+                {"name": name, "sessions": sessions} for name, sessions in self.replicas.items()
+            ]
         return body, 503 if self.status == "down" else 200
 
     def _checks(self) -> dict[str, object]:

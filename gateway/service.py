@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import itertools
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
@@ -22,6 +26,7 @@ from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics, retry_reason
 from gateway.monitoring import HealthReport, serve_monitoring
 from gateway.readings import Decoded, Limits, decode_message
+from gateway.replicas import Replicas
 from gateway.schema import apply_schema
 from gateway.settings import Settings
 from gateway.waiting import backoff_delay, sleep_unless
@@ -40,8 +45,27 @@ class TaskDiedError(Exception):
     """A background task of the gateway failed or ended while the gateway was running."""
 
 
+@dataclasses.dataclass(slots=True)
+class _Session:
+    """One broker session this replica owns: its consumer, and its batches not yet committed."""
+
+    broker: Broker
+    stop: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    subscribed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    committed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    uncommitted: int = 0  # batches handed to the writer, not yet committed and acknowledged
+    task: asyncio.Task[None] | None = None
+
+    async def all_committed(self) -> None:
+        while self.uncommitted:
+            self.committed.clear()
+            await self.committed.wait()
+
+
 class Gateway:
-    """One gateway process's work, run by :meth:`run` until ``stop`` is set."""
+    """One gateway process's work, run by :meth:`run` until ``stop`` is set. It is one replica
+    of those sharing the deployment's GATEWAY_SESSIONS broker sessions (gateway/replicas.py):
+    it consumes those it owns, and judges alerts while it leads."""
 
     def __init__(self, settings: Settings, stop: asyncio.Event, metrics: Metrics | None = None):
         self.settings = settings
@@ -49,7 +73,22 @@ class Gateway:
         self.metrics = metrics or Metrics()
         # The bytes budget: a quarter waiting in the client, a quarter in each of three batches
         # (filling, queued, committing); the readings budget: a third in each batch.
-        self.broker = Broker(settings, max_queued_bytes=settings.max_bytes_in_flight // 4)
+        self.replica = settings.replica_name or f"{socket.gethostname()}-{os.getpid()}"
+        self._brokers = {
+            number: Broker(
+                settings,
+                max_queued_bytes=settings.max_bytes_in_flight // 4,
+                session=number,
+                sessions=settings.gateway_sessions,
+            )
+            for number in range(settings.gateway_sessions)
+        }
+        self._sessions: dict[int, _Session] = {}  # those this replica owns
+        self._connections = itertools.count(1)  # numbers every broker connection, all sessions
+        self._broker_of: dict[int, Broker] = {}  # connection number -> its session's broker
+        self._tasks: asyncio.TaskGroup | None = None
+        self._alert_stop = asyncio.Event()
+        self._alert_tasks: list[asyncio.Task[None]] = []
         self._batch_limits = BatchLimits(
             messages=settings.batch_size,
             items=max(1, settings.max_readings_in_flight // 3),
@@ -76,9 +115,23 @@ class Gateway:
         self._readings_waiting = 0  # taken from the broker, not yet committed
         self.metrics.broker_connected.set_function(lambda: float(self._broker_connected()))
         self.metrics.readings_waiting.set_function(lambda: self._readings_waiting)
-        self.heartbeat = Heartbeat(
+        self.replicas = Replicas(
             settings.database_url,
             settings.client_id,
+            self.replica,
+            sessions=settings.gateway_sessions,
+            takeover_s=settings.replica_takeover_s,
+            retry_max_delay_s=settings.retry_max_delay_s,
+            take=self._take_session,
+            release=self._release_session,
+            lead=self._lead,
+            registry=self.metrics.registry,
+        )
+        # One row per replica; a lone gateway keeps the row of its client id.
+        self._alone = alone = settings.gateway_sessions == 1 and not settings.replica_name
+        self.heartbeat = Heartbeat(
+            settings.database_url,
+            settings.client_id if alone else f"{settings.client_id}/{self.replica}",
             settings.heartbeat_interval_s,
             self._heartbeat_state,
             self.metrics.heartbeat_failures.inc,
@@ -108,16 +161,32 @@ class Gateway:
         if self.failure is not None:
             raise self.failure
 
+    @property
+    def broker(self) -> Broker:
+        """Session 0's broker client (the only one with GATEWAY_SESSIONS=1)."""
+        return self._brokers[0]
+
     def health(self) -> HealthReport:
         return HealthReport(
             broker_connected=self._broker_connected(),
             database_error=self._write_error() if self.writer else self._startup_error,
             heartbeat_error=self.heartbeat.error,
             backlog=self._readings_waiting,
+            replica="" if self._alone else self.replica,
+            sessions=sorted(self._sessions),
+            leader=self.replicas.leader,
+            replicas=self.replicas.census.sessions,
         )
 
     def _broker_connected(self) -> bool:
-        return self.subscribed.is_set() and self.broker.connected
+        """Every session it owns subscribed; a replica owning none (a standby) has nothing to
+        connect, and counts as connected while it takes part in the census."""
+        if not self._sessions:
+            return self.replica in self.replicas.census.sessions
+        return all(
+            session.subscribed.is_set() and session.broker.connected
+            for session in self._sessions.values()
+        )
 
     def _write_error(self) -> str | None:
         failing = self.writer.failing if self.writer else None
@@ -148,7 +217,7 @@ class Gateway:
                 self.alerts = AlertEvaluator(pool, self.settings, self.metrics.alerts_changed)
                 self.alert_publisher = AlertPublisher(pool, self.settings, self.alerts.changed)
             work: dict[str, Awaitable[None]] = {
-                "consume": self._consume(),
+                "replicas": self._replicate(),
                 "write": self._write(writer),
                 "partitions": self._maintain_partitions(partitions),
                 # retention and compaction, on a connection of their own
@@ -158,11 +227,9 @@ class Gateway:
                 "stats": self._log_stats(),
                 "heartbeat": self.heartbeat.run(self.stop),
             }
-            if self.alerts and self.alert_publisher:
-                work["alert-rules"] = self.alerts.run(self.stop)
-                work["alert-publisher"] = self.alert_publisher.run(self.stop)
             try:
                 async with asyncio.TaskGroup() as tasks:
+                    self._tasks = tasks
                     for name, job in work.items():
                         tasks.create_task(self._supervised(name, job), name=name)
                     tasks.create_task(self._enforce_shutdown_deadline(), name="deadline")
@@ -172,9 +239,12 @@ class Gateway:
                     "acknowledged, so the broker will deliver it again"
                 )
 
-    async def _supervised(self, name: str, job: Awaitable[None]) -> None:
-        """Run one background task; if it fails, is cancelled or ends while the gateway runs,
-        record why and stop the gateway, so that the others drain and the process exits."""
+    async def _supervised(
+        self, name: str, job: Awaitable[None], done: asyncio.Event | None = None
+    ) -> None:
+        """Run one background task; if it fails, is cancelled or ends while the gateway runs
+        (and, for a session's or the leader's task, before ``done`` is set), record why and
+        stop the gateway, so that the others drain and the process exits."""
         try:
             await job
         except asyncio.CancelledError:
@@ -185,7 +255,7 @@ class Gateway:
             logger.exception("task %r failed", name)
             self._fail(name, TaskDiedError(f"task {name!r} failed: {type(exc).__name__}: {exc}"))
         else:
-            if not self.stop.is_set():
+            if not self.stop.is_set() and not (done and done.is_set()):
                 self._fail(name, TaskDiedError(f"task {name!r} ended while the gateway ran"))
 
     def _cancelled_from_outside(self) -> bool:
@@ -224,58 +294,128 @@ class Gateway:
             await sleep_unless(self.stop, backoff_delay(attempt, self.settings.retry_max_delay_s))
             attempt += 1
 
-    async def _consume(self) -> None:
-        """Keep a broker connection, fill batches, hand them to the writer; drain on stop."""
+    async def _replicate(self) -> None:
+        """Own sessions and lead as the replicas decide; on stop, hand everything over (each
+        session committed and acknowledged first), then end the writer."""
+        try:
+            await self.replicas.run(self.stop)
+        finally:
+            await self._drain_writer()
+            self._drained.set()
+
+    async def _take_session(self, number: int) -> None:
+        assert self._tasks is not None
+        session = _Session(self._brokers[number])
+        self._sessions[number] = session
+        session.task = self._tasks.create_task(
+            self._run_session(number, session), name=f"session-{number}"
+        )
+
+    async def _release_session(self, number: int) -> None:
+        session = self._sessions.get(number)
+        if session is None:
+            return
+        session.stop.set()
+        if session.task is not None:
+            await asyncio.wait([session.task])
+        del self._sessions[number]
+
+    async def _run_session(self, number: int, session: _Session) -> None:
+        await self._supervised(f"session-{number}", self._consume(session), session.stop)
+
+    async def _lead(self, leading: bool) -> None:
+        """Run the alert evaluator and publisher while this replica leads, so that alerts are
+        judged and published once, whatever the number of replicas."""
+        if not (self.alerts and self.alert_publisher):
+            return
+        if leading:
+            assert self._tasks is not None
+            self._alert_stop = asyncio.Event()
+            jobs = {
+                "alert-rules": self.alerts.run(self._alert_stop),
+                "alert-publisher": self.alert_publisher.run(self._alert_stop),
+            }
+            self._alert_tasks = [
+                self._tasks.create_task(self._supervised(name, job, self._alert_stop), name=name)
+                for name, job in jobs.items()
+            ]
+            return
+        self._alert_stop.set()
+        if self._alert_tasks:
+            await asyncio.wait(self._alert_tasks)
+        self._alert_tasks = []
+
+    async def _consume(self, session: _Session) -> None:
+        """Keep one session's broker connection, fill batches, hand them to the writer; on its
+        stop, wait until they are committed and acknowledged, then disconnect."""
+        broker = session.broker
         attempt = 0
-        connection = 0
         drained = False
         try:
-            while not self.stop.is_set():
+            while not session.stop.is_set():
                 try:
-                    async with self.broker.client:
-                        connection += 1
-                        self.broker.connected_to(connection)
-                        await self.broker.subscribe()
+                    async with broker.client:
+                        connection = next(self._connections)
+                        self._broker_of[connection] = broker
+                        broker.connected_to(connection)
+                        await broker.subscribe()
                         logger.info(
-                            "connected to mqtt://%s:%d as %r, subscribed (QoS 1)",
+                            "replica %r connected to mqtt://%s:%d as %r (session %d), "
+                            "subscribed (QoS 1)",
+                            self.replica,
                             self.settings.mqtt.host,
                             self.settings.mqtt.port,
-                            self.settings.client_id,
+                            broker.identifier,
+                            broker.session,
                         )
+                        session.subscribed.set()
                         self.subscribed.set()
                         attempt = 0
-                        await self._fill_batches()
+                        await self._fill_batches(session)
                         # Stopping: commit and acknowledge what was taken, then disconnect.
-                        await self._drain_writer()
+                        await session.all_committed()
                         drained = True
                 except aiomqtt.MqttError as exc:
-                    self.broker.disconnected()
-                    self.subscribed.clear()
+                    broker.disconnected()
+                    self._unsubscribed(session)
                     delay = backoff_delay(attempt, self.settings.retry_max_delay_s)
                     logger.warning(
-                        "broker connection lost or refused (%s); retrying in %.1f s", exc, delay
+                        "session %d: broker connection lost or refused (%s); retrying in %.1f s",
+                        broker.session,
+                        exc,
+                        delay,
                     )
                     attempt += 1
-                    await sleep_unless(self.stop, delay)
+                    await sleep_unless(session.stop, delay)
             if not drained:  # stopped while disconnected: commit anyway, the acks must wait
-                await self._drain_writer()
+                await session.all_committed()
         finally:
-            self.broker.disconnected()
-            self._drained.set()
+            broker.disconnected()
+            self._unsubscribed(session)
+
+    def _unsubscribed(self, session: _Session) -> None:
+        session.subscribed.clear()
+        if not any(other.subscribed.is_set() for other in self._sessions.values()):
+            self.subscribed.clear()
 
     async def _drain_writer(self) -> None:
         await self._batches.put(None)
         await self._batches.join()
 
-    async def _fill_batches(self) -> None:
+    async def _hand_to_writer(self, session: _Session, batch: Batch) -> None:
+        session.uncommitted += 1
+        await self._batches.put(batch)
+
+    async def _fill_batches(self, session: _Session) -> None:
+        broker = session.broker
         limits = self._batch_limits
         max_age_s = self.settings.batch_age_ms / 1000
         batch = Batch()
-        stop_waiting = asyncio.ensure_future(self.stop.wait())
+        stop_waiting = asyncio.ensure_future(session.stop.wait())
         try:
-            while not self.stop.is_set():
+            while not session.stop.is_set():
                 if not batch:
-                    waiting = asyncio.ensure_future(self.broker.next_message())
+                    waiting = asyncio.ensure_future(broker.next_message())
                     done, _ = await asyncio.wait(
                         (waiting, stop_waiting), return_when=asyncio.FIRST_COMPLETED
                     )
@@ -283,28 +423,33 @@ class Gateway:
                         waiting.cancel()
                         break
                     first = waiting.result()  # raises MqttError on disconnect
-                    self._take(first, batch, datetime.now(UTC), time.monotonic())
+                    self._take(broker, first, batch, datetime.now(UTC), time.monotonic())
                 now, now_monotonic = datetime.now(UTC), time.monotonic()
-                while not batch.is_full(limits) and (message := self.broker.take_ready()):
-                    self._take(message, batch, now, now_monotonic)
+                while not batch.is_full(limits) and (message := broker.take_ready()):
+                    self._take(broker, message, batch, now, now_monotonic)
                 if batch.is_full(limits) or batch.age_s(time.monotonic()) >= max_age_s:
-                    await self._batches.put(batch)
+                    await self._hand_to_writer(session, batch)
                     batch = Batch()
-                elif self.broker.lost_connection():
+                elif broker.lost_connection():
                     raise aiomqtt.MqttError("connection lost while a batch was filling")
                 else:
                     await asyncio.sleep(_POLL_S)
         finally:
             stop_waiting.cancel()
             if batch:  # written whatever happens; acknowledged only if still connected
-                await self._batches.put(batch)
+                await self._hand_to_writer(session, batch)
 
     def _take(
-        self, message: aiomqtt.Message, batch: Batch, now: datetime, now_monotonic: float
+        self,
+        broker: Broker,
+        message: aiomqtt.Message,
+        batch: Batch,
+        now: datetime,
+        now_monotonic: float,
     ) -> None:
         topic = message.topic.value
         if topic.startswith(ALERTS_PREFIX):  # our own output, not telemetry
-            self.broker.ack(message.mid, message.qos, self.broker.connection)
+            broker.ack(message.mid, message.qos, broker.connection)
             return
         payload = (
             message.payload
@@ -323,7 +468,7 @@ class Gateway:
                 now_monotonic,
                 message.mid,
                 message.qos,
-                self.broker.connection,
+                broker.connection,
                 decoded,
                 suppressed,
             )
@@ -338,13 +483,22 @@ class Gateway:
                 await writer.write(batch)
                 # Once the whole batch is in (a refused message is written as another batch).
                 self._readings_waiting -= sum(_backlog(m.decoded) for m in batch.messages)
+                self._committed(batch)
             finally:
                 self._batches.task_done()
+
+    def _committed(self, batch: Batch) -> None:
+        """A session's batch is committed and acknowledged: its drain may be waiting for it."""
+        broker = self._broker_of.get(batch.messages[0].connection) if batch.messages else None
+        session = self._sessions.get(broker.session) if broker else None
+        if session is not None and session.uncommitted:
+            session.uncommitted -= 1
+            session.committed.set()
 
     def _acknowledge(self, batch: Batch, result: WriteResult) -> None:
         now = time.monotonic()
         skipped = sum(
-            not self.broker.ack(message.mid, message.qos, message.connection)
+            not self._ack(message.mid, message.qos, message.connection)
             for message in batch.messages
         )
         if self.alerts is not None:
@@ -363,6 +517,10 @@ class Gateway:
             now - batch.messages[0].received_monotonic,
             skipped,
         )
+
+    def _ack(self, mid: int, qos: int, connection: int) -> bool:
+        broker = self._broker_of.get(connection)
+        return broker is not None and broker.ack(mid, qos, connection)
 
     async def _maintain_partitions(self, partitions: Partitions) -> None:
         while True:

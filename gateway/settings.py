@@ -28,6 +28,13 @@ from gateway.env_options import (
 __all__ = ["OPTIONS", "MqttAddress", "Option", "Settings", "SettingsError", "describe_options"]
 
 
+def _session_count(text: str) -> int:
+    value = positive_int(text)
+    if value > 1000:  # gateway.replicas.MAX_SESSIONS: the lock keys above are the leader's
+        raise ValueError("must be at most 1000")
+    return value
+
+
 OPTIONS: tuple[Option, ...] = (
     DATABASE_URL_OPTION,
     Option(
@@ -52,6 +59,30 @@ OPTIONS: tuple[Option, ...] = (
         "fleetgate-gateway",
         "Fixed client id of the persistent session; the broker queues for it while it is away.",
         str,
+    ),
+    Option(
+        "GATEWAY_SESSIONS",
+        "gateway_sessions",
+        "1",
+        "Persistent broker sessions the gateway replicas share (each a member of one $share "
+        "subscription, client id and username MQTT_CLIENT_ID-n and MQTT_URL's username-n when "
+        "above 1); replicas hold ceil(sessions/replicas) each. Keep it fixed once data flows.",
+        _session_count,
+    ),
+    Option(
+        "GATEWAY_REPLICA_NAME",
+        "replica_name",
+        "",
+        "This replica's name in logs, metrics and /health; empty: host-pid.",
+        str,
+    ),
+    Option(
+        "REPLICA_TAKEOVER_S",
+        "replica_takeover_s",
+        "5",
+        "How often a replica looks for sessions nobody owns (a dead replica's) and takes them: "
+        "the longest a dead replica's share waits in the broker.",
+        positive_float,
     ),
     Option(
         "ENROLMENT",
@@ -381,6 +412,9 @@ class Settings:
     mqtt: MqttAddress
     mqtt_alerts: MqttAddress | None
     client_id: str
+    gateway_sessions: int
+    replica_name: str
+    replica_takeover_s: float
     enrolment: str
     batch_size: int
     batch_age_ms: float
