@@ -1,6 +1,7 @@
 """The ingestion contract on RabbitMQ's MQTT plugin (docs/rabbitmq.md), with the gateway as it is,
 configured only by MQTT_URL: QoS 1 readings survive a SIGKILL of the gateway mid-stream and are
-stored exactly once; a raised alert is retained for a subscriber to its exact topic."""
+stored exactly once; a reading posted to the API raises an alert, retained for a subscriber to
+its exact topic; a device login writes its own topic only."""
 
 from __future__ import annotations
 
@@ -15,20 +16,36 @@ import aiomqtt
 import pytest
 
 from fleetgate_tools.private_services import PrivateRabbitMQ
-from gateway.settings import Settings
+from gateway.settings import MqttAddress, Settings
+from http_api.settings import Settings as ApiSettings
 from tests.conftest import GatewayProcess, count, wait_until
+from tests.http_helpers import serving, vehicle_reading
 
 pytestmark = pytest.mark.slow
 
 START = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=3)
 PROBE = "M-probe"
+DEVICE_SECRET = "device-secret"
+# docs/rabbitmq.md: a device login may write its own topic only ({username} is expanded; topic
+# permissions see the AMQP routing key, with dots for slashes) and read nothing.
+DEVICE_TOPICS = {
+    "user": "M-own",
+    "vhost": "/",
+    "exchange": "amq.topic",
+    "write": "^fleet\\.meter\\.{username}$",
+    "read": "^$",
+}
 
 
 @pytest.fixture(scope="module", params=["classic", "quorum"])
 def rabbitmq(request: pytest.FixtureRequest) -> Iterator[PrivateRabbitMQ]:
     """A node whose persistent sessions are classic queues (the default), or quorum queues
     (``mqtt.durable_queue_type``, replicated in a cluster; here a single node)."""
-    with PrivateRabbitMQ(durable_queue_type=request.param) as node:
+    with PrivateRabbitMQ(
+        durable_queue_type=request.param,
+        logins={"M-own": DEVICE_SECRET},
+        topic_permissions=[DEVICE_TOPICS],
+    ) as node:
         yield node
 
 
@@ -106,9 +123,9 @@ async def test_gateway_killed_mid_stream_on_rabbitmq_stores_every_reading_once(
     assert rabbitmq.durable_queue_type in session
     assert f"{{x-expires,{rabbitmq.subscription_ttl_ms}}}" in session.replace('"', "")
 
-    publishing = asyncio.create_task(publish_readings(rabbitmq, devices=50, minutes=range(1, 61)))
+    publishing = asyncio.create_task(publish_readings(rabbitmq, devices=40, minutes=range(1, 51)))
     history = "SELECT count(*) FROM meter_reading"
-    await wait_until(lambda: stored(database_url, history, 500), seconds=30, what="500 stored")
+    await wait_until(lambda: stored(database_url, history, 400), seconds=30, what="400 stored")
     assert not publishing.done()
     first.kill()  # SIGKILL: whatever it held unacknowledged, the broker redelivers
     await asyncio.sleep(0.5)
@@ -121,11 +138,11 @@ async def test_gateway_killed_mid_stream_on_rabbitmq_stores_every_reading_once(
         lambda: stored(database_url, rollup, sent + 1), seconds=60, what="every reading"
     )
     await asyncio.sleep(0.5)  # anything doubled would show now
-    assert await count(database_url, history) == sent + 1 == 3001
+    assert await count(database_url, history) == sent + 1 == 2001
     assert await count(database_url, rollup) == sent + 1
 
 
-async def test_a_raised_alert_is_retained_for_its_exact_topic_not_for_wildcards(
+async def test_an_alert_raised_by_an_api_reading_is_retained_for_its_exact_topic_only(
     rabbitmq: PrivateRabbitMQ,
     settings: Settings,
     database_url: str,
@@ -136,9 +153,14 @@ async def test_a_raised_alert_is_retained_for_its_exact_topic_not_for_wildcards(
     gateway.start()
     await wait_for_session(rabbitmq, database_url)
     device = f"EV-rmq-{uuid.uuid4().hex[:6]}"
-    hot = {"soc": 50, "kwhDeliveredDc": 0.5, "batteryTemp": 70, "timestamp": iso(START)}
-    async with connected(rabbitmq, "vehicle") as client:
-        await client.publish(f"fleet/vehicle/{device}", json.dumps(hot).encode(), qos=1)
+    # Through the HTTP API, its MQTT_URL at the node too: HTTP ingestion publishes there.
+    api_settings = ApiSettings.from_env({}).replace(
+        database_url=database_url, mqtt=MqttAddress.parse(rabbitmq.url), enrolment="open"
+    )
+    async with serving(api_settings) as api:
+        hot = vehicle_reading(device, START, 0.5, temp=70)
+        status, body = await api.send("POST", "/v1/telemetry", hot)
+    assert (status, body["topic"]) == (202, f"fleet/vehicle/{device}")
     published = "SELECT count(*) FROM alert_event WHERE published_at IS NOT NULL"
     await wait_until(lambda: stored(database_url, published, 1), what="the raise published")
 
@@ -169,3 +191,29 @@ async def test_a_raised_alert_is_retained_for_its_exact_topic_not_for_wildcards(
                 if arrived.topic.value == barrier:
                     break
     assert seen == [(barrier, False)]
+
+
+async def test_a_device_login_publishes_to_its_own_topic_only(rabbitmq: PrivateRabbitMQ) -> None:
+    if rabbitmq.durable_queue_type != "classic":
+        pytest.skip("topic permissions do not depend on the queue type")
+    topics: list[str] = []
+    async with connected(rabbitmq, "watch") as watch:
+        await watch.subscribe("fleet/meter/#", qos=1)
+
+        async def device(topic: str) -> None:
+            async with aiomqtt.Client(
+                "127.0.0.1", rabbitmq.port, username="M-own", password=DEVICE_SECRET
+            ) as client:
+                await client.publish(topic, meter_reading("M-own", 0), qos=1, timeout=2)
+
+        await device("fleet/meter/M-own")
+        # Refused: RabbitMQ closes the connection; a v3.1.1 publisher sees no PUBACK.
+        with pytest.raises(aiomqtt.MqttError):
+            await device("fleet/meter/M-other")
+        await watch.publish("fleet/meter/M-barrier", b"barrier", qos=1)
+        async with asyncio.timeout(10):
+            async for message in watch.messages:
+                topics.append(message.topic.value)
+                if message.topic.value == "fleet/meter/M-barrier":
+                    break
+    assert topics == ["fleet/meter/M-own", "fleet/meter/M-barrier"]
