@@ -205,7 +205,7 @@ async def test_the_dashboard_shows_what_the_api_answers(
 
     _, overview = await api.get("/v1/status/overview")
     _, fleet = await api.get("/v1/analytics/fleet")
-    _, alerts = await api.get("/v1/alerts", state="active", limit=1000)
+    _, alerts = await api.get("/v1/alerts", state="raised", limit=1000)
     meters, vehicles = overview["meters"], overview["vehicles"]
     assert text(browser, "#tile-online") == str(meters["online"] + vehicles["online"]) == "11"
     assert text(browser, "#tile-offline") == str(meters["offline"] + vehicles["offline"])
@@ -351,6 +351,9 @@ async def test_a_phone_sized_window_needs_no_horizontal_scroll(
     try:
         await in_browser(browser.get, f"{url}#token={api.read_token}")
         await in_browser(wait_for, browser, loaded, "the fleet on a phone")
+        # With their acknowledge buttons, where the API offers acknowledging (it does).
+        buttons = browser.find_elements(By.CSS_SELECTOR, "#alert-table button.acknowledge")
+        assert [button.is_displayed() for button in buttons] == [True] * 3
         assert no_horizontal_scroll(browser)
         await in_browser(screenshot, browser, "phone-fleet")
         await in_browser(lambda: browser.find_element(By.LINK_TEXT, "EV-101").click())
@@ -364,6 +367,70 @@ async def test_a_phone_sized_window_needs_no_horizontal_scroll(
         await in_browser(screenshot, browser, "phone-vehicle")
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def alert_rows(driver: WebDriver) -> dict[str, str]:
+    """The fleet's alerts table, read at once: each alert's acknowledgement cell, "" for none, the
+    button's text where there is one."""
+    return dict(
+        driver.execute_script(
+            "return [...document.querySelectorAll('#alert-table tbody tr')]"
+            ".map(row => [row.dataset.alert, row.querySelector('td.ack')?.textContent || ''])"
+        )
+    )
+
+
+async def test_an_alert_is_acknowledged_with_a_write_token_only(
+    api: Api, database_url: str, browser: WebDriver
+) -> None:
+    now = datetime.now(UTC)
+    await add_alert(database_url, "EV-102", "batteryOverTemp", now - timedelta(minutes=8))
+    await add_alert(database_url, "MTR-103", "voltageOutOfRange", now - HOUR, (262, 253))
+    _, raised = await api.get("/v1/alerts", state="raised")
+    hot, voltage = (alert["alertId"] for alert in raised["alerts"])
+    url = str(api.client.make_url("/"))
+    browser.get_log("browser")
+
+    # A write token: the button acknowledges the alert, and its row then says so.
+    await in_browser(browser.get, f"{url}#token={api.write_token}")
+    await in_browser(wait_for, browser, loaded, "the fleet")
+    assert alert_rows(browser) == {hot: "Acknowledge", voltage: "Acknowledge"}
+    button = browser.find_element(By.CSS_SELECTOR, f"tr[data-alert='{hot}'] button.acknowledge")
+    await in_browser(button.click)
+    await in_browser(
+        wait_for,
+        browser,
+        lambda d: alert_rows(d)[hot].startswith("acknowledged "),
+        "the alert acknowledged",
+    )
+    assert alert_rows(browser)[voltage] == "Acknowledge"
+    assert not browser.find_element(By.ID, "notice").is_displayed()
+    _, acknowledged = await api.get("/v1/alerts", acknowledged="true")
+    [alert] = acknowledged["alerts"]
+    assert (alert["alertId"], alert["state"]) == (hot, "raised")  # acknowledged, still raised
+    assert alert["acknowledgedBy"].startswith("ops (token ")  # the write token's name
+    assert errors_in_console(browser) == []
+    await in_browser(screenshot, browser, "acknowledged")
+
+    # A read token: the API refuses it (403), the buttons go and a notice says why.
+    await in_browser(browser.get, "about:blank")
+    await in_browser(browser.get, f"{url}#token={api.read_token}")
+    await in_browser(wait_for, browser, loaded, "the fleet with a read token")
+    rows = alert_rows(browser)  # the page cannot know the token's scope before it tries
+    assert rows[hot].startswith("acknowledged ")
+    assert rows[voltage] == "Acknowledge"
+    button = browser.find_element(By.CSS_SELECTOR, f"tr[data-alert='{voltage}'] button")
+    await in_browser(button.click)
+    await in_browser(wait_for, browser, lambda d: alert_rows(d)[voltage] == "", "the buttons gone")
+    assert alert_rows(browser)[hot].startswith("acknowledged ")
+    notice = await in_browser(wait_for, browser, lambda d: text(d, "#notice"), "a notice")
+    assert notice == "Acknowledging an alert needs a token of scope write."
+    assert browser.find_elements(By.CSS_SELECTOR, "button.acknowledge") == []
+    _, still = await api.get("/v1/alerts", acknowledged="false")
+    assert [a["alertId"] for a in still["alerts"]] == [voltage]
+    # The API's 403 is the only error the browser logs.
+    assert [e for e in errors_in_console(browser) if "403" not in e] == []
+    await in_browser(screenshot, browser, "acknowledge-refused")
 
 
 async def test_the_fleet_table_pages(api: Api, database_url: str, browser: WebDriver) -> None:

@@ -14,15 +14,16 @@ export const acknowledging = {
   failed: (_text) => {},
 };
 
-/** A table row of `alert`, made of `cells`, and its acknowledgement where there can be one. */
+/** A table row of `alert`, made of `cells`, and its acknowledgement where there can be one: a
+    cell of class "ack" (on a phone, style.css puts it on a line of its own). */
 export function alertRow(alert, cells) {
   const open = alert.state !== "cleared";
   const row = el("tr", open ? "alert-open" : "alert-cleared", ...cells);
   row.dataset.alert = alert.alertId;
   if (alert.acknowledgedAt) {
-    row.append(el("td", "acknowledged", "acknowledged " + when(alert.acknowledgedAt)));
+    row.append(el("td", "ack acknowledged", "acknowledged " + when(alert.acknowledgedAt)));
   } else if (open && acknowledging.path !== null && acknowledging.allowed) {
-    row.append(el("td", "", acknowledgeButton(alert)));
+    row.append(el("td", "ack", acknowledgeButton(alert)));
   }
   return row;
 }
@@ -40,8 +41,10 @@ function acknowledgeButton(alert) {
       button.disabled = false;
       if (error instanceof ApiError && error.status === 403) {
         acknowledging.allowed = false;
+        // Redrawn without the buttons, then the notice: a refresh that succeeds hides notices,
+        // so one shown before it would be gone at once. It stays until the next refresh.
+        await acknowledging.done();
         acknowledging.failed("Acknowledging an alert needs a token of scope write.");
-        acknowledging.done(); // redrawn without the buttons
       } else {
         acknowledging.failed("Could not acknowledge the alert: " + error.message);
       }
