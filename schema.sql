@@ -622,7 +622,9 @@ CREATE TABLE IF NOT EXISTS gateway_heartbeat (
     broker_connected boolean NOT NULL,
     backlog          integer NOT NULL,  -- readings taken from the broker, not yet committed
     write_error      text,              -- why its writes fail, while they fail
-    stopped_at       timestamptz
+    stopped_at       timestamptz,
+    sessions         integer[] NOT NULL DEFAULT '{}',  -- the broker sessions it owns (replicas)
+    leader           boolean NOT NULL DEFAULT false    -- it judges and publishes alerts
 );
 
 -- Database roles: ownership and rights (the roles are made at the top of this file).

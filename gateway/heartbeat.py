@@ -29,20 +29,21 @@ _MIN_TIMEOUT_S: Final = 1.0
 # same clock, whatever the hosts' clocks say.
 _BEAT: Final = b"""
 INSERT INTO gateway_heartbeat (client_id, host, pid, version, started_at, beat_at,
-    broker_connected, backlog, write_error, stopped_at)
+    broker_connected, backlog, write_error, stopped_at, sessions, leader)
 VALUES (%(client_id)s, %(host)s, %(pid)s, %(version)s, %(started_at)s, now(),
-    %(broker_connected)s, %(backlog)s, %(write_error)s, NULL)
+    %(broker_connected)s, %(backlog)s, %(write_error)s, NULL, %(sessions)s, %(leader)s)
 ON CONFLICT (client_id) DO UPDATE SET
     host = EXCLUDED.host, pid = EXCLUDED.pid, version = EXCLUDED.version,
     started_at = EXCLUDED.started_at, beat_at = EXCLUDED.beat_at,
     broker_connected = EXCLUDED.broker_connected, backlog = EXCLUDED.backlog,
-    write_error = EXCLUDED.write_error, stopped_at = NULL
+    write_error = EXCLUDED.write_error, stopped_at = NULL, sessions = EXCLUDED.sessions,
+    leader = EXCLUDED.leader
 """
 # Only our own row: in a rolling restart the next process (same client id) may beat already.
 _STOPPED: Final = b"""
 UPDATE gateway_heartbeat
 SET beat_at = now(), stopped_at = now(), broker_connected = false, backlog = %(backlog)s,
-    write_error = %(write_error)s
+    write_error = %(write_error)s, sessions = '{}', leader = false
 WHERE client_id = %(client_id)s AND host = %(host)s AND pid = %(pid)s
 """
 
@@ -64,6 +65,8 @@ class GatewayState:
     broker_connected: bool
     backlog: int  # readings taken from the broker, not yet committed
     write_error: str | None  # why its writes fail, while they fail
+    sessions: list[int] = dataclasses.field(default_factory=list)  # the broker sessions it owns
+    leader: bool = False  # it judges and publishes alerts (gateway/replicas.py)
 
 
 class Heartbeat:
@@ -113,6 +116,8 @@ class Heartbeat:
             "broker_connected": state.broker_connected,
             "backlog": state.backlog,
             "write_error": state.write_error,
+            "sessions": state.sessions,
+            "leader": state.leader,
         }
         try:
             async with asyncio.timeout(self._timeout_s):

@@ -24,7 +24,7 @@ from typing import Any, Final
 import psycopg
 from prometheus_client import CollectorRegistry, Gauge
 
-from gateway.waiting import backoff_delay, sleep_unless
+from gateway.waiting import backoff_delay, sleep_unless, wait_any
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,7 @@ class Replicas:
         self.leader = False
         self.census = Census({}, None)
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._poked = asyncio.Event()  # another replica joined, handed over or left
         self._held_gauge = Gauge(
             "fleetgate_replica_session_held",
             "1 for each broker session this replica owns (GATEWAY_SESSIONS)",
@@ -151,52 +152,60 @@ class Replicas:
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop``: keep the lock connection and the sessions it holds; then release
         everything, the work before its locks."""
+        async with asyncio.TaskGroup() as tasks:
+            listening = tasks.create_task(self._listen(), name="replica-notifications")
+            try:
+                await self._keep_sessions(stop)
+            finally:
+                listening.cancel()
+                await self._leave()
+
+    async def _keep_sessions(self, stop: asyncio.Event) -> None:
         attempt = 0
-        try:
-            while not stop.is_set():
-                try:
-                    await self._connect()
-                    attempt = 0
-                    while not stop.is_set():
-                        await self.rebalance()
-                        await self._wait(stop)
-                except (psycopg.Error, OSError) as exc:
-                    await self._lost(exc)
-                    delay = backoff_delay(attempt, self._retry_max_delay_s)
-                    attempt += 1
-                    await sleep_unless(stop, delay)
-        finally:
-            await self._leave()
+        while not stop.is_set():
+            try:
+                await self._connect()
+                attempt = 0
+                while not stop.is_set():
+                    await self.rebalance()
+                    await self._wait(stop)
+            except (psycopg.Error, OSError) as exc:
+                await self._lost(exc)
+                delay = backoff_delay(attempt, self._retry_max_delay_s)
+                attempt += 1
+                await sleep_unless(stop, delay)
 
     async def _connect(self) -> None:
         self._conn = await psycopg.AsyncConnection.connect(
             self._database_url, autocommit=True, application_name=self.name[:63]
         )
         await self._conn.execute(_JOIN, (self._ns, MEMBER_KEY))
-        await self._conn.execute(f"LISTEN {CHANNEL}".encode())
         await self._notify()  # the others count one more and hand over a share
         logger.info("replica %r joined", self.name)
 
     async def _wait(self, stop: asyncio.Event) -> None:
         """Until the next look: REPLICA_TAKEOVER_S, a notification, or ``stop``."""
-        assert self._conn is not None
-        stopping = asyncio.ensure_future(stop.wait())
-        notified = asyncio.ensure_future(self._next_notification(self._conn))
-        try:
-            await asyncio.wait(
-                (stopping, notified), timeout=self._takeover_s, return_when="FIRST_COMPLETED"
-            )
-        finally:
-            stopping.cancel()
-            notified.cancel()
-            await asyncio.gather(notified, return_exceptions=True)
-        if notified.done() and not notified.cancelled() and notified.exception():
-            raise notified.exception()  # type: ignore[misc]
+        await wait_any(self._takeover_s, stop, self._poked)
+        self._poked.clear()
 
-    @staticmethod
-    async def _next_notification(conn: psycopg.AsyncConnection[Any]) -> None:
-        async for _ in conn.notifies(stop_after=1):
-            return
+    async def _listen(self) -> None:
+        """Until cancelled, on a connection of its own (a notification that arrives while the
+        lock connection runs a look's queries would be missed there): set ``_poked`` at each
+        notification. While it cannot listen, the looks every REPLICA_TAKEOVER_S still come."""
+        attempt = 0
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._database_url, autocommit=True, application_name="fleetgate-replicas"
+                ) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}".encode())
+                    attempt = 0
+                    async for _ in conn.notifies():
+                        self._poked.set()
+            except (psycopg.Error, OSError) as exc:
+                logger.debug("replica %r not listening (%s)", self.name, exc)
+            await asyncio.sleep(backoff_delay(attempt, self._retry_max_delay_s))
+            attempt += 1
 
     async def _notify(self) -> None:
         assert self._conn is not None

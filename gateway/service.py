@@ -193,7 +193,13 @@ class Gateway:
         return None if failing is None else f"{type(failing).__name__}: {failing}".strip()
 
     def _heartbeat_state(self) -> GatewayState:
-        return GatewayState(self._broker_connected(), self._readings_waiting, self._write_error())
+        return GatewayState(
+            self._broker_connected(),
+            self._readings_waiting,
+            self._write_error(),
+            sorted(self._sessions),
+            self.replicas.leader,
+        )
 
     def _retrying(self, error: Exception) -> None:
         self.metrics.database_retries.labels(reason=retry_reason(error)).inc()

@@ -19,7 +19,7 @@ from gateway.broker import session_subscriptions
 from gateway.broker_logins import Login, device_username, hash_secret
 from gateway.broker_sync import SyncSettings, reload_broker, session_usernames, write_files
 from gateway.replicas import MAX_SESSIONS, Census, may_take, namespace, share, to_release
-from gateway.settings import Settings
+from gateway.settings import MqttAddress, Settings
 from tests.conftest import GatewayProcess, count, query, wait_until
 from tests.services import Mosquitto
 
@@ -164,7 +164,11 @@ async def test_sigterm_hands_over_at_once_and_an_added_replica_takes_a_share(
     # The look for free sessions is slow here (30 s): a hand-over that happens within seconds
     # is the stopping replica's doing (it commits, acknowledges, frees and notifies).
     sessions = 4
-    env = {"GATEWAY_SESSIONS": str(sessions), "REPLICA_TAKEOVER_S": "30"}
+    env = {
+        "GATEWAY_SESSIONS": str(sessions),
+        "REPLICA_TAKEOVER_S": "30",
+        "HEARTBEAT_INTERVAL_S": "0.5",
+    }
     start_replica(settings, gateway_process, "r1", **env)
     leaving = start_replica(settings, gateway_process, "r2", **env)
     await wait_until(
@@ -185,6 +189,14 @@ async def test_sigterm_hands_over_at_once_and_an_added_replica_takes_a_share(
     handover_s = time.monotonic() - exited_at
     print(f"hand-over after SIGTERM: {handover_s:.2f} s after the process exited")
     assert set((await session_owners(database_url, settings.client_id)).values()) == {"r1"}
+    beats = "SELECT client_id, sessions, stopped_at IS NOT NULL FROM gateway_heartbeat"
+    expected = {
+        (f"{settings.client_id}/r1", (0, 1, 2, 3), False),
+        (f"{settings.client_id}/r2", (), True),
+    }
+    await wait_until(
+        lambda: _beats(database_url, beats, expected), what="the heartbeats list the sessions"
+    )
     start_replica(settings, gateway_process, "r3", **env)
     added_at = time.monotonic()
     await wait_until(
@@ -196,6 +208,11 @@ async def test_sigterm_hands_over_at_once_and_an_added_replica_takes_a_share(
     sent = await publishing
     assert sent == 15_000
     await assert_stored_once(database_url, sent)
+
+
+async def _beats(database_url: str, sql: str, expected: set[tuple[object, ...]]) -> bool:
+    rows = await query(database_url, sql)
+    return {(name, tuple(sessions), stopped) for name, sessions, stopped in rows} == expected
 
 
 async def _holds(database_url: str, client_id: str, name: str, sessions: int) -> bool:
@@ -353,3 +370,28 @@ def test_the_share_and_who_hands_over_balance_any_start_within_one() -> None:
         sizes = sorted(len(held) for held in census.values())
         assert sum(sizes) == sessions
         assert sizes[-1] - sizes[0] <= 1, (sessions, holdings, sizes)
+
+
+async def test_two_replicas_and_the_broker_restarted_mid_stream_store_every_reading_once(
+    settings: Settings, database_url: str, gateway_process: list[GatewayProcess]
+) -> None:
+    broker = await asyncio.to_thread(Mosquitto)
+    try:
+        settings = settings.replace(mqtt=MqttAddress.parse(broker.url))
+        env = {"GATEWAY_SESSIONS": "4", "REPLICA_TAKEOVER_S": "3"}
+        for name in ("r1", "r2"):
+            start_replica(settings, gateway_process, name, **env)
+        await wait_until(
+            lambda: balanced(database_url, settings.client_id, ["r1", "r1", "r2", "r2"]),
+            what="two sessions each",
+        )
+        first = await stream(broker.port, range(40), rate=4000)
+        await asyncio.to_thread(broker.stop)  # with readings queued and in flight, likely
+        await asyncio.to_thread(broker.start)
+        second = await stream(broker.port, range(40, 80), rate=4000)
+        await assert_stored_once(database_url, first + second)
+        assert first + second == 8000
+        owners = await session_owners(database_url, settings.client_id)
+        assert sorted(owners.values()) == ["r1", "r1", "r2", "r2"]  # nobody let go
+    finally:
+        await asyncio.to_thread(broker.close)
