@@ -3,7 +3,7 @@ reading is stored in, their PostgreSQL types, the row built from a decoded readi
 rollups keep of it (the levels: gateway/rollup_levels.py). The staging tables, binary COPY,
 history, live-row and rollup statements are generated from these (gateway/write_statements.py,
 gateway/rollup_rebuild.py); schema.sql writes the same columns out as plain DDL, and
-tests/test_reading_kinds.py checks that the two agree on a new database."""
+tests/integration/test_reading_kinds.py checks that the two agree on a new database."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 span one row sums (its unit), its columns, and which of a reading kind's measures it keeps. The
 writer (gateway/write_statements.py), the rebuild from history (gateway/rollup_rebuild.py) and
 the fleet view's reader (http_api/window_pieces.py, http_api/fleet_queries.py) are generated
-from it; schema.sql writes the same tables out as plain DDL, and tests/test_reading_kinds.py
-checks that the two agree on a new database.
+from it; schema.sql writes the same tables out as plain DDL, and
+tests/integration/test_reading_kinds.py checks that the two agree on a new database.
 
 Adding a rollup column (a new measure of a kind): the measure in gateway/reading_kinds.py, the
 column in schema.sql and in a new migration. Adding a level: a RollupLevel here, its tables in

@@ -88,7 +88,7 @@ def cover(
 ) -> tuple[Piece, ...]:
     """The pieces whose signed sums are [start, end)'s, read from ``levels`` (finest first)
     and raw history; empty pieces are left out. Every reading in [start, end) is counted once,
-    every other one never (tests/test_http_analytics.py)."""
+    every other one never (tests/integration/test_http_analytics.py)."""
     start, end = start.astimezone(UTC), end.astimezone(UTC)
     if end <= start:
         return ()

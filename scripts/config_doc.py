@@ -1,7 +1,7 @@
 """Write docs/configuration.md from the services' option tables, so it cannot drift from them.
 
 Run ``.venv/bin/python scripts/config_doc.py`` after changing an option; ``--check`` only says
-whether the file is current (tests/test_docs.py does the same).
+whether the file is current (tests/repository/test_docs.py does the same).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from typing import Any, Final
 
 import aiomqtt
 
-from tests.conftest import wait_until
 from tests.services import Mosquitto
+from tests.support import wait_until
 
 # Topics under fleet/alerts/ that no gateway publishes: barriers in a subscription.
 _BARRIER: Final = "fleet/alerts/test-barrier"

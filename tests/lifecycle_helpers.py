@@ -18,9 +18,9 @@ from gateway.batch import Batch, Received
 from gateway.lifecycle import LifecycleRun, run_lifecycle
 from gateway.readings import Limits, decode_message
 from gateway.settings import Settings
-from tests.conftest import query
 from tests.http_helpers import meter_reading, vehicle_reading, write_readings
 from tests.services import PROJECT
+from tests.support import query
 
 NOW: Final = datetime.now(UTC)
 TODAY: Final = NOW.date()
