@@ -395,3 +395,24 @@ async def test_two_replicas_and_the_broker_restarted_mid_stream_store_every_read
         assert sorted(owners.values()) == ["r1", "r1", "r2", "r2"]  # nobody let go
     finally:
         await asyncio.to_thread(broker.close)
+
+
+async def test_with_one_session_a_second_replica_is_a_standby_that_takes_over(
+    settings: Settings,
+    mosquitto: Mosquitto,
+    database_url: str,
+    gateway_process: list[GatewayProcess],
+) -> None:
+    env = {"REPLICA_TAKEOVER_S": "2"}  # GATEWAY_SESSIONS=1, the default
+    active = start_replica(settings, gateway_process, "r1", **env)
+    await wait_until(lambda: balanced(database_url, settings.client_id, ["r1"]), what="r1 owns")
+    start_replica(settings, gateway_process, "r2", **env)
+    await asyncio.sleep(1.0)
+    assert await session_owners(database_url, settings.client_id) == {0: "r1"}
+    publishing = asyncio.create_task(stream(mosquitto.port, range(30), rate=2000))
+    await wait_until(lambda: at_least(database_url, 500), what="first readings")
+    active.kill()
+    await wait_until(
+        lambda: balanced(database_url, settings.client_id, ["r2"]), seconds=10, what="r2 owns"
+    )
+    await assert_stored_once(database_url, await publishing)
