@@ -123,6 +123,7 @@ class CpuMeter:
         self.groups = groups
         self._before: dict[str, dict[int, float]] = {}
         self._started = 0.0
+        self.seconds: dict[str, float] = {}  # CPU seconds of each group, after stop()
 
     def _per_pid(self, name: str) -> dict[int, float]:
         return {pid: cpu_seconds([pid]) for pid in self.groups[name]()}
@@ -137,6 +138,7 @@ class CpuMeter:
         for name in self.groups:
             before = self._before[name]
             used = sum(cpu - before.get(pid, 0.0) for pid, cpu in self._per_pid(name).items())
+            self.seconds[name] = used
             percent[name] = 100 * used / wall
         return percent
 

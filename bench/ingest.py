@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psycopg
 
+from bench.c_publishers import WINDOW, CPublishers, fleet_payloads
 from bench.harness import (
     CpuMeter,
     Database,
@@ -28,7 +29,6 @@ from bench.harness import (
     children_of,
     machine,
     proc_status_kb,
-    total_rate,
     wait_for_gateway,
 )
 from bench.timeline import STALL_S, watch
@@ -74,8 +74,26 @@ class Bench:
     mosquitto: Mosquitto
     gateway: GatewayProcess
     db: Database | None = None
+    logs: Path = Path()
     rows: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    ceiling_rate: float = 0.0
+    notes_profiled: bool = False
+
+    def profile(self, label: str) -> subprocess.Popen[bytes] | None:
+        """With --profile S: py-spy records the gateway for S seconds of this phase (raw
+        folded stacks in the logs folder), once, in the first phase that asks."""
+        if not self.args.profile or self.notes_profiled:
+            return None
+        self.notes_profiled = True
+        out = self.logs / "gateway-profile.txt"
+        self.notes.append(f"py-spy profile of the gateway during {label}: {out}")
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+             str(self.gateway.pid), "--duration", str(int(self.args.profile)), "--rate", "250",
+             "--format", "raw", "--output", str(out), "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
 
     def row(self, what: str, measured: str, target: str = "") -> None:
         self.rows.append((what, measured, target))
@@ -123,56 +141,90 @@ def reap(process: subprocess.Popen[bytes], deadline: float) -> float:
     raise TimeoutError("mosquitto_sub did not receive every message in time")
 
 
+C_TOPICS = 20  # one mosquitto_pub per topic: 10 chargers, a meter and a vehicle each
+
+
+def c_publishers(bench: Bench, base: int) -> CPublishers:
+    """C publishers of (e) and (a): the phase's messages over C_TOPICS topics."""
+    count = bench.scale.messages - bench.scale.messages % C_TOPICS
+    payloads = fleet_payloads(base, C_TOPICS // 2, count)
+    return CPublishers(bench.mosquitto.port, bench.logs / f"c-publishers-{base}", payloads)
+
+
+def per_100k(seconds: dict[str, float], count: int) -> str:
+    return ", ".join(f"{name} {value * 100_000 / count:.2f} s" for name, value in seconds.items())
+
+
 def ceiling(bench: Bench) -> None:
-    """(e) The same kind of stream into the C client: what broker + publishers can deliver."""
-    count = bench.scale.messages
+    """(e) The same stream into the C client: what broker + C publishers deliver."""
+    publishers = c_publishers(bench, 400_000)
+    count = publishers.count
     sub = subprocess.Popen(
         ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(bench.mosquitto.port), "-q", "1",
          "-t", "fleet/#", "-C", str(count), "-i", f"bench-ceiling-{uuid.uuid4().hex[:6]}"],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        with bench.publishers(400_000, count) as publishers:
-            time.sleep(1.0)  # let mosquitto_sub subscribe
-            meter = bench.cpu(publishers.pids)
-            meter.start()
-            started = publishers.go()
-            stats = publishers.results()
-            sub_cpu_s = reap(sub, started + STALL_S + count / 1000)
-            elapsed = time.monotonic() - started
-            percent = meter.stop()
-            percent["mosquitto_sub"] = 100 * sub_cpu_s / elapsed
-            bench.notes.append(cpu_note("(e)", percent))
+        time.sleep(1.0)  # let mosquitto_sub subscribe
+        meter = CpuMeter({"mosquitto": lambda: [bench.mosquitto_pid]})
+        meter.start()
+        started = publishers.go()
+        sent_s = publishers.wait()
+        sub_cpu_s = reap(sub, started + STALL_S + count / 1000)
+        elapsed = time.monotonic() - started
+        percent = meter.stop()
+        percent["mosquitto_pub"] = 100 * publishers.cpu_s / elapsed
+        percent["mosquitto_sub"] = 100 * sub_cpu_s / elapsed
+        bench.notes.append(cpu_note("(e)", percent))
     finally:
+        publishers.close()
         if sub.poll() is None:
             sub.kill()
             sub.wait()
+    bench.ceiling_rate = count / elapsed
+    seconds = {"mosquitto_sub": sub_cpu_s, "broker": meter.seconds["mosquitto"]}
     bench.row(
-        "(e) ceiling: mosquitto_sub -q 1 receives",
-        f"{count / elapsed:,.0f} msg/s ({count:,} msgs; "
-        f"publishers sent {total_rate(stats):,.0f}/s)",
+        "(e) ceiling: C publishers -> broker -> mosquitto_sub -q 1",
+        f"{bench.ceiling_rate:,.0f} msg/s ({count:,} msgs, {C_TOPICS} mosquitto_pub -q 1 "
+        f"-M {WINDOW} sent in {sent_s:.1f} s); CPU per 100k: {per_100k(seconds, count)}",
     )
 
 
 def single_readings(bench: Bench, label: str = "(a)", base: int = 1) -> float:
-    """(a) Sustained single-reading QoS 1 ingest, published -> committed."""
+    """(a) Sustained single-reading QoS 1 ingest from the C publishers, published -> committed;
+    its share of (e)'s ceiling and the CPU per 100,000 messages of gateway, PostgreSQL, broker."""
     assert bench.db is not None
-    count = bench.scale.messages
+    publishers = c_publishers(bench, base)
+    count = publishers.count
     baseline = bench.db.committed()
-    with bench.publishers(base, count) as publishers:
-        meter = bench.cpu(publishers.pids)
+    meter = CpuMeter(
+        {
+            "gateway": lambda: [bench.gateway.pid],
+            "postgres": lambda: children_of(bench.postmaster_pid),
+            "broker": lambda: [bench.mosquitto_pid],
+        }
+    )
+    spy = bench.profile(label)
+    try:
         meter.start()
         started = publishers.go()
         drain = watch(bench.db, baseline, count, started, pid=bench.gateway.pid)
-        stats = publishers.results()
+        publishers.wait()
         bench.notes.append(cpu_note(label, meter.stop()))
+    finally:
+        publishers.close()
+        if spy is not None:
+            spy.wait(timeout=120)
     rate = drain.rate_between(0.1, 0.9)
+    whole = drain.committed / drain.total_s if drain.total_s else 0.0
+    share = f"{rate / bench.ceiling_rate:.2f} of (e)" if bench.ceiling_rate else "-"
     bench.row(
-        f"{label} single-reading QoS 1, published -> committed",
-        f"{rate:,.0f} msg/s sustained (10%-90%); "
-        f"{drain.committed:,}/{count:,} in {drain.total_s:.1f} s; "
-        f"publishers {total_rate(stats):,.0f}/s; gateway VmHWM {drain.peak_rss_kb / 1024:,.0f} MB",
-        ">= 10,000 msg/s",
+        f"{label}: single-reading QoS 1, published -> committed",
+        f"{rate:,.0f} msg/s sustained (10%-90%), {share}; "
+        f"{drain.committed:,}/{count:,} in {drain.total_s:.1f} s ({whole:,.0f}/s); "
+        f"CPU per 100k: {per_100k(meter.seconds, count)}; "
+        f"gateway VmHWM {drain.peak_rss_kb / 1024:,.0f} MB",
+        ">= 0.6 of (e)",
     )
     return rate
 
@@ -220,7 +272,7 @@ def restart_gateway(bench: Bench, *, alerts: bool) -> None:
 def single_readings_without_alerts(bench: Bench) -> None:
     """(a) again with ALERTS_ENABLED=false: what alert evaluation costs ingestion."""
     restart_gateway(bench, alerts=False)
-    single_readings(bench, "(a) alerts off:", base=500_000)
+    single_readings(bench, "(a) alerts off", base=500_000)
     restart_gateway(bench, alerts=True)
 
 
@@ -318,7 +370,7 @@ def backlog(bench: Bench) -> None:
     )
 
 
-def integrity(bench: Bench) -> None:
+def integrity(bench: Bench, hostile: int) -> None:
     """Everything counted was stored once, and nothing was refused."""
     assert bench.db is not None
     rows = bench.db.value(
@@ -326,7 +378,6 @@ def integrity(bench: Bench) -> None:
     )
     dead = bench.db.value("SELECT count(*) FROM dead_letter")
     counted = bench.db.value("SELECT coalesce(sum(dead_letters), 0) FROM dead_letter_overflow")
-    hostile = bench.scale.messages // HOSTILE_EVERY
     bench.row(
         "check: history rows / rollup readings / dead letters kept + counted",
         f"{rows:,} / {bench.db.committed():,} / {dead:,} + {counted:,}",
@@ -339,7 +390,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="scaled down: a smoke run (~1 min)")
     parser.add_argument("--backlog", type=int, help="(d) messages queued (default 1,000,000)")
     parser.add_argument("--messages", type=int, help="(a) and (e) messages (default 300,000)")
-    parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    parser.add_argument("--publishers", type=int, default=2, help="Python publisher processes")
+    parser.add_argument(
+        "--profile", type=float, help="py-spy records the gateway this many seconds of (a)"
+    )
+    parser.add_argument(
+        "--only-a", action="store_true", help="(e) and (a) alerts on only: an A/B turn"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         scale = Scale(messages=60_000, array_messages=600, latency_s=5, backlog=60_000, devices=200)
@@ -365,19 +422,20 @@ def main(argv: list[str] | None = None) -> int:
         gateway = GatewayProcess(
             postgres.url, mosquitto.url, f"fleetgate-bench-{uuid.uuid4().hex[:6]}", logs / "gw.log"
         )
-        bench = Bench(args, scale, postgres, mosquitto, gateway)
+        bench = Bench(args, scale, postgres, mosquitto, gateway, logs=logs)
         ceiling(bench)  # first: the gateway's session must not exist yet, or it would queue
         gateway.start()
         bench.db = Database(postgres.url)
         wait_for_gateway(gateway, bench.db, mosquitto.url)
-        clean_rate = single_readings(bench, "(a) alerts on:")
-        single_readings_without_alerts(bench)
-        hostile_mix(bench, clean_rate)
-        arrays(bench)
-        latency(bench)
-        backlog(bench)
+        clean_rate = single_readings(bench, "(a) alerts on")
+        if not args.only_a:
+            single_readings_without_alerts(bench)
+            hostile_mix(bench, clean_rate)
+            arrays(bench)
+            latency(bench)
+            backlog(bench)
         gateway.check_alive()
-        integrity(bench)
+        integrity(bench, hostile=0 if args.only_a else bench.scale.messages // HOSTILE_EVERY)
     finally:
         if bench is not None:
             bench.gateway.stop()
@@ -387,11 +445,16 @@ def main(argv: list[str] | None = None) -> int:
             mosquitto.close()
         postgres.close()
     report(bench, scale)
-    shutil.rmtree(logs, ignore_errors=True)
+    if not args.profile:
+        shutil.rmtree(logs, ignore_errors=True)
     return 0
 
 
 METHOD = """method:
+- (a), (e): 20 C publishers, mosquitto_pub -l -q 1 -M 200, one topic (device) each, their
+  payloads written to files before the clock starts; (a)'s share is its rate over (e)'s.
+  CPU per 100k: user + system seconds from /proc (postgres: every child of the postmaster;
+  mosquitto_sub and mosquitto_pub from wait4) over the phase, per 100,000 messages.
 - (a), (b), (d): committed readings = sum(readings) of meter_hourly + vehicle_hourly, written
   in the same transaction as the history rows; polled every 0.1 s. "Sustained" is the rate
   between 10% and 90% of the expected readings committed.
@@ -401,7 +464,7 @@ METHOD = """method:
 - (d): the gateway is stopped (SIGTERM) once its persistent session and subscription exist;
   the backlog is published and acked by the broker, then the gateway is started again;
   peak RSS is VmHWM of the new gateway process.
-- (e): mosquitto_sub -q 1 -C N > /dev/null, fed by the same publishers, run before the
+- (e): mosquitto_sub -q 1 -C N > /dev/null, fed by the C publishers, run before the
   gateway's session exists; time from the publishers' start to its exit."""
 
 
