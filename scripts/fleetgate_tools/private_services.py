@@ -1,8 +1,8 @@
-"""Private PostgreSQL and Mosquitto servers for the tests, the benchmarks and the demo, and a
-RabbitMQ node for the tests of docs/rabbitmq.md: each in a folder of its own (a temporary one,
-removed at close, unless given), on free ports unless given, listening on 127.0.0.1 only.
-Nothing here touches a shared server. Run from a checkout: the broker's settings are the
-project's own (``mosquitto/``)."""
+"""Private PostgreSQL and Mosquitto servers for the tests, the benchmarks and the demo, a
+streaming standby of such a PostgreSQL, and a RabbitMQ node for the tests of docs/rabbitmq.md:
+each in a folder of its own (a temporary one, removed at close, unless given), on free ports
+unless given, listening on 127.0.0.1 only. Nothing here touches a shared server. Run from a
+checkout: the broker's settings are the project's own (``mosquitto/``)."""
 
 from __future__ import annotations
 
@@ -158,6 +158,8 @@ class PrivatePostgres:
         )
         if not self.durable:
             settings += "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+        # PostgreSQL's defaults, said here because a standby (PrivateStandby) relies on them.
+        settings += "wal_level = replica\nmax_wal_senders = 10\nhot_standby = on\n"
         (self.datadir / _PG_SETTINGS).write_text(settings)
         main = self.datadir / "postgresql.conf"
         include = f"include_if_exists = '{_PG_SETTINGS}'\n"
@@ -172,13 +174,18 @@ class PrivatePostgres:
             no_sync = [] if self.durable else ["--no-sync"]
             self._run("initdb", "-U", "postgres", "-A", "trust", "-E", "UTF8", *no_sync)
         self._write_settings()
+        self._launch()
+        with psycopg.connect(self.login_url("postgres", "postgres"), autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'fleetgate'").fetchone():
+                conn.execute("CREATE DATABASE fleetgate")
+
+    def _launch(self) -> None:
+        """Start the server (again, if one already runs from this cluster); back once it
+        accepts connections."""
         if self.running():
             self.stop()
         log = str(self.root / "postgresql.log")
         self._run("pg_ctl", "-l", log, "-w", "-t", f"{START_TIMEOUT_S:.0f}", "start")
-        with psycopg.connect(self.login_url("postgres", "postgres"), autocommit=True) as conn:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'fleetgate'").fetchone():
-                conn.execute("CREATE DATABASE fleetgate")
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (``fast``: sessions ended, a clean shutdown); ``immediate`` if that
@@ -197,6 +204,60 @@ class PrivatePostgres:
             self.stop("immediate" if self.temporary else "fast")
         if self.temporary:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+class PrivateStandby(PrivatePostgres):
+    """A hot standby of ``primary`` (read-only), copied on first start by ``pg_basebackup -R``
+    (which writes ``standby.signal`` and the ``primary_conninfo`` it streams with), then run
+    on a port of its own, as the same user as the primary. The primary's pg_hba.conf is given
+    a replication entry for 127.0.0.1 if it has none. It can be stopped and started again."""
+
+    def __init__(
+        self, primary: PrivatePostgres, root: Path | None = None, port: int | None = None
+    ) -> None:
+        super().__init__(root, port, durable=primary.durable)
+        self.primary = primary
+
+    def start(self) -> None:
+        """Copy the primary if this standby is new, then start it; back once it accepts
+        connections (it may still be catching up: see ``wait_for_replay``)."""
+        if not self.initialised:
+            self._allow_replication()
+            no_sync = [] if self.durable else ["--no-sync"]
+            self._run(
+                "pg_basebackup",
+                *("-h", "127.0.0.1", "-p", str(self.primary.port), "-U", "postgres"),
+                *("-R", "-X", "stream", "-c", "fast", *no_sync),
+            )
+        self._write_settings()
+        self._launch()
+
+    def _allow_replication(self) -> None:
+        hba = self.primary.datadir / "pg_hba.conf"
+        entries = [line.split() for line in hba.read_text().splitlines()]
+        local = [entry for entry in entries if "127.0.0.1/32" in entry]
+        if any(entry[:2] == ["host", "replication"] for entry in local):
+            return
+        with hba.open("a") as conf:
+            conf.write("host replication all 127.0.0.1/32 trust\n")
+        self.primary._run("pg_ctl", "reload")  # a helper of the same class
+
+    def wait_for_replay(self, timeout: float = 20.0) -> None:
+        """Until the standby has replayed everything the primary had written when called."""
+        with psycopg.connect(self.primary.login_url("postgres", "postgres")) as conn:
+            row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        assert row is not None  # a SELECT without FROM returns one row
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.login_url("postgres", "postgres"), autocommit=True) as conn:
+            while True:
+                caught_up = conn.execute(
+                    "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (row[0],)
+                ).fetchone()
+                if caught_up and caught_up[0]:
+                    return
+                if time.monotonic() > deadline:
+                    raise ServiceError(f"the standby on port {self.port} lags after {timeout} s")
+                time.sleep(0.05)
 
 
 class PrivateMosquitto:
