@@ -18,6 +18,7 @@ from http_api.limits import TokenLimits, limit_per_token
 from http_api.metrics import API_METRICS, ApiMetrics, count_requests
 from http_api.middleware import cors, except_for, known_query_parameters, request_id_and_errors
 from http_api.publisher import Publisher
+from http_api.read_pools import READ_POOLS, open_read_pools, remember_writes
 from http_api.routes import setup_routes
 from http_api.settings import Settings
 from http_api.token_cache import TokenCache, listen_for_token_changes
@@ -36,6 +37,24 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     ) as pool:
         app[POOL] = pool
         yield
+
+
+async def _read_pools(app: web.Application) -> AsyncIterator[None]:
+    """The replicas' pools (none without DATABASE_READ_URL: every read on the primary), and
+    their watcher."""
+    settings = app[SETTINGS]
+    async with open_read_pools(
+        app[POOL],
+        settings.database_read_urls,
+        settings.db_read_pool_size,
+        settings.max_replica_lag_s,
+        settings.read_your_writes_s,
+    ) as pools:
+        app[READ_POOLS] = pools
+        task = app[BACKGROUND].start(pools.watch(), "replica-watcher") if pools.replicas else None
+        yield
+        if task is not None:
+            await app[BACKGROUND].stop(task)
 
 
 async def _broker(app: web.Application) -> AsyncIterator[None]:
@@ -74,6 +93,7 @@ def create_app(settings: Settings) -> web.Application:
             cors(settings.cors_origins),
             request_id_and_errors,
             except_for(is_page, require_token),  # the dashboard's files hold no data
+            *([remember_writes] if settings.database_read_urls else []),
             limit_per_token(
                 TokenLimits(settings.token_concurrency, settings.token_rate, settings.token_burst)
             ),
@@ -82,10 +102,11 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
-    app[API_METRICS] = ApiMetrics(lambda: app.get(POOL))
+    app[API_METRICS] = ApiMetrics(lambda: app.get(POOL), lambda: app.get(READ_POOLS))
     app[BACKGROUND] = BackgroundTasks()
     app[TOKEN_CACHE] = TokenCache(settings.token_cache_s)
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_read_pools)
     app.cleanup_ctx.append(_fleet_cache)
     if settings.token_cache_s > 0:
         app.cleanup_ctx.append(_token_changes)

@@ -3,7 +3,8 @@ judges each gateway by the heartbeat it records, never by how recent the fleet's
 
 The summary is ``ok``; ``degraded`` (still 200: the API serves, but something needs a look: no
 running gateway, one silent, one off its broker or failing to write, the API's broker
-unreachable); or ``down`` (503: the database is unreachable, so nothing works).
+unreachable, a read replica unusable so that its reads go to the primary); or ``down`` (503:
+the database is unreachable, so nothing works).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from http_api import queries
+from http_api.read_pools import ReplicaHealth
 
 # Each look at the database gives up after this: an answer before a health check's own timeout
 # (3 s in docker-compose.yml), even while the database does not answer at all.
@@ -80,6 +82,7 @@ class HealthSummary(msgspec.Struct, rename="camel"):
     gateways: list[GatewayHeartbeat]
     heartbeat_max_age_seconds: float
     latest_reading_received_at: datetime | None  # information only: a quiet fleet is healthy
+    replicas: list[ReplicaHealth] = []  # DATABASE_READ_URL's, as last looked at
 
 
 def one_line(error: BaseException) -> str:
@@ -151,12 +154,20 @@ def summarise(
     gateways: Sequence[GatewayHeartbeat],
     max_age_s: float,
     latest_reading: datetime | None = None,
+    *,
+    replicas: Sequence[ReplicaHealth] = (),
 ) -> HealthSummary:
     """The summary's status and its reasons, from what was seen (``gateways`` is empty when the
     database could not be read)."""
     reasons = _unreachable(database, broker)
     if database.ok:
         reasons.extend(_gateway_problems(gateways, max_age_s))
+    reasons.extend(
+        f"read replica {replica.name} ({replica.address}) {replica.error}; its reads go to "
+        "the primary"
+        for replica in replicas
+        if not replica.usable
+    )
     status: Status = "down" if not database.ok else "degraded" if reasons else "ok"
     return HealthSummary(
         status,
@@ -166,6 +177,7 @@ def summarise(
         list(gateways),
         max_age_s,
         None if latest_reading is None else _utc(latest_reading),
+        list(replicas),
     )
 
 

@@ -1,12 +1,12 @@
 """The API's Prometheus metrics, served at ``GET /metrics`` (a read token): requests by route
 template and status, their latency, and the database pool's use (psycopg_pool's stats, read at
-each scrape)."""
+each scrape), and the read replicas' lag, state and reads (DATABASE_READ_URL)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -17,9 +17,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from psycopg_pool import AsyncConnectionPool
+
+if TYPE_CHECKING:
+    from http_api.read_pools import ReadPools
 
 # A request no route matched: one label for them all, whatever the path (the label set stays
 # bounded however many paths clients try).
@@ -42,7 +45,11 @@ _POOL_GAUGES: Final = (
 class ApiMetrics:
     """One app's metrics, in a registry of its own (tests run several apps in one process)."""
 
-    def __init__(self, pool: Callable[[], AsyncConnectionPool | None]) -> None:
+    def __init__(
+        self,
+        pool: Callable[[], AsyncConnectionPool | None],
+        read_pools: Callable[[], ReadPools | None] = lambda: None,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "fleetgate_api_requests",
@@ -59,6 +66,7 @@ class ApiMetrics:
             registry=self.registry,
         )
         self.registry.register(_PoolCollector(pool))
+        self.registry.register(_ReplicaCollector(read_pools))
 
     def observe(self, request: web.Request, status: int, seconds: float) -> None:
         route = route_template(request)
@@ -110,3 +118,45 @@ class _PoolCollector(Collector):
         stats = pool.get_stats()
         for stat, name, help_text in _POOL_GAUGES:
             yield GaugeMetricFamily(name, help_text, value=stats.get(stat, 0))
+
+
+class _ReplicaCollector(Collector):
+    """Reads by database, and each replica's state as its latest look found it."""
+
+    def __init__(self, read_pools: Callable[[], ReadPools | None]) -> None:
+        self._read_pools = read_pools
+
+    def collect(self) -> Iterator[Metric]:
+        pools = self._read_pools()
+        if pools is None:
+            return
+        reads = CounterMetricFamily(
+            "fleetgate_api_reads",
+            "Read-only views' queries sent, by database (primary, or a replica of "
+            "DATABASE_READ_URL)",
+            labels=["database"],
+        )
+        reads.add_metric(["primary"], pools.primary_reads)
+        usable = GaugeMetricFamily(
+            "fleetgate_api_replica_usable",
+            "1 if the replica gets reads (reachable, in recovery, within MAX_REPLICA_LAG_S)",
+            labels=["replica"],
+        )
+        lag = GaugeMetricFamily(
+            "fleetgate_api_replica_lag_seconds",
+            "How far the replica's replay is behind (absent while unknown)",
+            labels=["replica"],
+        )
+        recovery = GaugeMetricFamily(
+            "fleetgate_api_replica_in_recovery",
+            "1 if the replica is a standby in recovery (absent while unreachable)",
+            labels=["replica"],
+        )
+        for replica in pools.replicas:
+            reads.add_metric([replica.name], replica.reads)
+            usable.add_metric([replica.name], int(replica.usable))
+            if replica.lag_s is not None:
+                lag.add_metric([replica.name], max(replica.lag_s, 0.0))
+            if replica.in_recovery is not None:
+                recovery.add_metric([replica.name], int(replica.in_recovery))
+        yield from (reads, usable, lag, recovery)

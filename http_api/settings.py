@@ -46,6 +46,15 @@ def origins(text: str) -> frozenset[str]:
     return frozenset(named)
 
 
+def database_urls(text: str) -> tuple[str, ...]:
+    """DATABASE_READ_URL: PostgreSQL URLs separated by commas (a URL holds no bare comma)."""
+    urls = tuple(url.strip() for url in text.split(",") if url.strip())
+    for url in urls:
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"{url.split('@')[-1]!r} is not a postgresql:// URL")
+    return urls
+
+
 OPTIONS: tuple[Option, ...] = (
     DATABASE_URL_OPTION,
     Option(
@@ -73,6 +82,39 @@ OPTIONS: tuple[Option, ...] = (
         origins,
     ),
     Option("DB_POOL_SIZE", "db_pool_size", "4", "Connections in the database pool.", positive_int),
+    Option(
+        "DATABASE_READ_URL",
+        "database_read_urls",
+        "",
+        "Streaming replicas of DATABASE_URL for the dashboards' reads, separated by commas, "
+        "taken in turn; writes, token checks, health and a token's reads for READ_YOUR_WRITES_S "
+        "after its write stay on DATABASE_URL. Empty: every query on DATABASE_URL.",
+        database_urls,
+    ),
+    Option(
+        "DB_READ_POOL_SIZE",
+        "db_read_pool_size",
+        "2",
+        "Connections in each replica's pool (DATABASE_READ_URL).",
+        positive_int,
+    ),
+    Option(
+        "MAX_REPLICA_LAG_S",
+        "max_replica_lag_s",
+        "5",
+        "A replica further behind than this (or unreachable, or no longer in recovery) gets no "
+        "reads until it catches up: they go to DATABASE_URL.",
+        positive_float,
+    ),
+    Option(
+        "READ_YOUR_WRITES_S",
+        "read_your_writes_s",
+        "10",
+        "After a token's write (POST, PATCH, DELETE), its reads go to DATABASE_URL for this "
+        "long, so it sees what it wrote; a request with the header Fleetgate-Read: primary "
+        "always does.",
+        non_negative_float,
+    ),
     Option(
         "TOKEN_CONCURRENCY",
         "token_concurrency",
@@ -236,6 +278,10 @@ class Settings:
     http_port: int
     cors_origins: frozenset[str]
     db_pool_size: int
+    database_read_urls: tuple[str, ...]
+    db_read_pool_size: int
+    max_replica_lag_s: float
+    read_your_writes_s: float
     token_concurrency: int
     token_rate: float
     token_burst: int
@@ -270,6 +316,14 @@ class Settings:
         ):
             raise SettingsError(
                 "EFFICIENCY_WARNING <= EFFICIENCY_GOOD <= EFFICIENCY_EXCELLENT must hold"
+            )
+        # A replica is judged every second: within MAX_REPLICA_LAG_S of the primary when judged,
+        # it may be up to a second further behind before the next look.
+        least = settings.max_replica_lag_s + 1.0
+        if settings.database_read_urls and settings.read_your_writes_s < least:
+            raise SettingsError(
+                f"READ_YOUR_WRITES_S must be at least MAX_REPLICA_LAG_S + 1 ({least:g}), or a "
+                "token's write may not be on the replica that serves its next read"
             )
         return settings
 

@@ -20,6 +20,7 @@ from http_api.auth import TOKEN_HASH
 from http_api.bodies import AlertList
 from http_api.errors import ConflictError, InvalidBodyError, InvalidParameterError, NotFoundError
 from http_api.keys import POOL
+from http_api.read_pools import read_pool
 from http_api.render import iso, json
 
 STATES: Final = ("raised", "cleared")
@@ -73,7 +74,7 @@ async def alerts(request: web.Request) -> web.Response:
         raised_to=raised_to,
         after=_decode_key(query),
     )
-    rows = await alert_page(request.app[POOL], found, limit + 1)  # one more: is there a next page
+    rows = await alert_page(read_pool(request), found, limit + 1)  # one more: is there a next page
     page = rows[:limit]
     cursor = _encode_key(page[-1]) if len(rows) > limit else None
     return json(AlertList(alerts=[alert_message(row) for row in page], next_cursor=cursor))

@@ -33,7 +33,8 @@ from http_api.bodies import (
 from http_api.errors import NotFoundError
 from http_api.fleet_cache import FLEET_CACHE
 from http_api.fleet_queries import AcSums, VehicleSums, fleet_sums
-from http_api.keys import POOL, SETTINGS
+from http_api.keys import SETTINGS
+from http_api.read_pools import read_pool
 from http_api.render import json, kwh, ratio, utc
 from http_api.rollup_queries import Grouping, Stream, vehicle_sums
 from http_api.settings import Settings
@@ -53,7 +54,7 @@ async def _vehicle_sums(
     request: web.Request, window: Window, statements: tuple[tuple[Stream, Grouping], ...]
 ) -> tuple[str, list[list[dict[str, Any]]]]:
     name = params.device_id(request.match_info["vehicleId"], "vehicleId")
-    sums = await vehicle_sums(request.app[POOL], name, window, statements)
+    sums = await vehicle_sums(read_pool(request), name, window, statements)
     if sums is None:
         raise NotFoundError(f"unknown vehicle {name!r}", "vehicleId")
     return name, sums
@@ -263,11 +264,11 @@ async def fleet(request: web.Request) -> web.Response:
     cache = request.app[FLEET_CACHE]
     default = not {"from", "to", "cursor"} & query.keys()
     if cache.period_s and default and (below, limit) == (settings.efficiency_good, _LIMIT):
-        view = await cache.get(functools.partial(_default_view, request.app[POOL], settings))
+        view = await cache.get(functools.partial(_default_view, read_pool(request), settings))
         return web.Response(
             body=view.body, content_type="application/json", headers=cache.headers(view)
         )
-    return json(await fleet_view(request.app[POOL], settings, window, below, limit, after=after))
+    return json(await fleet_view(read_pool(request), settings, window, below, limit, after=after))
 
 
 async def _default_view(pool: AsyncConnectionPool, settings: Settings) -> bytes:

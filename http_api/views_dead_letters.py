@@ -17,7 +17,8 @@ from http_api.bodies import Window
 from http_api.errors import InvalidParameterError
 from http_api.history_bodies import DeadLetter, DeadLetterList, DeadLettersCounted
 from http_api.history_queries import DeadLetterFilter, Row, dead_letter_page
-from http_api.keys import POOL, SETTINGS
+from http_api.keys import SETTINGS
+from http_api.read_pools import read_pool
 from http_api.render import iso, json, utc
 
 DEVICE_KINDS: Final = ("meter", "vehicle")
@@ -94,7 +95,7 @@ async def dead_letters(request: web.Request) -> web.Response:
         reason=_reason(query),
         after=_decode_key(query),
     )
-    rows, counted = await dead_letter_page(request.app[POOL], found, limit + 1)
+    rows, counted = await dead_letter_page(read_pool(request), found, limit + 1)
     page = rows[:limit]
     cursor = None
     if len(rows) > limit:

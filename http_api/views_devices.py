@@ -26,6 +26,7 @@ from http_api.device_bodies import (
 from http_api.device_import import rows_from_csv, rows_from_json
 from http_api.errors import InvalidBodyError, InvalidParameterError, UnsupportedMediaTypeError
 from http_api.keys import POOL
+from http_api.read_pools import read_pool
 from http_api.render import json
 
 T = TypeVar("T")
@@ -110,14 +111,14 @@ async def import_(request: web.Request) -> web.Response:
 async def listing(request: web.Request) -> web.Response:
     where = _filter(request.query)
     limit = params.integer(request.query, "limit", 100, 1, 1000)
-    async with request.app[POOL].connection() as conn:
+    async with read_pool(request).connection() as conn:
         found = await devices.page(conn, where, limit)
     return json(found)
 
 
 async def show(request: web.Request) -> web.Response:
     kind, device_id = _device_path(request)
-    async with request.app[POOL].connection() as conn:
+    async with read_pool(request).connection() as conn:
         return json(await devices.find(conn, kind, device_id))
 
 

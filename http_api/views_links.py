@@ -12,6 +12,7 @@ from http_api import params, queries
 from http_api.bodies import Link, LinkList, VehicleLinks
 from http_api.errors import InvalidBodyError, InvalidParameterError, NotFoundError
 from http_api.keys import POOL
+from http_api.read_pools import read_pool
 from http_api.render import json, utc
 
 
@@ -62,7 +63,7 @@ async def current(request: web.Request) -> web.Response:
     query = request.query
     limit = params.integer(query, "limit", 100, 1, 1000)
     after = params.decode_device_cursor(query)  # the vehicle of the previous page's last link
-    rows = await queries.current_links(request.app[POOL], after, limit + 1)
+    rows = await queries.current_links(read_pool(request), after, limit + 1)
     page = rows[:limit]
     cursor = params.encode_cursor(page[-1]["vehicle_id"]) if len(rows) > limit else None
     return json(LinkList(links=[_link_body(row) for row in page], next_cursor=cursor))
@@ -70,7 +71,7 @@ async def current(request: web.Request) -> web.Response:
 
 async def of_vehicle(request: web.Request) -> web.Response:
     vehicle = params.device_id(request.match_info["vehicleId"], "vehicleId")
-    pool = request.app[POOL]
+    pool = read_pool(request)
     if not await queries.vehicle_exists(pool, vehicle):
         raise NotFoundError(f"unknown vehicle {vehicle!r}", "vehicleId")
     rows = await queries.vehicle_links(pool, vehicle)

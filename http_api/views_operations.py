@@ -10,6 +10,7 @@ from psycopg_pool import PoolTimeout
 from http_api import health as judged
 from http_api.keys import POOL, PUBLISHER, SETTINGS
 from http_api.openapi import document
+from http_api.read_pools import READ_POOLS
 from http_api.render import json
 
 
@@ -29,7 +30,7 @@ async def ready(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     """The summary: ok or degraded (200), down (503, the database unreachable), with reasons,
-    and each gateway's heartbeat."""
+    each gateway's heartbeat and each read replica's state and lag."""
     settings = request.app[SETTINGS]
     broker = judged.broker_check(request.app[PUBLISHER].connected.is_set())
     database = judged.HealthCheck(ok=True)
@@ -41,7 +42,10 @@ async def health(request: web.Request) -> web.Response:
         )
     except (psycopg.Error, PoolTimeout, TimeoutError, OSError) as exc:
         database = judged.HealthCheck(ok=False, error=judged.one_line(exc))
-    summary = judged.summarise(database, broker, gateways, settings.heartbeat_max_age_s, latest)
+    replicas = request.app[READ_POOLS].health()
+    summary = judged.summarise(
+        database, broker, gateways, settings.heartbeat_max_age_s, latest, replicas=replicas
+    )
     return json(summary, status=503 if summary.status == "down" else 200)
 
 

@@ -33,7 +33,8 @@ from http_api.history_queries import (
     page_end,
     readings,
 )
-from http_api.keys import POOL, SETTINGS
+from http_api.keys import SETTINGS
+from http_api.read_pools import read_pool
 from http_api.render import iso, json, kwh, tenth, utc
 
 logger = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ async def _readings(request: web.Request, kind: _Kind) -> web.StreamResponse:
     most = CSV_LIMIT if as_csv else JSON_LIMIT
     limit = params.integer(query, "limit", CSV_LIMIT if as_csv else 100, 1, most)
     name = params.device_id(request.match_info[kind.parameter], kind.parameter)
-    pool = request.app[POOL]
+    pool = read_pool(request)
     device = await device_key(pool, kind.name, name)
     if device is None:
         raise NotFoundError(f"unknown {kind.name} {name!r}", kind.parameter)
@@ -149,7 +150,7 @@ async def _stream_csv(
 ) -> web.StreamResponse:
     """The page as CSV with a header row, written a chunk at a time. A page cut at ``limit``
     says where the next begins in a Link header (rel="next"), known before the first row."""
-    pool = request.app[POOL]
+    pool = read_pool(request)
     last = await page_end(pool, page, limit)
     response = web.StreamResponse(
         headers={

@@ -17,7 +17,8 @@ from http_api.bodies import (
     VehicleStatus,
 )
 from http_api.errors import NotFoundError
-from http_api.keys import POOL, SETTINGS
+from http_api.keys import SETTINGS
+from http_api.read_pools import read_pool
 from http_api.render import json, kw, kwh, tenth, utc
 from http_api.settings import Settings
 
@@ -46,7 +47,7 @@ async def vehicle(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     name = params.device_id(request.match_info["vehicleId"], "vehicleId")
     row = await queries.vehicle_status(
-        request.app[POOL], name, _online_since(settings), settings.battery_temp_warning_c
+        read_pool(request), name, _online_since(settings), settings.battery_temp_warning_c
     )
     if row is None:
         raise NotFoundError(f"unknown vehicle {name!r}", "vehicleId")
@@ -69,7 +70,7 @@ def _meter_body(row: queries.Row) -> MeterStatus:
 async def meter(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     name = params.device_id(request.match_info["meterId"], "meterId")
-    row = await queries.meter_status(request.app[POOL], name, _online_since(settings))
+    row = await queries.meter_status(read_pool(request), name, _online_since(settings))
     if row is None:
         raise NotFoundError(f"unknown meter {name!r}", "meterId")
     return json(_meter_body(row))
@@ -78,7 +79,7 @@ async def meter(request: web.Request) -> web.Response:
 async def overview(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     row = await queries.overview(
-        request.app[POOL], _online_since(settings), settings.battery_temp_warning_c
+        read_pool(request), _online_since(settings), settings.battery_temp_warning_c
     )
     # Power from the energy of each online meter's latest interval of READING_INTERVAL_S.
     power_kw = int(row["online_meters_latest_mwh"]) / 1e6 * 3600 / settings.reading_interval_s
@@ -102,7 +103,7 @@ async def vehicles(request: web.Request) -> web.Response:
     query = request.query
     limit = params.integer(query, "limit", 100, 1, 1000)
     rows = await queries.vehicle_list(
-        request.app[POOL],
+        read_pool(request),
         online_since=_online_since(settings),
         warning_c=settings.battery_temp_warning_c,
         charging=params.boolean(query, "charging"),
@@ -119,7 +120,7 @@ async def meters(request: web.Request) -> web.Response:
     query = request.query
     limit = params.integer(query, "limit", 100, 1, 1000)
     rows = await queries.meter_list(
-        request.app[POOL],
+        read_pool(request),
         online_since=_online_since(request.app[SETTINGS]),
         online=params.boolean(query, "online"),
         linked=params.boolean(query, "linked"),
