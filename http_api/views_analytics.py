@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -264,7 +263,7 @@ async def fleet(request: web.Request) -> web.Response:
     cache = request.app[FLEET_CACHE]
     default = not {"from", "to", "cursor"} & query.keys()
     if cache.period_s and default and (below, limit) == (settings.efficiency_good, _LIMIT):
-        view = await cache.get(functools.partial(_default_view, read_pool(request), settings))
+        view = await cache.get(lambda: _default_view(read_pool(request), settings))
         return web.Response(
             body=view.body, content_type="application/json", headers=cache.headers(view)
         )
