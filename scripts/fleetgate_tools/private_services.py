@@ -243,9 +243,10 @@ class PrivateStandby(PrivatePostgres):
         self.primary._run("pg_ctl", "reload")  # a helper of the same class
 
     def wait_for_replay(self, timeout: float = 20.0) -> None:
-        """Until the standby has replayed everything the primary had written when called."""
+        """Until the standby has replayed everything the primary had written when called
+        (its insert position: with synchronous_commit off, a commit may not be written yet)."""
         with psycopg.connect(self.primary.login_url("postgres", "postgres")) as conn:
-            row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
         assert row is not None  # a SELECT without FROM returns one row
         deadline = time.monotonic() + timeout
         with psycopg.connect(self.login_url("postgres", "postgres"), autocommit=True) as conn:
