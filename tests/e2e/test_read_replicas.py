@@ -43,20 +43,33 @@ def standby(primary: Postgres) -> Iterator[PrivateStandby]:
         replica.close()
 
 
-@pytest.fixture
-async def api(
-    primary: Postgres, standby: PrivateStandby, mosquitto: Mosquitto
-) -> AsyncIterator[Api]:
-    settings = ApiSettings.from_env({}).replace(
+@pytest.fixture(scope="module")
+def second_standby(primary: Postgres) -> Iterator[PrivateStandby]:
+    replica = PrivateStandby(primary)
+    try:
+        replica.start()
+        yield replica
+    finally:
+        replica.close()
+
+
+def _settings(primary: Postgres, mosquitto: Mosquitto, *replicas: PrivateStandby) -> ApiSettings:
+    return ApiSettings.from_env({}).replace(
         database_url=primary.url,
         mqtt=MqttAddress.parse(mosquitto.url),
         enrolment="open",
         token_rate=0.0,
-        database_read_urls=(standby.url,),
+        database_read_urls=tuple(replica.url for replica in replicas),
         max_replica_lag_s=MAX_LAG_S,
         read_your_writes_s=MAX_LAG_S + 2,
     )
-    async with serving(settings) as running:
+
+
+@pytest.fixture
+async def api(
+    primary: Postgres, standby: PrivateStandby, mosquitto: Mosquitto
+) -> AsyncIterator[Api]:
+    async with serving(_settings(primary, mosquitto, standby)) as running:
         await wait_until(_usable(running), what="the replica usable")
         yield running
 
@@ -190,3 +203,24 @@ async def test_a_revoke_takes_effect_at_once(api: Api, primary: Postgres) -> Non
         return bool((await api.get("/v1/links", token=token))[0] == 401)
 
     await wait_until(refused, 2.0, "the revoked token refused")
+
+
+async def test_several_replicas_take_reads_in_turn(
+    primary: Postgres,
+    standby: PrivateStandby,
+    second_standby: PrivateStandby,
+    mosquitto: Mosquitto,
+) -> None:
+    async with serving(_settings(primary, mosquitto, standby, second_standby)) as api:
+        async def both_usable() -> bool:
+            _, health = await api.get("/health", token=None)
+            return all(replica["usable"] for replica in health["replicas"])
+
+        await wait_until(both_usable, what="both replicas usable")
+        before = await _reads(api)
+        for _ in range(4):
+            assert (await api.get("/v1/links"))[0] == 200
+        after = await _reads(api)
+        assert after["replica-1"] - before["replica-1"] == 2
+        assert after["replica-2"] - before["replica-2"] == 2
+        assert after["primary"] == before["primary"]
