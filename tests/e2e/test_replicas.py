@@ -171,8 +171,10 @@ async def test_sigterm_hands_over_at_once_and_an_added_replica_takes_a_share(
     }
     start_replica(settings, gateway_process, "r1", **env)
     leaving = start_replica(settings, gateway_process, "r2", **env)
+    # Started together, the two may first split 4-0 and even out only at a look: allow two.
     await wait_until(
         lambda: balanced(database_url, settings.client_id, ["r1", "r1", "r2", "r2"]),
+        seconds=70,
         what="two sessions each",
     )
     publishing = asyncio.create_task(stream(mosquitto.port, range(150), rate=2500))
@@ -201,7 +203,7 @@ async def test_sigterm_hands_over_at_once_and_an_added_replica_takes_a_share(
     added_at = time.monotonic()
     await wait_until(
         lambda: _holds(database_url, settings.client_id, "r3", 2),
-        seconds=20,
+        seconds=70,  # a notification hands it over at once; a missed one, the next look
         what="the added replica's share",
     )
     print(f"added replica holds its share after {time.monotonic() - added_at:.2f} s")
