@@ -28,7 +28,7 @@ PROBE_TIMEOUT_S: Final = 2.0
 
 _HEARTBEATS: Final = b"""
 SELECT client_id, host, pid, version, started_at, beat_at, broker_connected, backlog,
-       write_error, stopped_at,
+       write_error, stopped_at, sessions, leader,
        extract(epoch FROM statement_timestamp() - beat_at)::float8 AS seconds_since_beat
 FROM gateway_heartbeat
 WHERE beat_at > statement_timestamp() - make_interval(secs => %(forget_s)s)
@@ -72,6 +72,8 @@ class GatewayHeartbeat(msgspec.Struct, rename="camel"):
     backlog: int  # readings it took from the broker and has not committed yet
     write_error: str | None
     stopped_at: datetime | None
+    sessions: list[int]  # the broker sessions it owns (GATEWAY_SESSIONS, replicas)
+    leader: bool  # it judges and publishes alerts
 
 
 class HealthSummary(msgspec.Struct, rename="camel"):
@@ -145,6 +147,8 @@ def _heartbeat(row: dict[str, Any], max_age_s: float) -> GatewayHeartbeat:
         backlog=row["backlog"],
         write_error=row["write_error"],
         stopped_at=None if row["stopped_at"] is None else _utc(row["stopped_at"]),
+        sessions=list(row["sessions"]),
+        leader=row["leader"],
     )
 
 

@@ -212,6 +212,7 @@ async def test_several_replicas_take_reads_in_turn(
     mosquitto: Mosquitto,
 ) -> None:
     async with serving(_settings(primary, mosquitto, standby, second_standby)) as api:
+
         async def both_usable() -> bool:
             _, health = await api.get("/health", token=None)
             return all(replica["usable"] for replica in health["replicas"])

@@ -99,6 +99,7 @@ async def test_a_quiet_fleet_is_ok_while_a_gateway_beats_and_degraded_once_it_st
     assert beat["clientId"] == settings.client_id
     assert (beat["state"], beat["brokerConnected"], beat["backlog"]) == ("running", True, 0)
     assert (beat["writeError"], beat["stoppedAt"]) == (None, None)
+    assert (beat["sessions"], beat["leader"]) == ([0], True)  # a lone gateway: all of it
     assert beat["secondsSinceBeat"] < 30
     latest = datetime.fromisoformat(body["latestReadingReceivedAt"])
     assert timedelta(minutes=59) < datetime.now(UTC) - latest < timedelta(minutes=61)
@@ -184,6 +185,8 @@ def _beat(state: str, **changes: Any) -> GatewayHeartbeat:
         "backlog": 0,
         "write_error": None,
         "stopped_at": None,
+        "sessions": [0],
+        "leader": True,
         **changes,
     }
     return GatewayHeartbeat(**fields)
