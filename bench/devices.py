@@ -37,6 +37,7 @@ from bench.harness import (
     children_of,
     cpu_seconds,
     machine,
+    print_figures,
     proc_status_kb,
 )
 from bench.mqtt_logins import Session, Storm, log_in, log_out, longest_ping_s, storm
@@ -513,19 +514,11 @@ METHOD = """method:
 def report(bench: Bench | None, scale: Scale) -> None:
     if bench is None or not bench.rows:
         return
-    width = max(len(what) for what, _, _ in bench.rows)
-    print(f"fleetgate device benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print(f"machine: {machine()}; load average {bench.load:.2f} at the start, "
-          f"{os.getloadavg()[0]:.2f} at the end; {bench.publishers} publisher processes in (3); "
-          f"{scale}")  # fmt: skip
-    print(f"{'figure':<{width}} | {'target':<9} | measured")
-    print(f"{'-' * width}-+-{'-' * 9}-+-{'-' * 40}")
-    for what, measured, target in bench.rows:
-        print(f"{what:<{width}} | {target:<9} | {measured}")
-    print()
-    print(METHOD)
-    for note in bench.notes:
-        print(f"- {note}")
+    setting = (
+        f"load average {bench.load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end; "
+        f"{bench.publishers} publisher processes in (3); {scale}"
+    )
+    print_figures("device", setting, bench.rows, 9, method=METHOD, notes=bench.notes)
 
 
 if __name__ == "__main__":

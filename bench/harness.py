@@ -46,6 +46,30 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {model}"
 
 
+def print_figures(
+    title: str,
+    setting: str,
+    rows: list[tuple[str, str, str]],
+    target_width: int,
+    *,
+    method: str,
+    notes: Iterable[str],
+) -> None:
+    """A benchmark's report: its title and when, the machine and ``setting``, then one line per
+    (figure, measured, target) under a header, the method and the notes."""
+    width = max(len(what) for what, _, _ in rows)
+    print(f"fleetgate {title} benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"machine: {machine()}; {setting}")
+    print(f"{'figure':<{width}} | {'target':<{target_width}} | measured")
+    print(f"{'-' * width}-+-{'-' * target_width}-+-{'-' * 40}")
+    for what, measured, target in rows:
+        print(f"{what:<{width}} | {target:<{target_width}} | {measured}")
+    print()
+    print(method)
+    for note in notes:
+        print(f"- {note}")
+
+
 def _best_of_three_ms(run: Callable[[], object]) -> float:
     best = float("inf")
     for _ in range(3):

@@ -28,6 +28,7 @@ from bench.harness import (
     Publishers,
     children_of,
     machine,
+    print_figures,
     proc_status_kb,
     wait_for_gateway,
 )
@@ -469,17 +470,8 @@ METHOD = """method:
 
 
 def report(bench: Bench, scale: Scale) -> None:
-    width = max(len(what) for what, _, _ in bench.rows)
-    print(f"fleetgate ingest benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print(f"machine: {machine()}; {bench.args.publishers} publisher processes, {scale}")
-    print(f"{'figure':<{width}} | {'target':<21} | measured")
-    print(f"{'-' * width}-+-{'-' * 21}-+-{'-' * 40}")
-    for what, measured, target in bench.rows:
-        print(f"{what:<{width}} | {target:<21} | {measured}")
-    print()
-    print(METHOD)
-    for note in bench.notes:
-        print(f"- {note}")
+    setting = f"{bench.args.publishers} publisher processes, {scale}"
+    print_figures("ingest", setting, bench.rows, 21, method=METHOD, notes=bench.notes)
 
 
 if __name__ == "__main__":
