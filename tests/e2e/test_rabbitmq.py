@@ -194,8 +194,6 @@ async def test_an_alert_raised_by_an_api_reading_is_retained_for_its_exact_topic
 
 
 async def test_a_device_login_publishes_to_its_own_topic_only(rabbitmq: PrivateRabbitMQ) -> None:
-    if rabbitmq.durable_queue_type != "classic":
-        pytest.skip("topic permissions do not depend on the queue type")
     topics: list[str] = []
     async with connected(rabbitmq, "watch") as watch:
         await watch.subscribe("fleet/meter/#", qos=1)
