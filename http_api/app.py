@@ -9,14 +9,20 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.database import apply_schema, open_pool
-from http_api.access_log import log_access
+from http_api.access_log import log_answer
 from http_api.auth import require_token
 from http_api.background import BackgroundTasks
 from http_api.fleet_cache import FLEET_CACHE, fleet_view_cache
 from http_api.keys import BACKGROUND, POOL, PUBLISHER, SETTINGS, TOKEN_CACHE
 from http_api.limits import TokenLimits, limit_per_token
-from http_api.metrics import API_METRICS, ApiMetrics, count_requests
-from http_api.middleware import cors, except_for, known_query_parameters, request_id_and_errors
+from http_api.metrics import API_METRICS, ApiMetrics, count_answer
+from http_api.middleware import (
+    cors,
+    except_for,
+    known_query_parameters,
+    request_id_and_errors,
+    timed,
+)
 from http_api.publisher import Publisher
 from http_api.read_pools import READ_POOLS, open_read_pools, remember_writes
 from http_api.routes import setup_routes
@@ -88,8 +94,8 @@ async def _fleet_cache(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[
-            count_requests,  # outermost: counts each answer as sent, errors included
-            *([log_access] if settings.access_log else []),
+            # outermost: each answer as sent, errors included, counted (and logged)
+            timed(count_answer, *([log_answer] if settings.access_log else [])),
             cors(settings.cors_origins),
             request_id_and_errors,
             except_for(is_page, require_token),  # the dashboard's files hold no data
