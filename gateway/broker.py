@@ -1,30 +1,41 @@
-"""The one place that reaches under aiomqtt: acknowledging a message after it is committed.
+"""The one place that reaches under aiomqtt: reading the socket, and acknowledging a message
+after it is committed.
 
 aiomqtt 2.5 acknowledges a QoS 1 message as soon as it enters its queue, before the application
 has stored it (aiomqtt issue #345). paho, which aiomqtt wraps, can leave the acknowledgement to
-the application (``manual_ack_set``); this module switches that on and sends the acks. A message
-id is only meaningful on the connection that delivered it, so every message is tagged with its
-connection's number, and acks for an older connection are not sent: the broker redelivers those
-messages on the new connection, and the primary key makes the second write a no-op.
+the application (``manual_ack_set``); this module switches that on and sends the acks, those
+of one event-loop turn in one write. A message id is only meaningful on the connection that
+delivered it, so every message is tagged with its connection's number, and acks for an older
+connection are not sent: the broker redelivers those messages on the new connection, and the
+primary key makes the second write a no-op.
 
-It also bounds what waits in aiomqtt's unbounded queue. The broker's in-flight window should do
-that, but Mosquitto 2.0.11 stops honouring ``max_inflight_messages`` once acknowledgements
-arrive while messages are queued (measured: with a window of 2,000, all 20,000 queued messages
-were sent): a 1,000,000-message backlog then piles up in the gateway. So the gateway stops
-reading its socket above a high-water mark, of messages or of payload bytes, and resumes below
-a low one; TCP backpressure keeps the rest in the broker.
+It reads the socket itself, in large chunks, and cuts the common PUBLISH packets out of them
+(``gateway.mqtt_frames``); paho reads every other packet from the same buffer, through its
+``_sock_recv``, and handles it as usual. paho reads a packet in three ``recv`` calls and wraps
+each message twice (its own and aiomqtt's), which was about half of the gateway's CPU.
+
+It also bounds what waits to be taken. The broker's in-flight window should do that, but
+Mosquitto 2.0.11 stops honouring ``max_inflight_messages`` once acknowledgements arrive while
+messages are queued (measured: with a window of 2,000, all 20,000 queued messages were sent): a
+1,000,000-message backlog then piles up in the gateway. So the gateway stops reading its socket
+above a high-water mark, of messages or of payload bytes, and resumes below a low one; TCP
+backpressure keeps the rest in the broker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import logging
-from typing import Any
+import struct
+import time
+from typing import Any, Final, cast
 
 import aiomqtt
 
 from gateway.broker_logins import session_login
+from gateway.mqtt_frames import Delivery, cut_publishes
 from gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -33,7 +44,11 @@ logger = logging.getLogger(__name__)
 # reason rather than never seen; the gateway's own alerts (ALERTS_PREFIX) are skipped.
 SUBSCRIPTIONS = ("fleet/#",)
 ALERTS_PREFIX = "fleet/alerts/"
-READS_PER_TURN = 64  # packets read in one event-loop turn, at most
+READS_PER_TURN: Final = 8  # socket reads in one event-loop turn, at most
+RECV_BYTES: Final = 256 * 1024  # one socket read
+_UNBOUNDED: Final = 1 << 30
+_PUBACK: Final = 0x40
+_PUBACK_HEAD: Final = 0x4002_0000  # a PUBACK as a big-endian 32-bit word: type, length 2, mid
 
 
 def session_subscriptions(
@@ -77,9 +92,16 @@ class Broker:
         self._high_water = 4 * settings.batch_size  # above the in-flight window when it holds
         self._low_water = 2 * settings.batch_size
         self._max_queued_bytes = max_queued_bytes
-        self._queued_bytes = 0  # payload bytes in aiomqtt's queue
-        self._received = 0  # messages paho has handed us, ever: did a read bring one?
-        self._reading_fd: int | None = None  # the socket our reader is registered on
+        self._deliveries: collections.deque[Delivery] = collections.deque()
+        self._queued_bytes = 0  # payload bytes in _deliveries
+        self._waiter: asyncio.Future[None] | None = None  # next_message, waiting
+        self._socket: Any = None  # the socket our reader reads, and its descriptor
+        self._reading_fd: int | None = None
+        self._buffer = bytearray()  # read from the socket, not cut into packets yet
+        self._for_paho = 0  # bytes of the buffer paho may read now: the packet it handles
+        self._read_error: OSError | None = None  # how the socket failed, for paho to read
+        self._at_end = False  # the broker closed the connection: paho reads b""
+        self._acks: list[int] = []  # message ids to acknowledge at the end of this loop turn
         self._paused = False
         self._subscribed = False
         self.client = aiomqtt.Client(
@@ -92,16 +114,16 @@ class Broker:
             protocol=aiomqtt.ProtocolVersion.V311,  # paho's MQTT 5 path is several times slower
             keepalive=30,
         )
-        self._paho: Any = self.client._client
+        self._loop = self.client._loop
+        self._paho: Any = cast(Any, self.client._client)
         self._paho.manual_ack_set(True)
-        self._aiomqtt_on_message: Any = self._paho.on_message
-        self._paho.on_message = self._on_message
-        # paho walks its tree of per-topic callbacks for every message (5-9 % of the gateway's
-        # CPU in a profile); neither aiomqtt nor the gateway ever adds one.
-        self._paho._on_message_filtered = _NoTopicCallbacks()  # type: ignore[assignment]
+        self._paho.on_message = self._on_message  # the PUBLISH packets paho reads (odd ones)
+        self._paho._sock_recv = self._recv_for_paho  # paho reads its packets from our buffer
+        # paho walks its tree of per-topic callbacks for every message it reads; neither
+        # aiomqtt nor the gateway ever adds one.
+        self._paho._on_message_filtered = _NoTopicCallbacks()
         self._aiomqtt_socket_open: Any = self._paho.on_socket_open
         self._paho.on_socket_open = self._on_socket_open
-        self._queue: asyncio.Queue[aiomqtt.Message] = self.client._queue
         self.connection = 0  # incremented at every (re)connect
         self.connected = False
 
@@ -117,18 +139,22 @@ class Broker:
         forgotten (never acknowledged, so the broker sends them again on the next connection)."""
         self.connected = False
         settle_disconnection(self.client)
-        self._reading_fd = None
+        self._forget_socket()
         self._paused = False
         self._subscribed = False
-        dropped = 0
-        while not self._queue.empty():
-            self._queue.get_nowait()
-            dropped += 1
+        self._acks.clear()
+        dropped = len(self._deliveries)
+        self._deliveries.clear()
         self._queued_bytes = 0
         if dropped:
             logger.info(
                 "%d messages not taken before the connection dropped will be redelivered", dropped
             )
+
+    @property
+    def waiting(self) -> int:
+        """Messages received and not taken yet."""
+        return len(self._deliveries)
 
     def lost_connection(self) -> bool:
         """True once the current connection has dropped (aiomqtt resolves this future)."""
@@ -138,108 +164,184 @@ class Broker:
         await self.client.subscribe([(topic, 1) for topic in self._subscriptions])
         self._subscribed = True
 
-    async def next_message(self) -> aiomqtt.Message:
+    async def next_message(self) -> Delivery:
         """Wait for the next message; raises ``aiomqtt.MqttError`` when the connection drops."""
-        iterator = self.client.messages.__aiter__()
-        return self._taken(await iterator.__anext__())
+        lost = self.client._disconnected
+        while not self._deliveries:
+            if lost.done():
+                raise aiomqtt.MqttError("Disconnected during message iteration") from (
+                    None if lost.cancelled() else lost.exception()
+                )
+            self._waiter = self._loop.create_future()
+            try:
+                await asyncio.wait((self._waiter, lost), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._waiter = None
+        return self._taken(self._deliveries.popleft())
 
-    def take_ready(self) -> aiomqtt.Message | None:
+    def take_ready(self) -> Delivery | None:
         """A message already received, without waiting (cheaper than a loop turn per message)."""
-        if self._queue.empty():
+        if not self._deliveries:
             if self._paused:
                 self._resume_reading()
             return None
-        message = self._taken(self._queue.get_nowait())
+        message = self._taken(self._deliveries.popleft())
         if (
             self._paused
-            and self._queue.qsize() < self._low_water
+            and len(self._deliveries) < self._low_water
             and self._queued_bytes < self._max_queued_bytes // 2
         ):
             self._resume_reading()
         return message
 
-    def _taken(self, message: aiomqtt.Message) -> aiomqtt.Message:
-        self._queued_bytes -= _size(message.payload)
+    def _taken(self, message: Delivery) -> Delivery:
+        self._queued_bytes -= len(message.payload)
         return message
 
+    def _deliver(self, deliveries: list[Delivery]) -> None:
+        self._deliveries.extend(deliveries)
+        self._queued_bytes += sum(len(delivery.payload) for delivery in deliveries)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        self._received += 1
-        self._queued_bytes += _size(message.payload)
+        """A PUBLISH paho read (not one of the common ones): kept, even on a topic that is not
+        UTF-8, which becomes a dead letter."""
         try:
-            self._aiomqtt_on_message(client, userdata, message)
-        except Exception as exc:  # a topic aiomqtt cannot represent: keep it as a dead letter
+            topic = message.topic
+        except UnicodeDecodeError:
             raw_topic = repr(getattr(message, "_topic", b""))[:200]
-            logger.warning("message on an undecodable topic %s: %s", raw_topic, exc)
-            self._queue.put_nowait(
-                aiomqtt.Message(
-                    f"undecodable topic {raw_topic}".replace("+", "?").replace("#", "?"),
-                    message.payload,
-                    message.qos,
-                    message.retain,
-                    message.mid,
-                    None,
-                )
-            )
+            logger.warning("message on an undecodable topic %s", raw_topic)
+            topic = f"undecodable topic {raw_topic}"
+        self._deliver([Delivery(topic, message.payload, message.qos, message.mid)])
 
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
         # aiomqtt registers its reader (from paho's thread, via the loop); ours replaces it
-        # right after, so that reading can pause.
+        # right after. Until then, aiomqtt's reader finds our buffer empty.
         self._aiomqtt_socket_open(client, userdata, sock)
-        loop = self.client._loop
-        loop.call_soon_threadsafe(self._take_over_reading, sock.fileno())
+        self._loop.call_soon_threadsafe(self._take_over_reading, sock)
 
-    def _take_over_reading(self, fd: int) -> None:
-        loop = self.client._loop
-        loop.remove_reader(fd)
-        loop.add_reader(fd, self._read)
+    def _take_over_reading(self, sock: Any) -> None:
+        fd = sock.fileno()
+        self._forget_socket()
+        self._loop.remove_reader(fd)
+        self._loop.add_reader(fd, self._read)
+        self._socket = sock
         self._reading_fd = fd
         self._paused = False
 
+    def _forget_socket(self) -> None:
+        self._socket = None
+        self._reading_fd = None
+        self._buffer.clear()
+        self._for_paho = 0
+        self._read_error = None
+        self._at_end = False
+
     def _read(self) -> None:
-        """aiomqtt's reader, plus the pause: paho reads and queues until the high-water mark.
-        paho's ``loop_read`` reads one packet, whatever ``max_packets`` says, so this calls it
-        until a call brings no message (the socket is empty, or it read another kind of
-        packet), at most READS_PER_TURN times: one event-loop turn per message cost ~10 % of
-        the gateway's CPU."""
-        # Not before SUBACK is read: the consumer takes messages only once subscribed.
+        """Read what the socket has, up to READS_PER_TURN chunks, and cut it into messages."""
         fd = self._reading_fd
         for _ in range(READS_PER_TURN):
-            if (
-                self._subscribed
-                and fd is not None
-                and (
-                    self._queue.qsize() >= self._high_water
-                    or self._queued_bytes >= self._max_queued_bytes
-                )
-            ):
-                self.client._loop.remove_reader(fd)
-                self._paused = True
+            if not self._cut_buffer() or fd is None or fd != self._reading_fd:
                 return
-            received = self._received
             try:
-                if self._paho.loop_read() != 0 or fd != self._reading_fd:
-                    return  # the connection dropped (paho has handled it) or was replaced
-            except Exception as exc:  # as aiomqtt does: any failure means the link broke
-                disconnected = self.client._disconnected
-                if not disconnected.done():
-                    disconnected.set_exception(exc)
+                chunk = self._socket.recv(RECV_BYTES)
+            except BlockingIOError:
                 return
-            if self._received == received:
+            except OSError as exc:  # paho reads it and handles the lost connection
+                self._read_error = exc
+                chunk = b""
+            if not chunk:
+                self._at_end = True
+                self._paho_reads(0)
                 return
+            self._buffer += chunk
+            self._paho._last_bytes_received = time.monotonic()  # paho's keepalive clock
+        self._cut_buffer()
+
+    def _cut_buffer(self) -> bool:
+        """Take the buffer's complete packets; False if reading paused or the connection ended.
+        Messages are taken without limit until subscribed: SUBACK must be read."""
+        fd = self._reading_fd
+        while True:
+            room = self._high_water - len(self._deliveries)
+            if self._subscribed and (room <= 0 or self._queued_bytes >= self._max_queued_bytes):
+                self._pause_reading()
+                return False
+            cut = cut_publishes(self._buffer, room if self._subscribed else _UNBOUNDED)
+            if cut.consumed:
+                del self._buffer[: cut.consumed]
+                self._deliver(cut.deliveries)
+            if cut.malformed:
+                self._read_error = ConnectionError("a packet from the broker is not MQTT")
+                self._paho_reads(0)
+                return False
+            if cut.other:
+                if not self._paho_reads(cut.other) or fd != self._reading_fd:
+                    return False
+            elif len(cut.deliveries) < room or not self._subscribed:
+                return True  # what is left is a packet still coming in
+
+    def _paho_reads(self, length: int) -> bool:
+        """paho reads and handles the next ``length`` bytes of the buffer (one packet), or the
+        socket's failure when there are none; False if the connection is gone."""
+        self._for_paho = length
+        try:
+            return bool(self._paho.loop_read() == 0)
+        except Exception as exc:  # as aiomqtt does: any failure means the link broke
+            disconnected = self.client._disconnected
+            if not disconnected.done():
+                disconnected.set_exception(exc)
+            return False
+        finally:
+            self._for_paho = 0
+
+    def _recv_for_paho(self, size: int) -> bytes:
+        """paho's ``_sock_recv``: the bytes of the packet it was given, then "would block"."""
+        if self._for_paho > 0:
+            size = min(size, self._for_paho)
+            data = bytes(self._buffer[:size])
+            del self._buffer[:size]
+            self._for_paho -= size
+            return data
+        if self._read_error is not None:
+            raise self._read_error
+        if self._at_end:
+            return b""
+        raise BlockingIOError
+
+    def _pause_reading(self) -> None:
+        if self._reading_fd is not None and not self._paused:
+            self._loop.remove_reader(self._reading_fd)
+            self._paused = True
 
     def _resume_reading(self) -> None:
         self._paused = False
         if self._reading_fd is not None and self.connected:
-            self.client._loop.add_reader(self._reading_fd, self._read)
+            self._loop.add_reader(self._reading_fd, self._read)
+            self._loop.call_soon(self._read)  # the buffer may hold whole packets already
 
     def ack(self, mid: int, qos: int, connection: int) -> bool:
-        """Acknowledge a committed message; False if its connection is gone (it will come again)."""
+        """Acknowledge a committed message; False if its connection is gone (it will come again).
+        The acks of one event-loop turn leave in one write."""
         if qos == 0:
             return True
         if not self.connected or connection != self.connection:
             return False
-        self._paho.ack(mid, qos)
+        if qos != 1:
+            self._paho.ack(mid, qos)
+            return True
+        if not self._acks:
+            self._loop.call_soon(self._send_acks, connection)
+        self._acks.append(mid)
         return True
+
+    def _send_acks(self, connection: int) -> None:
+        mids, self._acks = self._acks, []
+        if mids and self.connected and connection == self.connection:
+            packet = struct.pack(f">{len(mids)}I", *[_PUBACK_HEAD | mid for mid in mids])
+            self._paho._packet_queue(_PUBACK, packet, 0, 0)
 
 
 class _NoTopicCallbacks:
@@ -247,7 +349,3 @@ class _NoTopicCallbacks:
 
     def iter_match(self, _topic: str) -> tuple[()]:
         return ()
-
-
-def _size(payload: object) -> int:
-    return len(payload) if isinstance(payload, bytes | bytearray) else 0

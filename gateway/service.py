@@ -25,6 +25,7 @@ from gateway.heartbeat import GatewayState, Heartbeat
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics, retry_reason
 from gateway.monitoring import HealthReport, serve_monitoring
+from gateway.mqtt_frames import Delivery
 from gateway.readings import Decoded, Limits, decode_message
 from gateway.replicas import Replicas
 from gateway.schema import apply_schema
@@ -448,20 +449,15 @@ class Gateway:
     def _take(
         self,
         broker: Broker,
-        message: aiomqtt.Message,
+        message: Delivery,
         batch: Batch,
         now: datetime,
         now_monotonic: float,
     ) -> None:
-        topic = message.topic.value
+        topic, payload = message.topic, message.payload
         if topic.startswith(ALERTS_PREFIX):  # our own output, not telemetry
             broker.ack(message.mid, message.qos, broker.connection)
             return
-        payload = (
-            message.payload
-            if isinstance(message.payload, bytes)
-            else bytes(str(message.payload), "utf-8")
-        )
         decoded, suppressed = self._dead_letter_cap.admit(
             decode_message(topic, payload, now, self._limits), now
         )

@@ -18,13 +18,13 @@ async def test_a_backlog_drains_with_a_bounded_local_queue_and_nothing_lost(
     await first.close()  # the persistent session stays on the broker and queues for it
     sent = await publish_readings(mosquitto.port, devices=100, minutes=range(100))
     running = await start_gateway(batch_size=50, alerts_enabled=False)
-    queue = running.gateway.broker.client._queue
+    broker = running.gateway.broker
     deepest = 0
 
     async def watch() -> None:
         nonlocal deepest
         while True:
-            deepest = max(deepest, queue.qsize())
+            deepest = max(deepest, broker.waiting)
             await asyncio.sleep(0)
 
     watcher = asyncio.create_task(watch())
@@ -41,7 +41,7 @@ async def test_a_backlog_drains_with_a_bounded_local_queue_and_nothing_lost(
     # (max_inflight_messages 2000 in mosquitto/fleetgate.conf) and that window holds; once
     # acks flow, the gateway's own high-water mark (4 x BATCH_SIZE) is what holds.
     assert 0 < deepest <= 2000
-    assert running.gateway.broker.client._queue.qsize() == 0
+    assert broker.waiting == 0
 
 
 async def _stored(database_url: str, expected: int) -> bool:
