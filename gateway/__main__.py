@@ -32,6 +32,7 @@ from gateway.rollup_rebuild import Rebuilt, rebuild_rollups
 from gateway.schema import SchemaVersionError, apply_schema
 from gateway.service import Gateway, TaskDiedError
 from gateway.settings import OPTIONS, Settings, SettingsError
+from gateway.shared_subscriptions import shared_subscriptions_usable
 
 _MIGRATE_OPTIONS = (DATABASE_URL_OPTION, DATABASE_LOGINS_OPTION)
 
@@ -184,11 +185,14 @@ def _rebuild_rollups(environ: Mapping[str, str], start: datetime, end: datetime)
 
 
 async def _serve(settings: Settings) -> int:
-    """Run the gateway; 1 if it stopped by itself (logged where it happened), else 0."""
+    """Run the gateway; 1 if it stopped by itself (logged where it happened), 2 if it refused
+    to start (GATEWAY_SESSIONS above 1 on a broker without shared subscriptions), else 0."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if not await shared_subscriptions_usable(settings, stop):  # GATEWAY_SESSIONS > 1 only
+        return 0 if stop.is_set() else 2
     gateway = Gateway(settings, stop)
     try:
         async with asyncio.TaskGroup() as tasks:

@@ -215,3 +215,24 @@ async def test_a_device_login_publishes_to_its_own_topic_only(rabbitmq: PrivateR
                 if message.topic.value == "fleet/meter/M-barrier":
                     break
     assert topics == ["fleet/meter/M-own", "fleet/meter/M-barrier"]
+
+
+async def test_a_gateway_with_several_sessions_refuses_to_start_on_rabbitmq(
+    rabbitmq: PrivateRabbitMQ, settings: Settings
+) -> None:
+    """RabbitMQ 3.10 has no shared subscriptions: with GATEWAY_SESSIONS=2 every reading would
+    be dropped, so the gateway says why and exits before it subscribes anything."""
+    gateway = GatewayProcess(settings, MQTT_URL=rabbitmq.url, GATEWAY_SESSIONS="2")
+    gateway.start()
+    try:
+        returncode, output = await gateway.wait_exit(30)
+    finally:
+        gateway.kill()
+    assert returncode == 2, output
+    [refusal] = [line for line in output.splitlines() if "Refusing to start" in line]
+    assert "ERROR" in refusal
+    assert "GATEWAY_SESSIONS=2" in refusal
+    assert f"the broker at mqtt://127.0.0.1:{rabbitmq.port} does not" in refusal
+    # Nothing was subscribed: no session queue was made for the gateway's client id.
+    queues = await asyncio.to_thread(rabbitmq.ctl, "list_queues", "name")
+    assert settings.client_id not in queues
