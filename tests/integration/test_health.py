@@ -15,7 +15,7 @@ import pytest
 
 from gateway.database import apply_schema
 from gateway.settings import MqttAddress, Settings
-from http_api.health import GatewayHeartbeat, HealthCheck, summarise
+from http_api.health import GatewayHeartbeat, HealthCheck, judge_heartbeats, summarise
 from http_api.settings import Settings as ApiSettings
 from tests.e2e.test_http_faults import _set_database_reachable
 from tests.http_helpers import Api, meter_reading, serving, write_readings
@@ -199,7 +199,10 @@ def test_the_summary_status_and_its_reasons() -> None:
     two = [_beat("running"), _beat("stopped", client_id="gw-2")]
     assert summarise(up, broker, two, 30).reasons == []
     stale = summarise(up, broker, [_beat("running"), _beat("stale", client_id="gw-2")], 30)
-    assert (stale.status, stale.reasons) == ("degraded", ["gateway 'gw-2': no heartbeat for 2 s"])
+    assert (stale.status, stale.reasons) == (
+        "degraded",
+        ["gateway 'gw-2': no heartbeat for 2 s; no running gateway owns its session 0"],
+    )
     off = summarise(up, HealthCheck(ok=False, error="not connected"), [_beat("running")], 30)
     assert (off.status, off.reasons) == (
         "degraded",
@@ -211,3 +214,77 @@ def test_the_summary_status_and_its_reasons() -> None:
     ]
     down = summarise(HealthCheck(ok=False, error="refused"), broker, [], 30)
     assert (down.status, down.reasons) == ("down", ["database unreachable: refused"])
+
+
+def _row(client_id: str, seconds_since_beat: float, **changes: Any) -> dict[str, Any]:
+    """A gateway_heartbeat row as /health reads it (http_api/health.py)."""
+    return {
+        "client_id": client_id,
+        "host": "h",
+        "pid": 7,
+        "version": "0.1.0",
+        "started_at": NOW,
+        "beat_at": NOW,
+        "seconds_since_beat": seconds_since_beat,
+        "broker_connected": True,
+        "backlog": 0,
+        "write_error": None,
+        "stopped_at": None,
+        "sessions": [],
+        "leader": False,
+        "holds_lock": False,
+        **changes,
+    }
+
+
+def test_a_silent_unnamed_replica_is_gone_once_running_replicas_hold_its_sessions() -> None:
+    """Unnamed replicas' rows are MQTT_CLIENT_ID/host-pid, a name no later process takes: one
+    that is silent, holds no lock and whose sessions (and leadership) running replicas of its
+    deployment hold is gone, listed but not judged. Anything else silent stays stale."""
+    up = HealthCheck(ok=True)
+
+    def judged(*rows: dict[str, Any]) -> tuple[list[str], list[str]]:
+        gateways = judge_heartbeats(rows, 30)
+        return [gateway.state for gateway in gateways], summarise(up, up, gateways, 30).reasons
+
+    live = [
+        _row("fg/r1", 1, sessions=[0, 1, 2], leader=True),
+        _row("fg/h-8", 1, sessions=[3, 4, 5], pid=8),
+    ]
+    dead = _row("fg/h-7", 40, sessions=[2, 3])
+    assert judged(*live, dead) == (["running", "running", "gone"], [])
+    assert judged(*live, {**dead, "leader": True}) == (["running", "running", "gone"], [])
+    assert judged(*live, {**dead, "sessions": []}) == (["running", "running", "gone"], [])
+    assert judged(*live, {**dead, "stopped_at": NOW}) == (["running", "running", "stopped"], [])
+    # Its lock connection lives (a hung process): what it locked, nobody else can consume.
+    assert judged(*live, {**dead, "holds_lock": True}) == (
+        ["running", "running", "stale"],
+        ["gateway 'fg/h-7': no heartbeat for 40 s; running replicas took its sessions over"],
+    )
+    # Not (yet) taken over: a session nobody owns keeps /health degraded.
+    assert judged(live[0], dead) == (
+        ["running", "stale"],
+        ["gateway 'fg/h-7': no heartbeat for 40 s; no running gateway owns its session 3"],
+    )
+    assert judged(_row("other/r1", 1, sessions=[0, 1, 2, 3], leader=True), dead)[0] == [
+        "running",
+        "stale",
+    ]  # another deployment's sessions 2 and 3 are not these
+    assert judged({**live[0], "leader": False}, live[1], {**dead, "leader": True})[0] == [
+        "running",
+        "running",
+        "stale",
+    ]  # it led and nobody leads now: alerts are not judged
+    assert judged({**live[0], "seconds_since_beat": 31}, live[1], dead)[0] == [
+        "stale",
+        "running",
+        "stale",
+    ]  # the replica that took session 2 is silent too
+    # A named replica is expected back: stale, and /health degraded, even when its sessions
+    # were taken over; a lone gateway's row (the client id alone) likewise.
+    named = _row("fg/r2", 40, sessions=[2, 3])
+    assert judged(*live, named) == (
+        ["running", "running", "stale"],
+        ["gateway 'fg/r2': no heartbeat for 40 s; running replicas took its sessions over"],
+    )
+    assert judged(_row("fg", 40, sessions=[0], leader=True))[0] == ["stale"]
