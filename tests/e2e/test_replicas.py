@@ -8,9 +8,12 @@ import asyncio
 import contextlib
 import json
 import signal
+import socket
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -18,10 +21,15 @@ import pytest
 from gateway.broker import session_subscriptions
 from gateway.broker_logins import Login, device_username, hash_secret
 from gateway.broker_sync import SyncSettings, reload_broker, session_usernames, write_files
-from gateway.replicas import MAX_SESSIONS, Census, may_take, namespace, share, to_release
+from gateway.database import apply_schema
+from gateway.replicas import CHANNEL, MAX_SESSIONS, Census, may_take, namespace, share, to_release
 from gateway.settings import MqttAddress, Settings
+from http_api.settings import Settings as ApiSettings
+from tests.http_helpers import Api, serving
 from tests.services import Mosquitto
-from tests.support import GatewayProcess, count, query, wait_until
+from tests.support import GatewayProcess, LoginAs, count, query, wait_until
+
+pytest_plugins = ["tests.http_fixtures"]
 
 START = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=6)
 DEVICES = 100
@@ -418,3 +426,146 @@ async def test_with_one_session_a_second_replica_is_a_standby_that_takes_over(
         lambda: balanced(database_url, settings.client_id, ["r2"]), seconds=10, what="r2 owns"
     )
     await assert_stored_once(database_url, await publishing)
+
+
+# /health's timing here: gateways beat every 0.3 s, silent for 3 s is stale.
+HEALTH_ENV = {"HEARTBEAT_INTERVAL_S": "0.3"}
+MAX_AGE_S = 3.0
+
+
+def unnamed(replica: GatewayProcess) -> str:
+    """An unnamed replica's name (its lock connection's application_name): host-pid."""
+    assert replica.process is not None
+    return f"{socket.gethostname()}-{replica.process.pid}"
+
+
+async def health(api: Api) -> dict[str, Any]:
+    response = await api.client.get("/health")
+    assert response.status == 200
+    body: dict[str, Any] = await response.json()
+    return body
+
+
+def states(body: dict[str, Any]) -> dict[str, str]:
+    return {gateway["clientId"]: gateway["state"] for gateway in body["gateways"]}
+
+
+async def health_is(api: Api, status: str, expected: dict[str, str]) -> bool:
+    body = await health(api)
+    return body["status"] == status and states(body) == expected
+
+
+async def poke(database_url: str) -> None:
+    """What a replica that joins, hands a session over or leaves sends: each replica looks."""
+    await query(database_url, "SELECT pg_notify(%s, 'test')", CHANNEL)
+
+
+@pytest.fixture
+async def api_as_its_role(
+    api_settings: ApiSettings, database_url: str, login_as: LoginAs
+) -> AsyncIterator[Api]:
+    """The API as its own database role (it must see the replicas' locks as such) with a short
+    HEARTBEAT_MAX_AGE_S."""
+    await apply_schema(database_url)
+    as_api = api_settings.replace(
+        database_url=login_as(database_url, "fleetgate_api"), heartbeat_max_age_s=MAX_AGE_S
+    )
+    async with serving(as_api) as api:
+        yield api
+
+
+async def test_health_forgets_a_killed_unnamed_replica_once_its_sessions_are_taken_over(
+    settings: Settings,
+    database_url: str,
+    gateway_process: list[GatewayProcess],
+    api_as_its_role: Api,
+) -> None:
+    """An unnamed replica is named after its process, so none will beat as it again: killed,
+    once the others hold its sessions, /health lists it as gone and is ok again. A named one
+    killed is expected back: stale, and /health degraded, though its sessions are taken."""
+    api, takeover_s = api_as_its_role, 1.0
+    env = {"GATEWAY_SESSIONS": "6", "REPLICA_TAKEOVER_S": str(takeover_s), **HEALTH_ENV}
+    named = start_replica(settings, gateway_process, "r1", **env)
+    first, second = (start_replica(settings, gateway_process, "", **env) for _ in range(2))
+    names = ["r1", unnamed(first), unnamed(second)]
+    await wait_until(
+        lambda: balanced(database_url, settings.client_id, sorted(names * 2)),
+        seconds=30,
+        what="two sessions each",
+    )
+    rows = {f"{settings.client_id}/{name}": "running" for name in names}
+    await wait_until(lambda: health_is(api, "ok", rows), what="/health ok, three running")
+
+    first.kill()
+    killed_at = time.monotonic()
+    await wait_until(
+        lambda: balanced(database_url, settings.client_id, sorted(names[::2] * 3)),
+        seconds=10,
+        what="its sessions taken over",
+    )
+    rows[f"{settings.client_id}/{names[1]}"] = "gone"
+    await wait_until(lambda: health_is(api, "ok", rows), what="the killed replica gone")
+    gone_s = time.monotonic() - killed_at
+    print(f"/health ok, the killed unnamed replica gone, {gone_s:.2f} s after the kill")
+    assert gone_s < MAX_AGE_S + takeover_s + 2.0  # the age, a look and its connect, a beat
+    body = await health(api)
+    assert body["reasons"] == []
+    await asyncio.sleep(1.0)
+    assert await health_is(api, "ok", rows)  # and it stays so
+
+    named.kill()
+    await wait_until(
+        lambda: balanced(database_url, settings.client_id, [names[2]] * 6),
+        seconds=10,
+        what="r1's sessions taken over",
+    )
+    rows[f"{settings.client_id}/r1"] = "stale"
+    await wait_until(lambda: health_is(api, "degraded", rows), what="the named replica stale")
+    [reason] = (await health(api))["reasons"]
+    assert reason.startswith(f"gateway '{settings.client_id}/r1': no heartbeat for ")
+    assert reason.endswith("; running replicas took its sessions over")
+
+
+async def test_health_stays_degraded_while_nobody_owns_a_killed_replicas_sessions(
+    settings: Settings,
+    database_url: str,
+    gateway_process: list[GatewayProcess],
+    api_as_its_role: Api,
+) -> None:
+    """The survivor looks for free sessions only every 600 s here (a kill notifies nobody):
+    the killed unnamed replica's sessions stay unowned, and /health degraded, naming them,
+    until a notification makes the survivor look and take them."""
+    api = api_as_its_role
+    env = {"GATEWAY_SESSIONS": "4", "REPLICA_TAKEOVER_S": "600", **HEALTH_ENV}
+    first, second = (start_replica(settings, gateway_process, "", **env) for _ in range(2))
+    expected = sorted([unnamed(first)] * 2 + [unnamed(second)] * 2)
+
+    async def poked_and_balanced() -> bool:
+        await poke(database_url)  # takes notify nobody: a session freed meanwhile waits a look
+        return await balanced(database_url, settings.client_id, expected)
+
+    await wait_until(poked_and_balanced, seconds=30, what="two sessions each")
+    killed = f"{settings.client_id}/{unnamed(second)}"
+    rows = {f"{settings.client_id}/{unnamed(first)}": "running", killed: "running"}
+    await wait_until(lambda: health_is(api, "ok", rows), what="/health ok, two running")
+    lost = sorted(
+        session
+        for session, name in (await session_owners(database_url, settings.client_id)).items()
+        if name == unnamed(second)
+    )
+    await asyncio.sleep(0.5)  # the last poke looked at by now
+    second.kill()
+    rows[killed] = "stale"
+    await wait_until(lambda: health_is(api, "degraded", rows), what="the killed replica stale")
+    await asyncio.sleep(1.0)
+    assert len(await session_owners(database_url, settings.client_id)) == 2  # still unowned
+    body = await health(api)
+    assert states(body) == rows
+    [reason] = body["reasons"]
+    assert reason.startswith(f"gateway {killed!r}: no heartbeat for ")
+    assert reason.endswith(f"; no running gateway owns its sessions {lost[0]}, {lost[1]}")
+
+    await poke(database_url)  # the survivor looks, and takes them
+    await wait_until(lambda: all_owned(database_url, settings.client_id, 4), what="owned again")
+    rows[killed] = "gone"
+    await wait_until(lambda: health_is(api, "ok", rows), what="/health ok again")
