@@ -6,15 +6,16 @@ import dataclasses
 import time
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
+from typing import NamedTuple
 
 from gateway.dead_letter_cap import Suppressed
 from gateway.reading_kinds import KINDS, MeterRow, VehicleRow
 from gateway.readings import Decoded, Reject
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Received:
-    """One MQTT message as taken from the broker, decoded, with what is needed to ack it."""
+class Received(NamedTuple):
+    """One MQTT message as taken from the broker, decoded, with what is needed to ack it.
+    (A named tuple: made for every message, at a quarter of a frozen dataclass's cost.)"""
 
     topic: str
     payload: bytes
@@ -178,10 +179,8 @@ def refused_by_database(message: Received, error: str) -> Received:
         decoded.device_kind,
         None if decoded.device_id is None else _storable(decoded.device_id),
     )
-    refused = dataclasses.replace(decoded, readings=[], rejects=[reject])
-    return dataclasses.replace(
-        message, topic=_storable(message.topic), decoded=refused, suppressed=None
-    )
+    refused = decoded._replace(readings=[], rejects=[reject])
+    return message._replace(topic=_storable(message.topic), decoded=refused, suppressed=None)
 
 
 def is_refusal(message: Received) -> bool:

@@ -68,4 +68,4 @@ class DeadLetterCap:
                 key = OTHERS
         start = datetime.fromtimestamp(window * WINDOW_S, UTC)
         suppressed = Suppressed(start, key[0], key[1], len(rejects) - room, rejects[room])
-        return dataclasses.replace(decoded, rejects=rejects[:room]), suppressed
+        return decoded._replace(rejects=rejects[:room]), suppressed

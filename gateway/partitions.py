@@ -114,8 +114,8 @@ class Partitions:
             kind,
             decoded.device_id,
         )
-        changed = dataclasses.replace(decoded, readings=kept, rejects=[*decoded.rejects, reject])
-        return dataclasses.replace(message, decoded=changed)
+        changed = decoded._replace(readings=kept, rejects=[*decoded.rejects, reject])
+        return message._replace(decoded=changed)
 
 
 def past_retention_reason(days: Iterable[date], readings: int, kept_from: date) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -59,9 +58,7 @@ async def test_a_message_the_database_refuses_becomes_a_dead_letter_and_the_rest
     good = [message(f"fleet/vehicle/V{n}", vehicle_payload(NOW, 1.0, 20)) for n in range(3)]
     # Past validation, but PostgreSQL text cannot hold NUL: injected to stand for any value
     # the database refuses.
-    poisoned = dataclasses.replace(
-        good[1], decoded=dataclasses.replace(good[1].decoded, device_id="V1\x00")
-    )
+    poisoned = good[1]._replace(decoded=good[1].decoded._replace(device_id="V1\x00"))
     results = await write(database_url, Batch([good[0], poisoned, good[2]]))
     assert await query(database_url, "SELECT name FROM vehicle ORDER BY name") == [("V0",), ("V2",)]
     [(topic, reason)] = await query(database_url, "SELECT topic, reason FROM dead_letter")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+import msgspec.inspect
 import pytest
 
 from gateway.readings import Limits, MeterReading, VehicleReading, decode_message, parse_topic
@@ -151,3 +153,22 @@ def test_malformed_array_is_rejected_whole() -> None:
 def test_valid_device_ids(topic: str) -> None:
     kind, device_id = parse_topic(topic)
     assert topic == f"fleet/{kind}/{device_id}"
+
+
+@pytest.mark.parametrize("reading", [MeterReading, VehicleReading])
+def test_every_number_is_bounded_on_both_sides_so_infinity_cannot_pass(reading: type) -> None:
+    # 1e999 decodes to inf; only a bound on each side stops +-inf (nothing else checks).
+    numbers = [f for f in msgspec.inspect.type_info(reading).fields if f.name != "timestamp"]
+    for field in numbers:
+        if isinstance(field.type, msgspec.inspect.FloatType):
+            assert field.type.ge is not None or field.type.gt is not None, field.name
+            assert field.type.le is not None or field.type.lt is not None, field.name
+    for name in ("kwhConsumedAc", "voltage") if reading is MeterReading else ("soc", "batteryTemp"):
+        for infinite in ("1e999", "-1e999"):
+            raw = json.dumps(METER if reading is MeterReading else VEHICLE).replace(
+                f'"{name}": ', f'"{name}": {infinite}, "_": '
+            )
+            topic = "fleet/meter/MTR-101" if reading is MeterReading else "fleet/vehicle/EV-101"
+            decoded = decode_message(topic, raw.encode(), NOW, LIMITS)
+            assert not decoded.readings
+            assert "out of range" in decoded.rejects[0].reason
