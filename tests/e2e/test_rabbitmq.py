@@ -8,17 +8,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 
 import aiomqtt
 import pytest
+import yaml
 
 from fleetgate_tools.private_services import PrivateRabbitMQ
 from gateway.settings import MqttAddress, Settings
 from http_api.settings import Settings as ApiSettings
 from tests.http_helpers import serving, vehicle_reading
+from tests.services import PROJECT
 from tests.support import GatewayProcess, count, wait_until
 
 pytestmark = pytest.mark.slow
@@ -236,3 +240,82 @@ async def test_a_gateway_with_several_sessions_refuses_to_start_on_rabbitmq(
     # Nothing was subscribed: no session queue was made for the gateway's client id.
     queues = await asyncio.to_thread(rabbitmq.ctl, "list_queues", "name")
     assert settings.client_id not in queues
+
+
+def run_compose_rabbitmq_init(node: PrivateRabbitMQ, secrets: dict[str, str]) -> None:
+    """docker-compose.yml's rabbitmq-init script, as compose would run it (``$$`` is ``$``),
+    against this node instead of rabbit@rabbitmq-1, with its Erlang cookie."""
+    compose = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())
+    *shell, script = compose["services"]["rabbitmq-init"]["command"]
+    assert shell == ["bash", "-c"]
+    script = script.replace("$$", "$").replace("rabbit@rabbitmq-1", node.node)
+    ctl = node.script.with_name("rabbitmqctl")
+    env = {
+        "PATH": f"{ctl.parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        **node.environment(),
+        "RABBITMQ_ERLANG_COOKIE": (node.root / ".erlang.cookie").read_text().strip(),
+        **secrets,
+    }
+    user = "rabbitmq" if os.geteuid() == 0 else None
+    done = subprocess.run(
+        ["bash", "-c", script], env=env, capture_output=True, text=True, user=user, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+async def test_the_compose_profiles_logins_let_each_service_do_its_job_and_no_more(
+    rabbitmq: PrivateRabbitMQ, settings: Settings, database_url: str
+) -> None:
+    """The logins and permissions docker-compose.yml's rabbitmq profile makes: the gateway
+    (client id fleetgate-gateway, as compose runs it) stores what the API publishes and
+    raises an alert that its publisher's login publishes, retained; the API's login may not
+    publish an alert."""
+    secrets = {
+        "GATEWAY_MQTT_SECRET": "gateway-secret",
+        "ALERTS_MQTT_SECRET": "alerts-secret",
+        "API_MQTT_SECRET": "api-secret",
+    }
+    await asyncio.to_thread(run_compose_rabbitmq_init, rabbitmq, secrets)
+    users = await asyncio.to_thread(rabbitmq.ctl, "list_users")
+    assert "guest" not in users
+    address = f"127.0.0.1:{rabbitmq.port}"
+    gateway = GatewayProcess(
+        settings,
+        MQTT_URL=f"mqtt://fleetgate-gateway:gateway-secret@{address}",
+        MQTT_ALERTS_URL=f"mqtt://fleetgate-alerts:alerts-secret@{address}",
+        MQTT_CLIENT_ID="fleetgate-gateway",
+    )
+    try:
+        gateway.start()
+        await wait_until(lambda: _schema_applied(database_url), what="schema applied")
+        api_settings = ApiSettings.from_env({}).replace(
+            database_url=database_url,
+            mqtt=MqttAddress.parse(f"mqtt://fleetgate-api:api-secret@{address}"),
+            enrolment="open",
+        )
+        device = f"EV-login-{uuid.uuid4().hex[:6]}"
+        hot = vehicle_reading(device, START, 0.5, temp=70)
+        async with serving(api_settings) as api:
+
+            async def stored_once_subscribed() -> bool:  # nothing is queued before that
+                status, _ = await api.send("POST", "/v1/telemetry", hot)
+                assert status == 202
+                return await count(database_url, "SELECT count(*) FROM vehicle_reading") >= 1
+
+            await wait_until(stored_once_subscribed, seconds=30, what="the API's reading stored")
+        published = "SELECT count(*) FROM alert_event WHERE published_at IS NOT NULL"
+        await wait_until(lambda: stored(database_url, published, 1), what="the raise published")
+        topic = f"fleet/alerts/vehicle/{device}/batteryOverTemp"
+        async with connected(rabbitmq, "engineer") as engineer:
+            await engineer.subscribe(topic, qos=1)
+            async with asyncio.timeout(10):
+                message = await anext(aiter(engineer.messages))
+        assert message.retain
+        with pytest.raises(aiomqtt.MqttError):  # refused: the connection is closed
+            async with aiomqtt.Client(
+                "127.0.0.1", rabbitmq.port, username="fleetgate-api", password="api-secret"
+            ) as impostor:
+                await impostor.publish(topic, b"{}", qos=1, retain=True, timeout=2)
+    finally:
+        gateway.kill()
+        print(gateway.output())

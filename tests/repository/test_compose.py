@@ -34,6 +34,9 @@ DATABASE_GROUPS = {
     "simulator": "fleetgate_api",  # registers its devices
 }
 FROM_DOT_ENV = re.compile(r"\$\{(\w+):\?set it in \.env\}")
+# The rabbitmq profile (docs/rabbitmq.md#docker-compose): three nodes and the logins' maker.
+RABBITMQ_NODES = ("rabbitmq-1", "rabbitmq-2", "rabbitmq-3")
+RABBITMQ_INIT = "rabbitmq-init"
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +261,7 @@ def test_services_point_at_each_other_each_with_its_own_broker_login(
 
 
 def test_every_long_running_service_has_a_health_check(services: dict[str, Any]) -> None:
-    for name in ("mosquitto", "postgres", *APP_SERVICES):
+    for name in ("mosquitto", "postgres", *APP_SERVICES, *RABBITMQ_NODES):
         check = services[name].get("healthcheck")
         assert check, f"{name} has no health check"
         assert check["test"][0] in {"CMD", "CMD-SHELL"}, name
@@ -275,16 +278,24 @@ def test_services_start_only_after_what_they_need_is_ready(services: dict[str, A
     expected = {
         MIGRATE: {"postgres"},
         "broker-init": {MIGRATE},
-        "gateway": {MIGRATE, "mosquitto", "postgres"},
+        "gateway": {MIGRATE, "mosquitto", "postgres", RABBITMQ_INIT},
         "http_api": {"gateway", "mosquitto", "postgres"},
         "simulator": {"gateway", "mosquitto"},
         "broker-sync": {"mosquitto"},
+        RABBITMQ_INIT: set(RABBITMQ_NODES),  # a quorum queue is replicated on the nodes up
+        "rabbitmq-2": {"rabbitmq-1"},  # they join the first
+        "rabbitmq-3": {"rabbitmq-1"},
     }
     for name, needs in expected.items():
         depends = services[name]["depends_on"]
         assert set(depends) == needs, name
         for dependency, condition in depends.items():
-            if dependency in ONE_SHOT:
+            if dependency == RABBITMQ_INIT:  # waited for only when its profile runs
+                assert condition == {
+                    "condition": "service_completed_successfully",
+                    "required": False,
+                }, name
+            elif dependency in ONE_SHOT:
                 assert condition == {"condition": "service_completed_successfully"}, name
                 assert "restart" not in services[dependency], dependency
             else:
@@ -345,3 +356,136 @@ def test_postgres_keeps_its_data_in_a_volume(services: dict[str, Any]) -> None:
     assert env["POSTGRES_DB"] == "fleetgate"
     for name in (MIGRATE, *DATABASE_GROUPS):
         assert environment(services[name])["DATABASE_URL"].endswith(f"/{env['POSTGRES_DB']}")
+
+
+def rabbitmq_settings(text: str) -> dict[str, str]:
+    """``key = value`` lines of a rabbitmq.conf, comments left out."""
+    found = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, value = (part.strip() for part in line.split("=", 1))
+            found[key] = value
+    return found
+
+
+def rabbitmq_configs() -> dict[str, str]:
+    """The profile's files, inline in the compose file, by their name under ``configs:``."""
+    document = yaml.safe_load(COMPOSE.read_text())
+    return {name: config["content"] for name, config in document["configs"].items()}
+
+
+def documented_rabbitmq_conf() -> dict[str, str]:
+    """The settings of docs/rabbitmq.md's rabbitmq.conf (its first ini block)."""
+    text = (PROJECT / "docs" / "rabbitmq.md").read_text()
+    [block, *_] = re.findall(r"```ini\n(.*?)```", text, re.DOTALL)
+    return rabbitmq_settings(block)
+
+
+def node_conf(services: dict[str, Any], name: str) -> dict[str, str]:
+    """The settings a node reads: the configs it mounts under /etc/rabbitmq/conf.d."""
+    configs = rabbitmq_configs()
+    settings: dict[str, str] = {}
+    for mount in services[name]["configs"]:
+        if mount["target"].startswith("/etc/rabbitmq/conf.d/"):
+            settings |= rabbitmq_settings(configs[mount["source"]])
+    return settings
+
+
+def test_the_rabbitmq_profile_is_three_nodes_that_list_each_other(
+    services: dict[str, Any],
+) -> None:
+    profile = {name for name, s in services.items() if "rabbitmq" in s.get("profiles", [])}
+    assert profile == {*RABBITMQ_NODES, RABBITMQ_INIT}
+    for name in RABBITMQ_NODES:
+        node = services[name]
+        assert re.fullmatch(r"rabbitmq:3\.\d+", node["image"]), name
+        assert node["hostname"] == name
+        conf = node_conf(services, name)
+        assert conf["cluster_formation.peer_discovery_backend"] == "classic_config", name
+        listed = {
+            value
+            for key, value in conf.items()
+            if key.startswith("cluster_formation.classic_config.nodes.")
+        }
+        assert listed == {f"rabbit@{other}" for other in RABBITMQ_NODES}, name
+        assert "rabbitmq" in node["networks"]["default"]["aliases"]  # MQTT_HOST=rabbitmq
+        assert mounts(node)["/var/lib/rabbitmq"] in yaml.safe_load(COMPOSE.read_text())["volumes"]
+    assert len({mounts(services[name])["/var/lib/rabbitmq"] for name in RABBITMQ_NODES}) == 3
+
+
+def test_the_rabbitmq_nodes_share_one_cookie_that_each_refuses_to_start_without(
+    services: dict[str, Any],
+) -> None:
+    cookies = {services[name]["environment"]["RABBITMQ_ERLANG_COOKIE"] for name in RABBITMQ_NODES}
+    assert cookies == {"${RABBITMQ_ERLANG_COOKIE:-}"}
+    assert services[RABBITMQ_INIT]["environment"]["RABBITMQ_ERLANG_COOKIE"] in cookies
+    for name in (*RABBITMQ_NODES, RABBITMQ_INIT):
+        script = " ".join(services[name]["command"])
+        assert ': "$${RABBITMQ_ERLANG_COOKIE:?set it in .env}"' in script, name
+    for name in RABBITMQ_NODES:
+        assert services[name]["command"][-1].endswith("exec docker-entrypoint.sh rabbitmq-server")
+
+
+def test_the_rabbitmq_nodes_run_the_documented_settings_with_quorum_sessions(
+    services: dict[str, Any],
+) -> None:
+    documented = documented_rabbitmq_conf()
+    assert documented["mqtt.durable_queue_type"] == "quorum"
+    for name in RABBITMQ_NODES:
+        conf = node_conf(services, name)
+        missing = {
+            key: value
+            for key, value in documented.items()
+            if conf.get(key) != value and key != "listeners.tcp.default"  # the image's 5672
+        }
+        assert not missing, f"{name} lacks docs/rabbitmq.md's {missing}"
+        assert conf["mqtt.durable_queue_type"] == "quorum"
+        assert conf["mqtt.allow_anonymous"] == "false"
+        [plugins] = [
+            m["source"]
+            for m in services[name]["configs"]
+            if m["target"].endswith("/enabled_plugins")
+        ]
+        assert rabbitmq_configs()[plugins].strip() == "[rabbitmq_mqtt]."
+
+
+def test_the_rabbitmq_profile_has_no_guest_and_each_service_its_own_narrow_login(
+    services: dict[str, Any],
+) -> None:
+    for name in RABBITMQ_NODES:
+        env = services[name]["environment"]
+        assert env["RABBITMQ_DEFAULT_USER"] not in {"guest", ""}, name
+        assert env["RABBITMQ_DEFAULT_PASS"] == "${RABBITMQ_ADMIN_PASSWORD:-}", name
+        assert '"$${RABBITMQ_DEFAULT_PASS:?set' in services[name]["command"][-1], name
+        assert node_conf(services, name)["loopback_users.guest"] == "true"
+    script = services[RABBITMQ_INIT]["command"][-1]
+    assert "ctl delete_user guest" in script
+    # The same logins and secrets as the Mosquitto path's (what the services' URLs carry).
+    made = dict(re.findall(r"^login (\S+) \"\$\$(\w+)\"$", script, re.MULTILINE))
+    created = environment(services["broker-init"])["SERVICE_LOGINS"].split()
+    assert made == {entry.split(":")[0]: entry.split(":")[2] for entry in created}
+    for variable in made.values():
+        assert dot_env_variable(services[RABBITMQ_INIT]["environment"][variable]) == variable
+    # Each login's rights are its own patterns: nobody may configure, write or read everything.
+    for login in made:
+        rights = re.findall(rf"^ctl set_(?:topic_)?permissions -p / {login} (.+)$", script, re.M)
+        assert len(rights) == 2, login
+        assert "'.*'" not in " ".join(rights), login
+
+
+def test_the_services_reach_the_rabbitmq_cluster_by_configuration_only(
+    services: dict[str, Any],
+) -> None:
+    for name in APP_SERVICES:
+        for variable in ("MQTT_URL", "MQTT_ALERTS_URL"):
+            url = services[name]["environment"].get(variable)
+            if url is not None:
+                assert "@${MQTT_HOST:-mosquitto}:1883" in url, f"{name} {variable}"
+    assert "MQTT_HOST=rabbitmq" in (PROJECT / "docs" / "rabbitmq.md").read_text()
+    # A plain `docker compose up` reads .env for the profile's services too: none of their
+    # variables may be required there.
+    for name in (*RABBITMQ_NODES, RABBITMQ_INIT):
+        for variable, value in services[name]["environment"].items():
+            found = FROM_DOT_ENV.fullmatch(str(value))
+            if found:
+                assert found[1] in environment(services["broker-init"]), f"{name} {variable}"
