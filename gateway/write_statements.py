@@ -70,8 +70,7 @@ _HISTORY_AND_ROLLUPS: Final = """
 WITH inserted AS (
     INSERT INTO {history} ({history_columns})
     SELECT {history_values}
-    FROM {stage} s JOIN {kind} {a} ON {a}.name = s.name
-    ON CONFLICT DO NOTHING
+    FROM {stage} s JOIN {kind} {a} ON {a}.name = s.name{on_conflict}
     RETURNING {device}, ts, {energy}{measured}
 ){levels}
 SELECT count(*) FROM inserted
@@ -112,6 +111,7 @@ class KindStatements:
     types: list[str]
     register: str  # open enrolment only
     insert_history: str  # returns the number of readings inserted
+    insert_new: str  # the same, failing on a reading already stored (cheaper: no ON CONFLICT)
     update_live: str
 
 
@@ -136,9 +136,12 @@ def _level(kind: ReadingKind[Any], level: RollupLevel, below: RollupLevel | None
     )
 
 
-def history_and_rollups(kind: ReadingKind[Any], levels: tuple[RollupLevel, ...] = LEVELS) -> str:
+def history_and_rollups(
+    kind: ReadingKind[Any], levels: tuple[RollupLevel, ...] = LEVELS, *, skip_stored: bool = True
+) -> str:
     """The statement that stores the staged readings of ``kind`` in history and adds the rows
-    really inserted to the rollups of ``levels``; it returns the number inserted."""
+    really inserted to the rollups of ``levels``; it returns the number inserted. A reading
+    already stored is skipped, or with ``skip_stored=False`` fails the statement."""
     measured = dict.fromkeys(measure.of for measure in kind.measures)  # once each, in order
     history_values = ", ".join(
         f"{kind.kind[0]}.{column.name}" if column.name == kind.device_id else f"s.{column.name}"
@@ -153,6 +156,7 @@ def history_and_rollups(kind: ReadingKind[Any], levels: tuple[RollupLevel, ...] 
         energy=kind.energy.name,
         history_columns=names(kind.history_columns),
         history_values=history_values,
+        on_conflict="\n    ON CONFLICT DO NOTHING" if skip_stored else "",
         measured="".join(f", {column}" for column in measured),
         levels="".join(
             _level(kind, level, levels[n - 1] if n else None) for n, level in enumerate(levels)
@@ -166,6 +170,7 @@ def _statements(kind: ReadingKind[Any]) -> KindStatements:
         types=[column.type for column in kind.staged],
         register=_REGISTER.format(kind=kind.kind, a=kind.kind[0], stage=kind.stage),
         insert_history=history_and_rollups(kind),
+        insert_new=history_and_rollups(kind, skip_stored=False),
         update_live=_UPDATE_LIVE.format(
             kind=kind.kind,
             a=kind.kind[0],

@@ -23,6 +23,7 @@ from gateway.write_statements import (
     COUNT_OVERFLOW,
     DEAD_LETTER_TYPES,
     STATEMENTS,
+    KindStatements,
 )
 
 logger = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ class BatchWriter:
                     await _copy(cur, statements.copy, statements.types, rows)
                     if self._open_enrolment:
                         await cur.execute(statements.register)
-                    inserted += await _count_inserted(cur, statements.insert_history)
+                    inserted += await _insert_history(conn, cur, statements)
                     await cur.execute(statements.update_live)
             if dead_letters:
                 await _copy(cur, COPY_DEAD_LETTERS, DEAD_LETTER_TYPES, dead_letters)
@@ -242,6 +243,22 @@ async def _refused_devices(
     """Devices of the batch that may not report (closed enrolment), with the reason."""
     refused = await registry.refusals(conn, *batch.devices())
     return {device: refusal.reason for device, refusal in refused.items()}
+
+
+async def _insert_history(
+    conn: psycopg.AsyncConnection[Any],
+    cur: psycopg.AsyncCursor[tuple[int]],
+    statements: KindStatements,
+) -> int:
+    """Store the staged readings and their rollups; the number inserted. Usually none is stored
+    yet, and the statement without ON CONFLICT costs PostgreSQL ~30 % less per row (the
+    ingest stream of bench.ingest); a redelivered reading makes it fail, and then the one that
+    skips stored readings runs instead."""
+    try:
+        async with conn.transaction():  # a savepoint: the failed attempt leaves nothing
+            return await _count_inserted(cur, statements.insert_new)
+    except psycopg.errors.UniqueViolation:
+        return await _count_inserted(cur, statements.insert_history)
 
 
 async def _count_inserted(cur: psycopg.AsyncCursor[tuple[int]], statement: str) -> int:
