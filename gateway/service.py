@@ -209,7 +209,9 @@ class Gateway:
         self._run_task = asyncio.current_task()
         alerts = self.settings.alerts_enabled
         pool_size = self.settings.db_pool_size + (2 if alerts else 0)
-        async with open_pool(self.settings.database_url, pool_size) as pool:
+        # A connection returned within the last second is not checked again (a round trip per
+        # batch); after a database restart, a batch on a dead one fails once and is retried.
+        async with open_pool(self.settings.database_url, pool_size, fresh_s=1.0) as pool:
             partitions = Partitions(pool)
             self.writer = writer = BatchWriter(
                 pool,
