@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -30,7 +31,7 @@ from bench.harness import (
     proc_status_kb,
     wait_for_gateway,
 )
-from bench.ingest import Bench, Scale, c_publishers, ceiling, cpu_note, per_100k
+from bench.ingest import Bench, Scale, c_publishers, ceiling, cpu_note
 from bench.timeline import STALL_S, watch
 from gateway.replicas import MAX_SESSIONS, namespace
 from tests.services import Mosquitto, Postgres
@@ -54,13 +55,22 @@ SELECT (SELECT count(*) FROM meter_reading JOIN meter USING (meter_id)
 """
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Phase:
+    """What one phase of ``count`` replicas measured."""
+
+    rate: float  # msg/s, 10 % to 90 % committed
+    cpu_s: dict[str, float]  # CPU seconds per 100,000 messages, by process group
+    peaks_mb: list[float]  # VmHWM per replica
+
+
 @dataclasses.dataclass(slots=True)
 class ReplicaRun:
     """bench.ingest's services and figures, and what the replica phases measured."""
 
     bench: Bench
     sessions: int
-    rates: dict[int, float] = dataclasses.field(default_factory=dict)  # replicas -> msg/s
+    phases: dict[int, list[Phase]] = dataclasses.field(default_factory=dict)  # by replicas
     sent: int = 0
 
     @property
@@ -122,9 +132,9 @@ def wait_until_balanced(
     wait_for_gateway(replicas[0], run.db, run.bench.mosquitto.url)
 
 
-def replicas_phase(run: ReplicaRun, count: int, base: int) -> None:
+def replicas_phase(run: ReplicaRun, count: int, base: int) -> Phase:
     """(a)'s stream of C publishers into ``count`` fresh replicas, published -> committed: the
-    rate against (e) and against 1 replica, CPU per 100,000 messages and each one's VmHWM."""
+    rate, CPU per 100,000 messages and each one's VmHWM."""
     bench = run.bench
     label = f"{count} replica{'s' if count > 1 else ''}"
     replicas = start_replicas(run, count)
@@ -159,17 +169,48 @@ def replicas_phase(run: ReplicaRun, count: int, base: int) -> None:
             f"then nothing for {STALL_S:.0f} s"
         )
     run.sent += messages
-    rate = run.rates[count] = drain.rate_between(0.1, 0.9)
-    versus_one = f"{rate / run.rates[1]:.2f}x 1 replica" if 1 in run.rates else "-"
-    bench.row(
-        f"{label}, {run.sessions // count} sessions each",
-        f"{rate:,.0f} msg/s sustained (10%-90%), {rate / bench.ceiling_rate:.2f} of (e), "
-        f"{versus_one}; {drain.committed:,} in {drain.total_s:.1f} s; CPU per 100k: "
-        f"{per_100k(meter.seconds, messages)}; VmHWM per replica "
-        + ", ".join(f"{peak:,.0f}" for peak in peaks_mb)
-        + " MB",
-        ">= 1.3x 1 replica" if count == 2 else "",
+    phase = Phase(
+        drain.rate_between(0.1, 0.9),
+        {name: value * 100_000 / messages for name, value in meter.seconds.items()},
+        peaks_mb,
     )
+    print(
+        f"  {label}: {phase.rate:,.0f} msg/s, CPU per 100k "
+        + ", ".join(f"{name} {value:.2f} s" for name, value in phase.cpu_s.items()),
+        file=sys.stderr,
+        flush=True,
+    )
+    return phase
+
+
+def report(run: ReplicaRun) -> None:
+    """A row per replica count: medians over the rounds, and each round's ratio to 1 replica
+    measured in the same round (the machine moves between rounds, much less within one)."""
+    bench = run.bench
+    ones = [phase.rate for phase in run.phases[1]]
+    for count, phases in run.phases.items():
+        rate = statistics.median(phase.rate for phase in phases)
+        ratios = [phase.rate / one for phase, one in zip(phases, ones, strict=True)]
+        cpu = {
+            name: statistics.median(phase.cpu_s[name] for phase in phases)
+            for name in phases[0].cpu_s
+        }
+        versus_one = (
+            f"{statistics.median(ratios):.2f}x 1 replica (rounds "
+            + ", ".join(f"{ratio:.2f}" for ratio in ratios)
+            + "); "
+            if count > 1
+            else ""
+        )
+        peak = max(max(phase.peaks_mb) for phase in phases)
+        bench.row(
+            f"{count} replica{'s' if count > 1 else ''}, {run.sessions // count} sessions each",
+            f"{rate:,.0f} msg/s, {rate / bench.ceiling_rate:.2f} of (e); {versus_one}"
+            "CPU per 100k: "
+            + ", ".join(f"{name} {value:.2f} s" for name, value in cpu.items())
+            + f"; VmHWM per replica <= {peak:,.0f} MB",
+            ">= 1.3x 1 replica" if count == 2 else "",
+        )
 
 
 def integrity(run: ReplicaRun) -> None:
@@ -193,6 +234,8 @@ METHOD = """method:
   once each holds an equal share of the sessions (pg_locks) and a probe is committed. The same
   C publishers' stream as (a), other devices each phase. Committed readings = sum(readings) of
   the hourly rollups, polled every 0.1 s; the rate is the one from 10% to 90% committed.
+- Rounds: 1, 2 and 3 replicas in turns, --rounds times; each figure is the median over the
+  rounds, and "x 1 replica" the median of each round's ratio to its own 1-replica phase.
 - CPU per 100k: user + system seconds from /proc over the phase, per 100,000 messages; gateway
   summed over the replicas, postgres every child of the postmaster. VmHWM read at the phase's
   end, per replica."""
@@ -204,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "--messages", type=int, default=300_000, help="per replica count and for (e) (300,000)"
     )
     parser.add_argument("--sessions", type=int, default=SESSIONS, help="GATEWAY_SESSIONS (6)")
+    parser.add_argument("--rounds", type=int, default=3, help="1, 2, 3 replicas in turns (3)")
     args = parser.parse_args(argv)
     if any(args.sessions % count for count in REPLICAS):
         parser.error(f"--sessions must be a multiple of each replica count {REPLICAS}")
@@ -223,8 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         run = ReplicaRun(bench, args.sessions)
         ceiling(bench)  # first: the replicas' sessions must not exist yet, or they would queue
         bench.db = Database(postgres.url)
-        for count in REPLICAS:
-            replicas_phase(run, count, base=1000 * count)
+        for round_ in range(args.rounds):
+            for count in REPLICAS:
+                phase = replicas_phase(run, count, base=1000 * (count + len(REPLICAS) * round_))
+                run.phases.setdefault(count, []).append(phase)
+        report(run)
         integrity(run)
     finally:
         if run is not None and run.bench.db is not None:
@@ -232,7 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         if mosquitto is not None:
             mosquitto.close()
         postgres.close()
-    setting = f"GATEWAY_SESSIONS={args.sessions}, {scale.messages:,} messages per replica count"
+    setting = (
+        f"GATEWAY_SESSIONS={args.sessions}, {scale.messages:,} messages per phase,"
+        f" {args.rounds} rounds"
+    )
     print_figures("replicas", setting, bench.rows, 17, method=METHOD, notes=bench.notes)
     shutil.rmtree(logs, ignore_errors=True)
     return 0
