@@ -239,6 +239,7 @@ class Replicas:
             await self._lead(True)
         target = share(self._sessions, len(census.sessions))
         others = [len(held) for name, held in census.sessions.items() if name != self.name]
+        took = False
         for session in range(self._sessions):
             if not may_take(len(self.held), target, others):
                 break
@@ -247,6 +248,9 @@ class Replicas:
                 self._held_gauge.labels(session=str(session)).set(1)
                 logger.info("replica %r takes session %d", self.name, session)
                 await self._take(session)
+                took = True
+        if took:  # the others look again: one may now hold more than its share
+            await self._notify()
         census = await self.read_census()
         if to_release(census, self.name) and self.held:
             await self.hand_over(max(self.held))
