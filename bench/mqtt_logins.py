@@ -15,6 +15,8 @@ import threading
 import time
 from collections.abc import Mapping
 
+from gateway.shared_subscriptions import variable_integer
+
 ACCEPTED = 0  # CONNACK return code; 4 is a bad username or password, 5 not authorised
 _CONNACK = 0x20
 _DISCONNECT = b"\xe0\x00"
@@ -26,15 +28,6 @@ KEEPALIVE_S = 900  # longer than any phase: the broker must not drop an idle dev
 def _string(text: str) -> bytes:
     data = text.encode()
     return len(data).to_bytes(2, "big") + data
-
-
-def _remaining_length(length: int) -> bytes:
-    encoded = bytearray()
-    while True:
-        length, digit = divmod(length, 128)
-        encoded.append(digit | (0x80 if length else 0))
-        if not length:
-            return bytes(encoded)
 
 
 def connect_packet(username: str, password: str) -> bytes:
@@ -49,7 +42,7 @@ def connect_packet(username: str, password: str) -> bytes:
         + _string(username)
         + _string(password)
     )
-    return b"\x10" + _remaining_length(len(body)) + body
+    return b"\x10" + variable_integer(len(body)) + body
 
 
 @dataclasses.dataclass(slots=True)

@@ -68,10 +68,11 @@ def connect_packet(client_id: str, level: int = 5) -> bytes:
         + struct.pack("!H", len(identifier))
         + identifier
     )
-    return bytes([0x10]) + _variable_integer(len(body)) + body
+    return bytes([0x10]) + variable_integer(len(body)) + body
 
 
-def _variable_integer(value: int) -> bytes:
+def variable_integer(value: int) -> bytes:
+    """MQTT's variable byte integer (a packet's remaining length): 7 bits a byte, low first."""
     encoded = bytearray()
     while True:
         value, digit = divmod(value, 128)

@@ -8,21 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.mqtt_frames import Cut, Delivery, cut_publishes
-
-
-def remaining_length(length: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, length = length & 0x7F, length >> 7
-        out.append(byte | (0x80 if length else 0))
-        if not length:
-            return bytes(out)
+from gateway.shared_subscriptions import variable_integer
 
 
 def publish(topic: bytes, payload: bytes, qos: int, mid: int, retain: bool = False) -> bytes:
     body = struct.pack(">H", len(topic)) + topic + (struct.pack(">H", mid) if qos else b"")
     body += payload
-    return bytes([0x30 | qos << 1 | retain]) + remaining_length(len(body)) + body
+    return bytes([0x30 | qos << 1 | retain]) + variable_integer(len(body)) + body
 
 
 deliveries = st.lists(
